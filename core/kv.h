@@ -1,0 +1,27 @@
+/*
+ * kv - Redis behind one small module (hiredis stays in here).
+ *
+ * Redis only ever holds what can be rebuilt (counters, buckets, caches), so
+ * every caller must have an answer for "Redis is down". One connection is
+ * used by one thread at a time.
+ */
+#ifndef POSTCHI_KV_H
+#define POSTCHI_KV_H
+
+#include <stdint.h>
+
+#include "sbuf.h"
+
+typedef struct kv kv_t;
+
+/* Connect to host:port with timeout_ms per operation. When wait_ms > 0,
+ * retry with back-off until it works or wait_ms has passed. NULL with err
+ * set ("cannot connect to Redis at host:port: reason"). */
+kv_t *kv_connect(const char *host, int port, int timeout_ms, int64_t wait_ms, sbuf_t *err);
+void kv_destroy(kv_t **self_p);
+/* 1 when PING answers PONG, 0 otherwise (reconnects once when gone). */
+int kv_ping(kv_t *self);
+/* INCRBY key by; 0 with *out set, or -1. */
+int kv_incrby(kv_t *self, const char *key, int64_t by, int64_t *out);
+
+#endif
