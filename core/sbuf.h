@@ -23,7 +23,7 @@ void sbuf_destroy(sbuf_t **self_p);
 int sbuf_append(sbuf_t *self, const void *data, size_t len);
 int sbuf_append_str(sbuf_t *self, const char *str);
 int sbuf_appendf(sbuf_t *self, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int sbuf_vappendf(sbuf_t *self, const char *fmt, va_list ap);
+int sbuf_vappendf(sbuf_t *self, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /* Make room for at least len more bytes without changing the length. */
 int sbuf_reserve(sbuf_t *self, size_t len);
 
