@@ -41,6 +41,10 @@ int64_t config_int(const config_t *self, const char *name);
 const char *config_str(const config_t *self, const char *name);
 bool config_bool(const config_t *self, const char *name);
 
+/* "true" | "yes" | "on" | "1" -> true, "false" | "no" | "off" | "0" -> false
+ * (any case): 0 and *out set, or -1. The words CONFIG_BOOL settings take. */
+int config_parse_bool(const char *word, bool *out);
+
 /* One line per setting: name, default, range or allowed values, help. */
 void config_print_help(FILE *out);
 /* Current values, one `name = value` per line (for `postchi config`). */
