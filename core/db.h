@@ -18,23 +18,32 @@ typedef struct db_result db_result_t;
 
 /* Connect with a libpq conninfo string. When wait_ms > 0, retry with
  * exponential back-off (100 ms doubling, capped at 2 s) until it works or
- * wait_ms has passed. NULL with err set ("cannot connect to PostgreSQL at
- * ...: reason") on failure. */
+ * wait_ms has passed (one attempt may add up to its connect_timeout, 10 s
+ * unless conninfo sets one). NULL with err set on failure:
+ * "cannot connect to PostgreSQL (host=H, port=P, dbname=D): reason", never
+ * with the password in it. */
 db_t *db_connect(const char *conninfo, int64_t wait_ms, sbuf_t *err);
 void db_destroy(db_t **self_p);
 /* 1 when the connection answers a trivial query, 0 otherwise (reconnects
- * once when the server went away). */
+ * once when the server went away). Queries never reconnect by themselves:
+ * after a lost connection, db_ping is how a caller gets a new one (session
+ * state such as an open transaction or advisory locks is then gone). */
 int db_ping(db_t *self);
 
 /* Run sql with n text parameters (values may be NULL for SQL NULL).
  * Returns a result (caller frees with db_result_free) for commands and
- * queries that succeed, or NULL with err set to the server's message. */
+ * queries that succeed, or NULL with err (may be NULL) set to the server's
+ * message on one line, followed by " (SQLSTATE xxxxx)". */
 db_result_t *db_query(db_t *self, const char *sql, int n, const char *const *values,
                       sbuf_t *err);
 /* Same, for statements whose result is not needed: 0 or -1. */
 int db_exec(db_t *self, const char *sql, int n, const char *const *values, sbuf_t *err);
 /* Several statements in one string, no parameters (migrations): 0 or -1. */
 int db_exec_script(db_t *self, const char *sql, sbuf_t *err);
+/* SQLSTATE of the last failed statement ("23505" = unique violation,
+ * "40001" = serialization failure), "" after a success or when the failure
+ * had none (connection lost). Valid until the next call on self. */
+const char *db_sqlstate(const db_t *self);
 
 int db_result_rows(const db_result_t *res);
 int db_result_cols(const db_result_t *res);

@@ -21,7 +21,12 @@ kv_t *kv_connect(const char *host, int port, int timeout_ms, int64_t wait_ms, sb
 void kv_destroy(kv_t **self_p);
 /* 1 when PING answers PONG, 0 otherwise (reconnects once when gone). */
 int kv_ping(kv_t *self);
-/* INCRBY key by; 0 with *out set, or -1. */
+/* INCRBY key by; 0 with *out set, or -1. A connection that failed on an
+ * earlier call is re-opened first; a command that may have reached Redis is
+ * never resent. */
 int kv_incrby(kv_t *self, const char *key, int64_t by, int64_t *out);
+/* Why the last call on self failed ("" after a success); for log lines.
+ * Valid until the next call on self. */
+const char *kv_error(const kv_t *self);
 
 #endif
