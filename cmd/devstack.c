@@ -1084,7 +1084,8 @@ static int s_down_pidfiles(const up_t *st, int *stopped)
             n++;
     }
     closedir(d);
-    qsort(files, n, sizeof *files, s_pidfile_cmp);
+    if (n > 1)
+        qsort(files, n, sizeof *files, s_pidfile_cmp);
     for (size_t i = 0; i < n; i++) {
         const owned_t *o = files[i].owner;
         const char *program = o->program ? o->program : s_self_name(st);
@@ -1098,8 +1099,9 @@ static int s_down_pidfiles(const up_t *st, int *stopped)
             }
             (*stopped)++;
         } else if (pid > 0) {
-            log_info("%s: pid %ld no longer runs %s; removing the stale pid file",
-                     files[i].path, (long)pid, program);
+            log_info("%s: pid %ld is not '%s%s%s'; left alone, stale pid file removed",
+                     files[i].path, (long)pid, program, o->subcommand ? " " : "",
+                     o->subcommand ? o->subcommand : "");
         }
         unlink(files[i].path);
     }
