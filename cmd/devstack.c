@@ -416,8 +416,8 @@ static pid_t s_spawn_daemon(const up_t *st, char *const argv[], char *const env[
         s_child_setup(st, false, log_path);
         for (char *const *e = env; e && *e; e++)
             putenv(*e);
-        if (chdir(st->data_dir) == -1)
-            _exit(126);
+        /* The cwd stays the caller's: a relative POSTCHI_CONFIG must still
+         * name the same file for the child. */
         execve(argv[0], argv, environ);
         fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
