@@ -17,8 +17,13 @@
 #include "config.h"
 
 /* argv after the subcommand. Flags: --services-only (PostgreSQL, Redis,
- * smtp-sink, migrations; no mesh). Returns the process exit status. */
+ * smtp-sink, migrations; no mesh), --no-sync (initdb --no-sync and
+ * fsync=off: for throw-away test clusters), --data-dir DIR (overrides the
+ * data_dir setting). Returns the process exit status. */
 int devstack_up(const config_t *cfg, int argc, char **argv);
 int devstack_down(const config_t *cfg, int argc, char **argv);
+/* `postchi migrate`: connect with db_conninfo_from_config (retrying for
+ * startup_wait_ms), apply the embedded migrations, print how many ran. */
+int devstack_migrate(const config_t *cfg, int argc, char **argv);
 
 #endif

@@ -1,0 +1,95 @@
+#!/bin/sh
+# test_devstack.sh - `postchi up` / `postchi down` end to end, on their own
+# data dir and free ports (independent of the servers fixture):
+#   - up --services-only starts PostgreSQL, Redis and smtp-sink that answer;
+#   - a second up succeeds and reuses them (same postmaster and Redis pids);
+#   - a mail sent with smtp-source lands as a file under data/mail;
+#   - down leaves alone a pid file whose pid runs some other program;
+#   - down stops everything, and a second down exits 0;
+#   - a bad setting stops up with a message naming the setting.
+# A trap always runs down, so a failing check leaves no server behind.
+set -eu
+
+bin=${POSTCHI_BIN:?POSTCHI_BIN must name the postchi binary}
+tmp=$(mktemp -d /tmp/postchi-devstack.XXXXXX)
+chmod 755 "$tmp" # the postgres user must reach data/pg
+data=$tmp/data
+decoy=
+
+cleanup() {
+    "$bin" down --data-dir "$data" >/dev/null 2>&1 || true
+    [ -z "$decoy" ] || kill "$decoy" 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# Alive and not a zombie (a container's pid 1 may never reap them).
+alive() {
+    st=$(ps -o stat= -p "$1" 2>/dev/null || true)
+    case $st in "" | Z*) return 1 ;; *) return 0 ;; esac
+}
+
+set -- $(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+export POSTCHI_PG_PORT=$1 POSTCHI_REDIS_PORT=$2 POSTCHI_SMTP_SINK_PORT=$3
+export POSTCHI_PG_USER=postchi POSTCHI_PG_DATABASE=devstack_test
+
+echo "== up (first)"
+"$bin" up --services-only --no-sync --data-dir "$data" > "$tmp/up1.out" || fail "first up failed"
+cat "$tmp/up1.out"
+grep -q "stop with: postchi down --data-dir $data" "$tmp/up1.out" || fail "summary lacks the stop hint"
+pg1=$(head -1 "$data/pg/postmaster.pid")
+redis1=$(cat "$data/run/redis.pid")
+sink1=$(cat "$data/run/smtp-sink.pid")
+alive "$pg1" && alive "$redis1" && alive "$sink1" || fail "a server is not running after up"
+
+[ "$(psql -h 127.0.0.1 -p "$POSTCHI_PG_PORT" -U postchi -d devstack_test -tAc 'select 42')" = 42 ] \
+    || fail "PostgreSQL does not answer in database devstack_test"
+[ "$(redis-cli -h 127.0.0.1 -p "$POSTCHI_REDIS_PORT" ping)" = PONG ] || fail "Redis does not answer"
+
+echo "== up (second: must reuse)"
+"$bin" up --services-only --data-dir "$data" > "$tmp/up2.out" 2> "$tmp/up2.err" \
+    || { cat "$tmp/up2.err"; fail "second up failed"; }
+[ "$(head -1 "$data/pg/postmaster.pid")" = "$pg1" ] || fail "second up restarted PostgreSQL"
+[ "$(cat "$data/run/redis.pid")" = "$redis1" ] || fail "second up restarted Redis"
+[ "$(cat "$data/run/smtp-sink.pid")" = "$sink1" ] || fail "second up restarted smtp-sink"
+grep -q "already runs" "$tmp/up2.err" || fail "second up did not say it reused the servers"
+
+echo "== mail to the sink"
+/usr/sbin/smtp-source -s 1 -m 1 -c -f a@x -t b@y "127.0.0.1:$POSTCHI_SMTP_SINK_PORT" \
+    || fail "smtp-source could not deliver"
+found=
+for _ in $(seq 50); do
+    found=$(grep -rl 'b@y' "$data/mail" 2>/dev/null | head -1 || true)
+    [ -n "$found" ] && break
+    sleep 0.1
+done
+[ -n "$found" ] || fail "no mail file under $data/mail"
+echo "mail captured in $found"
+
+echo "== down ignores a pid file naming another program"
+sleep 300 &
+decoy=$!
+echo "$decoy" > "$data/run/api.pid"
+
+echo "== down"
+"$bin" down --data-dir "$data" || fail "down failed"
+for p in "$pg1" "$redis1" "$sink1"; do
+    alive "$p" && fail "pid $p still runs after down"
+done
+alive "$decoy" || fail "down killed pid $decoy which is not a postchi api"
+ls "$data"/run/*.pid 2>/dev/null && fail "pid files left after down"
+"$bin" down --data-dir "$data" || fail "second down did not exit 0"
+
+echo "== bad setting"
+if POSTCHI_PG_PORT=99999 "$bin" up --services-only --data-dir "$data" 2> "$tmp/bad.err"; then
+    fail "up accepted pg_port=99999"
+fi
+grep -q pg_port "$tmp/bad.err" || { cat "$tmp/bad.err"; fail "the error does not name pg_port"; }
+echo "PASS"
