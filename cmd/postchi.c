@@ -13,7 +13,10 @@
 #include "log.h"
 #include "sbuf.h"
 
+#include "api.h"
+#include "broker.h"
 #include "devstack.h"
+#include "worker.h"
 
 extern char **environ;
 
@@ -26,8 +29,14 @@ typedef struct {
 static int s_version(const config_t *cfg, int argc, char **argv);
 static int s_help(const config_t *cfg, int argc, char **argv);
 static int s_config(const config_t *cfg, int argc, char **argv);
+static int s_broker(const config_t *cfg, int argc, char **argv);
+static int s_worker(const config_t *cfg, int argc, char **argv);
+static int s_api(const config_t *cfg, int argc, char **argv);
 
 static const command_t s_commands[] = {
+    {"broker", s_broker, "run the broker (routes messages to actors on workers)"},
+    {"worker", s_worker, "run a worker (hosts actors)"},
+    {"api", s_api, "run an API node (REST, /healthz, /readyz, /metrics)"},
     {"up", devstack_up, "start the dev stack (PostgreSQL, Redis, smtp-sink, mesh) under data_dir"},
     {"down", devstack_down, "stop everything `up` started"},
     {"migrate", devstack_migrate, "apply the database migrations"},
@@ -43,6 +52,40 @@ static int s_version(const config_t *cfg, int argc, char **argv)
     (void)argv;
     printf("postchi %s\n", POSTCHI_VERSION);
     return 0;
+}
+
+/* The long-running processes name themselves in every log line and take
+ * their level from log_level. */
+static void s_process_log(const config_t *cfg, const char *process)
+{
+    log_level_t level = LOG_INFO;
+    log_init(process);
+    if (log_level_parse(config_str(cfg, "log_level"), &level) == 0)
+        log_set_level(level);
+}
+
+static int s_broker(const config_t *cfg, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    s_process_log(cfg, "broker");
+    return broker_main(cfg);
+}
+
+static int s_worker(const config_t *cfg, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    s_process_log(cfg, "worker");
+    return worker_main(cfg);
+}
+
+static int s_api(const config_t *cfg, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    s_process_log(cfg, "api");
+    return api_main(cfg);
 }
 
 static int s_config(const config_t *cfg, int argc, char **argv)

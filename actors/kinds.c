@@ -1,0 +1,12 @@
+/*
+ * kinds - the table of actor kinds a worker hosts. Adding a kind is adding
+ * a row here and its module beside this file.
+ */
+#include "actor.h"
+
+extern const actor_kind_t actor_kind_ping;
+
+const actor_kind_t *const actor_kinds[] = {
+    &actor_kind_ping,
+    NULL,
+};
