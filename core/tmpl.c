@@ -123,6 +123,8 @@ static const struct {
 /* --------------------------------------------------------------- errors -- */
 
 static void s_verror(tmpl_error_t *err, int line, int column, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+static void s_verror(tmpl_error_t *err, int line, int column, const char *fmt, va_list ap)
 {
     if (!err)
         return;
