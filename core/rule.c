@@ -404,7 +404,7 @@ static int s_parse_value(s_parse_t *p, const rule_t *n, const json_t *j, const c
     int custom_any = n->field == F_CUSTOM && !(OPBIT(n->op) & OPS_TEXT);
     memset(v, 0, sizeof *v);
     if (json_is_string(j)) {
-        size_t len;
+        size_t len = 0;
         const char *s = s_string(p, j, suffix, wants, &len);
         if (!s)
             return -1;
@@ -469,7 +469,7 @@ static int s_parse_value(s_parse_t *p, const rule_t *n, const json_t *j, const c
 /* Fill the field of a comparison node from its "field" string. */
 static int s_parse_field(s_parse_t *p, rule_t *n, const json_t *j)
 {
-    size_t len;
+    size_t len = 0;
     const char *s = s_string(p, j, ".field", "a field name string", &len);
     if (!s)
         return -1;
@@ -524,7 +524,7 @@ static int s_parse_cmp(s_parse_t *p, rule_t *n, const json_t *obj)
 {
     const json_t *jop = json_object_get(obj, "op");
     const json_t *jval = json_object_get(obj, "value");
-    size_t len;
+    size_t len = 0;
     if (s_parse_field(p, n, json_object_get(obj, "field")))
         return -1;
     if (!jop) {
@@ -692,7 +692,7 @@ static rule_t *s_parse_node(s_parse_t *p, const json_t *j, int depth)
         return s_fail(p, "", "out of memory");
     n->kind = kind;
     int rc = 0;
-    size_t len;
+    size_t len = 0;
     const char *s;
     switch (kind) {
     case K_AND:
