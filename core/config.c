@@ -94,6 +94,25 @@ static const setting_t s_settings[] = {
     INT("up_workers", 2, 1, 64, "workers `postchi up` starts"),
     INT("up_metrics_port", 9470, 1, 65535,
         "first status-server port `postchi up` hands out (broker, then workers)"),
+    INT("api_threads", 8, 1, 256, "threads serving HTTP requests in an API node"),
+    INT("api_body_max", 1048576, 1024, 67108864, "largest request body accepted, in bytes"),
+    INT("api_batch_body_max", 10485760, 1024, 268435456,
+        "largest request body accepted by batch calls, in bytes"),
+    INT("api_request_timeout_ms", 30000, 100, 600000,
+        "a request whose body has not arrived in this time is refused"),
+    SECRET("jwt_secret", "",
+           "HS256 key for login tokens, at least 32 bytes; the API refuses to start without it"),
+    STR("jwt_issuer", "postchi", "issuer (iss) written into and required of login tokens"),
+    INT("jwt_ttl_s", 86400, 60, 2592000, "lifetime of a login token, in seconds"),
+    SECRET("secret_key", "",
+           "64 hex digits (32 bytes) that encrypt DKIM private keys at rest; the API refuses to "
+           "start without it"),
+    INT("rate_limit_rps", 100, 1, 1000000, "requests per second each API key may make, sustained"),
+    INT("rate_limit_burst", 200, 1, 10000000, "requests an API key may make at once above its rate"),
+    INT("login_max_failures", 5, 1, 1000,
+        "failed logins per account, and per address, allowed in 15 minutes"),
+    STR("dns_resolver", "",
+        "host:port of the DNS server domain verification asks; empty uses /etc/resolv.conf"),
 };
 
 #define SETTINGS_COUNT (sizeof s_settings / sizeof s_settings[0])
