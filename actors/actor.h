@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "db.h"
 #include "envelope.h"
 
 typedef struct actor_ctx actor_ctx_t;
@@ -39,6 +40,11 @@ extern const actor_kind_t *const actor_kinds[];
 /* The actor's key (NUL-terminated) and this worker's node id. */
 const char *actor_key(const actor_ctx_t *ctx);
 const char *actor_node_id(const actor_ctx_t *ctx);
+
+/* This pool thread's PostgreSQL connection (connected on first use, and
+ * again after a failure), or NULL when PostgreSQL is unreachable: the
+ * handler then returns -1 and the message's sender or the sweeper retries. */
+db_t *actor_db(actor_ctx_t *ctx);
 
 /* Answer the message being handled (its sender, its correlation id).
  * 0, or -1 when the message was one-way or the frame cannot be built. */

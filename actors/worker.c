@@ -92,6 +92,7 @@ typedef struct {
     db_t *db;                 /* PostgreSQL (checked at start; kinds will use it) */
     kv_t *kv;                 /* Redis (checked at start) */
     sbuf_t *scratch;          /* I/O thread encoding buffer */
+    char *conninfo;           /* PostgreSQL connection string for pool threads */
 } worker_t;
 
 struct actor_ctx {
@@ -101,6 +102,7 @@ struct actor_ctx {
     void *push;               /* this pool thread's PUSH socket */
     sbuf_t *out;              /* this pool thread's encoding buffer */
     int replied;              /* the request got its answer */
+    db_t **db;                /* this pool thread's connection slot */
 };
 
 static volatile sig_atomic_t s_stop;
@@ -119,6 +121,19 @@ const char *actor_key(const actor_ctx_t *ctx)
 const char *actor_node_id(const actor_ctx_t *ctx)
 {
     return ctx->w->node_id;
+}
+
+db_t *actor_db(actor_ctx_t *ctx)
+{
+    if (db_usable(*ctx->db))
+        return *ctx->db;
+    db_destroy(ctx->db);
+    sbuf_t *err = sbuf_new(64);
+    *ctx->db = db_connect(ctx->w->conninfo, 0, err);
+    if (!*ctx->db && log_should("actor-db", 8, 10000))
+        log_error("%s", err ? sbuf_data(err) : "out of memory");
+    sbuf_destroy(&err);
+    return *ctx->db;
 }
 
 static int s_ctx_send(actor_ctx_t *ctx, const envelope_t *env)
@@ -197,7 +212,8 @@ static void s_ctx_error(actor_ctx_t *ctx, const char *code, const char *reason)
 }
 
 /* Run every mail an actor has, one at a time, on the calling pool thread. */
-static void s_run_actor(worker_t *w, actor_t *a, mail_t *mails, void *push, sbuf_t *out)
+static void s_run_actor(worker_t *w, actor_t *a, mail_t *mails, void *push, sbuf_t *out,
+                        db_t **db)
 {
     const actor_kind_t *kind = actor_kinds[a->kind];
     kind_metrics_t *km = &w->km[a->kind];
@@ -206,7 +222,7 @@ static void s_run_actor(worker_t *w, actor_t *a, mail_t *mails, void *push, sbuf
         mails = m->next;
         envelope_t env;
         const char *why;
-        actor_ctx_t ctx = {w, a, &env, push, out, 0};
+        actor_ctx_t ctx = {w, a, &env, push, out, 0, db};
         if (envelope_decode(m->frame, m->len, w->max_frame, &env, &why) == 0) {
             int ok = 1;
             if (!(a->flags & ACTOR_ACTIVE)) {
@@ -243,6 +259,7 @@ static void *s_pool_thread(void *arg)
     worker_t *w = arg;
     void *push = zmq_socket(w->zctx, ZMQ_PUSH);
     sbuf_t *out = sbuf_new(256);
+    db_t *db = NULL; /* connected by the first handler that asks */
     int hwm = 0; /* unbounded: the I/O thread applies back-pressure instead */
     if (!push || !out || zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_connect(push, OUT_ENDPOINT) != 0)
@@ -262,7 +279,7 @@ static void *s_pool_thread(void *arg)
         a->head = a->tail = NULL;
         pthread_mutex_unlock(&w->lock);
 
-        s_run_actor(w, a, mails, push, out);
+        s_run_actor(w, a, mails, push, out, &db);
 
         pthread_mutex_lock(&w->lock);
         a->last_active = mesh_now_ms();
@@ -280,6 +297,7 @@ static void *s_pool_thread(void *arg)
     pthread_mutex_unlock(&w->lock);
     zmq_close(push);
     sbuf_destroy(&out);
+    db_destroy(&db);
     return NULL;
 }
 
@@ -477,11 +495,11 @@ static int s_connect_stores(worker_t *w, const config_t *cfg)
 {
     sbuf_t *err = sbuf_new(128);
     int64_t wait = config_int(cfg, "startup_wait_ms");
-    char *conninfo = db_conninfo_from_config(cfg);
+    w->conninfo = db_conninfo_from_config(cfg);
     int rc = -1;
-    if (!err || !conninfo)
+    if (!err || !w->conninfo)
         goto done;
-    w->db = db_connect(conninfo, wait, err);
+    w->db = db_connect(w->conninfo, wait, err);
     if (!w->db) {
         log_error("%s", sbuf_data(err));
         goto done;
@@ -495,7 +513,6 @@ static int s_connect_stores(worker_t *w, const config_t *cfg)
     }
     rc = 0;
 done:
-    free(conninfo);
     sbuf_destroy(&err);
     return rc;
 }
@@ -657,6 +674,7 @@ done:
     db_destroy(&w.db);
     kv_destroy(&w.kv);
     free(w.km);
+    free(w.conninfo);
     sbuf_destroy(&w.scratch);
     sbuf_destroy(&err);
     pthread_mutex_destroy(&w.lock);

@@ -223,6 +223,11 @@ int db_exec_script(db_t *self, const char *sql, sbuf_t *err)
     return rc;
 }
 
+int db_usable(const db_t *self)
+{
+    return self && self->conn && PQstatus(self->conn) == CONNECTION_OK;
+}
+
 int db_ping(db_t *self)
 {
     assert(self);

@@ -29,6 +29,10 @@ void db_destroy(db_t **self_p);
  * after a lost connection, db_ping is how a caller gets a new one (session
  * state such as an open transaction or advisory locks is then gone). */
 int db_ping(db_t *self);
+/* 1 when libpq still counts the connection as up, without a round trip
+ * (per-request paths use this; a dropped server shows after one failed
+ * statement, and the next caller reconnects). */
+int db_usable(const db_t *self);
 
 /* Run sql with n text parameters (values may be NULL for SQL NULL).
  * Returns a result (caller frees with db_result_free) for commands and
