@@ -289,8 +289,6 @@ const char *kv_error(const kv_t *self)
  * Kept in one block at the end of the file: the script cache is keyed by
  * the script's SHA1, computed here with libcrypto so a caller passes only
  * the script text. */
-#include <stdio.h>
-
 #include <openssl/evp.h>
 
 /* One command from an argument vector. Unlike s_command, an error reply is
