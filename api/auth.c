@@ -70,7 +70,7 @@ void auth_shutdown(void)
     login_limit_destroy(&s_limit);
 }
 
-void auth_configure(const config_t *cfg)
+int auth_configure(const config_t *cfg, sbuf_t *err)
 {
     auth_shutdown();
     const char *secret = config_str(cfg, "jwt_secret");
@@ -96,9 +96,19 @@ void auth_configure(const config_t *cfg)
     }
     s_limit = login_limit_new(config_int(cfg, "login_max_failures"), LOGIN_WINDOW_S,
                               LOGIN_LOCAL_KEYS, ns);
-    if (!s_jwt_secret || !s_jwt_issuer || !s_limit)
-        log_error("authentication is not configured (jwt_secret unset or out of memory): "
-                  "register and login will answer 503");
+    if (!s_jwt_secret) {
+        if (err)
+            sbuf_append_str(err, "setting 'jwt_secret' is required: login tokens are signed with it");
+        auth_shutdown();
+        return -1;
+    }
+    if (!s_jwt_issuer || !s_limit) {
+        if (err)
+            sbuf_append_str(err, "auth_configure: out of memory");
+        auth_shutdown();
+        return -1;
+    }
+    return 0;
 }
 
 static void s_make_dummy(void)
