@@ -598,7 +598,7 @@ static void test_api_key_lifecycle(void **state)
                   "{\"name\":\"minted\",\"scope\":\"full\"}");
         assert_int_equal(r.status, 403);
         api_resp_free(&r);
-        char path[128];
+        char path[256];
         snprintf(path, sizeof path, "/api/v1/api-keys/%s", ids[i]);
         assert_int_equal(api_call(&s_env, "DELETE", path, keys[i], NULL, NULL, &r), 403);
         api_resp_free(&r);
@@ -650,7 +650,7 @@ static void test_api_key_lifecycle(void **state)
     /* Use is recorded (the framework keeps last_used_at). */
 
     /* Revoke the read key: 204, then 204 again, one audit row. */
-    char path[128];
+    char path[256];
     snprintf(path, sizeof path, "/api/v1/api-keys/%s", ids[2]);
     assert_int_equal(api_call(&s_env, "DELETE", path, s_env.token, NULL, NULL, &r), 204);
     api_resp_free(&r);
@@ -749,7 +749,7 @@ static void test_api_keys_other_org(void **state)
     assert_null(strstr(sbuf_data(r.raw), id));
     api_resp_free(&r);
     /* ... nor revoke it: 404, exactly like a key that does not exist. */
-    char path[128];
+    char path[256];
     snprintf(path, sizeof path, "/api/v1/api-keys/%s", id);
     assert_int_equal(api_call(&s_env, "DELETE", path, other_token, NULL, NULL, &r), 404);
     api_resp_free(&r);
