@@ -137,10 +137,18 @@ static void s_thread_state_free(void *p)
     free(ts);
 }
 
-static void s_compile_route(route_rt_t *rt, const api_route_t *r)
+static metric_family_t *s_latency_family(void)
 {
     static const double buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                      0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5, 10};
+    static const char *const labels[] = {"route", NULL};
+    return metrics_family(METRIC_HISTOGRAM, "postchi_api_request_duration_seconds",
+                          "Time to answer an API request, by route.", labels, buckets,
+                          sizeof buckets / sizeof buckets[0]);
+}
+
+static void s_compile_route(route_rt_t *rt, const api_route_t *r)
+{
     rt->route = r;
     if (r->path[0] != '/')
         log_panic("route %s %s: path must start with /", r->method, r->path);
@@ -159,11 +167,7 @@ static void s_compile_route(route_rt_t *rt, const api_route_t *r)
         rt->nseg++;
     }
     free(copy);
-    static const char *const labels[] = {"route", NULL};
-    metric_family_t *f = metrics_family(METRIC_HISTOGRAM, "postchi_api_request_duration_seconds",
-                                        "Time to answer an API request, by route.", labels,
-                                        buckets, sizeof buckets / sizeof buckets[0]);
-    rt->latency = metrics_series(f, (const char *const[]){r->name, NULL});
+    rt->latency = metrics_series(s_latency_family(), (const char *const[]){r->name, NULL});
 }
 
 int rest_init(const config_t *cfg, rest_send_fn send, void *send_arg, sbuf_t *err)
@@ -198,6 +202,7 @@ int rest_init(const config_t *cfg, rest_send_fn send, void *send_arg, sbuf_t *er
     pthread_key_create(&R.tkey, s_thread_state_free);
     pthread_mutex_init(&R.key_lock, NULL);
 
+    s_latency_family(); /* exported even before the first route exists */
     const api_route_t *const *tables = api_route_tables();
     int n = 0;
     for (int t = 0; tables[t]; t++)
