@@ -225,6 +225,10 @@ static int s_activate(actor_ctx_t *ctx, void **state_p)
 static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
 {
     tenant_state_t *s = state;
+    /* Only sends carry triggers; this actor makes no requests, so a reply
+     * or error addressed to it is stray and ignored. */
+    if (msg->type != MSG_SEND)
+        return 0;
     if (msg->name_len == 5 && memcmp(msg->name, "stats", 5) == 0)
         return msg->corr ? s_stats(ctx, s) : 0;
     int t = s_trigger_index(msg->name, msg->name_len);
