@@ -223,9 +223,6 @@ int aud_db_fail(api_req_t *req, int in_tx, sbuf_t *err)
     snprintf(state, sizeof state, "%s", db_sqlstate(api_db(req)));
     if (in_tx)
         api_tx_rollback(req);
-    if (strcmp(state, "57014") == 0)
-        return api_problem(req, 503, "Query Timed Out",
-                           "the query ran longer than its time limit; simplify the rule");
     return api_db_error(req, state, err ? sbuf_data(err) : "");
 }
 

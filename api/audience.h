@@ -66,8 +66,8 @@ db_result_t *aud_query(api_req_t *req, int in_tx, const char *sql, int n,
 int aud_commit(api_req_t *req, int status, json_t *body);
 
 /* Answer a failed statement: roll back when in_tx, then api_db_error with
- * the statement's SQLSTATE and err's text (or 503 when the statement ran
- * out of time, SQLSTATE 57014). */
+ * the statement's SQLSTATE and err's text (a statement that ran out of
+ * time, SQLSTATE 57014, is a 503 there). */
 int aud_db_fail(api_req_t *req, int in_tx, sbuf_t *err);
 
 /* The request body when it is a JSON object; otherwise NULL after adding
