@@ -21,7 +21,7 @@
 harness_proc_t *dns_util_start(const char *label, char *const *options, char *const *local,
                                int *port)
 {
-    int p = harness_free_port();
+    int p = *port > 0 ? *port : harness_free_port();
     char port_arg[32];
     snprintf(port_arg, sizeof port_arg, "--port=%d", p);
     char *argv[MAX_ARGS];

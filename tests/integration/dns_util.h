@@ -12,7 +12,9 @@
 /* Start dnsmasq with options (NULL-terminated dnsmasq arguments such as
  * "--mx-host=...", may be NULL), answering for the NULL-terminated local
  * domains only from its own data. Waits until it answers (5 s at most).
- * Writes the port to *port. NULL (reason on stderr) on failure. */
+ * Listens on *port when it is > 0 (a server restarted with other records,
+ * or a port a client was configured with before), else on a free port it
+ * writes to *port. NULL (reason on stderr) on failure. */
 harness_proc_t *dns_util_start(const char *label, char *const *options, char *const *local,
                                int *port);
 

@@ -26,7 +26,7 @@
 #include "harness.h"
 #include "sbuf.h"
 
-static int s_port;
+static int s_port; /* dnsmasq's, picked by dns_util_start */
 static char s_long[601]; /* a TXT value longer than two character-strings */
 
 static int s_setup(void **state)
