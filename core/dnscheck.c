@@ -289,14 +289,16 @@ static void s_wait(dnscheck_t *self, int *pending, int64_t deadline)
             return;
         }
         ares_socket_t socks[ARES_GETSOCK_MAXNUM];
-        int bits = ares_getsock(self->channel, socks, ARES_GETSOCK_MAXNUM);
+        /* ares.h's ARES_GETSOCK_WRITABLE shifts a signed 1 into the sign
+         * bit for the last socket (undefined behaviour): test bits unsigned. */
+        unsigned bits = (unsigned)ares_getsock(self->channel, socks, ARES_GETSOCK_MAXNUM);
         struct pollfd fds[ARES_GETSOCK_MAXNUM];
         nfds_t nfds = 0;
         for (int i = 0; i < ARES_GETSOCK_MAXNUM; i++) {
             short ev = 0;
-            if (ARES_GETSOCK_READABLE(bits, i))
+            if ((bits >> i) & 1u)
                 ev |= POLLIN;
-            if (ARES_GETSOCK_WRITABLE(bits, i))
+            if ((bits >> (i + ARES_GETSOCK_MAXNUM)) & 1u)
                 ev |= POLLOUT;
             if (!ev)
                 continue;

@@ -1,7 +1,9 @@
 /*
  * dns_util - dnsmasq for integration tests (see dns_util.h).
  *
- * dnsmasq runs in the foreground (--no-daemon) with no upstream, no hosts
+ * dnsmasq runs in the foreground (--keep-in-foreground, not --no-daemon:
+ * that debug mode serves TCP in the main process, so one client's open TCP
+ * connection stalls every other query for seconds) with no upstream, no hosts
  * file and no config file, so it serves exactly the records on its command
  * line. --local makes it answer NXDOMAIN under the test's domains instead
  * of REFUSED for lack of an upstream.
@@ -27,10 +29,10 @@ harness_proc_t *dns_util_start(const char *label, char *const *options, char *co
     char *argv[MAX_ARGS];
     char *owned[MAX_ARGS];
     int n = 0, nowned = 0;
-    char *fixed[] = {DNSMASQ,          "--no-daemon", port_arg,
+    char *fixed[] = {DNSMASQ,          "--keep-in-foreground", port_arg,
                      "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
                      "--no-hosts",     "--conf-file=/dev/null", "--user=root",
-                     "--cache-size=0", "--log-facility=-"};
+                     "--cache-size=0", "--log-facility=-", "--log-queries", "--pid-file="};
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         argv[n++] = fixed[i];
     for (int i = 0; local && local[i] && n < MAX_ARGS - 2; i++) {

@@ -26,7 +26,8 @@
 #include "harness.h"
 #include "sbuf.h"
 
-static int s_port; /* dnsmasq's, picked by dns_util_start */
+static int s_port;              /* dnsmasq's, picked by dns_util_start */
+static harness_proc_t *s_dnsmasq; /* the server */
 static char s_long[601]; /* a TXT value longer than two character-strings */
 
 static int s_setup(void **state)
@@ -45,9 +46,15 @@ static int s_setup(void **state)
                     "--cname=www.dc.test,host.dc.test",
                     NULL};
     char *local[] = {"dc.test", NULL};
-    harness_proc_t *p = dns_util_start("dnsmasq", opts, local, &s_port);
+    s_dnsmasq = dns_util_start("dnsmasq", opts, local, &s_port);
     free(long_arg);
-    return p ? 0 : -1;
+    return s_dnsmasq ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    return harness_stop(s_dnsmasq, 15, 2000) == 0 ? 0 : -1;
 }
 
 static dnscheck_t *s_dns(int port, int timeout_ms)
@@ -291,5 +298,5 @@ int main(void)
         cmocka_unit_test(test_servfail_refused), cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_bad_server),
     };
-    return cmocka_run_group_tests(tests, s_setup, NULL);
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
