@@ -16,6 +16,8 @@
  * command text.
  */
 #include <assert.h>
+#include <errno.h>
+#include <stdio.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,6 +174,109 @@ int kv_incrby(kv_t *self, const char *key, int64_t by, int64_t *out)
     }
     freeReplyObject(reply);
     return rc;
+}
+
+/* Atomic "count in a window": an INCR followed by a separate EXPIRE could
+ * die in between and leave a counter that never expires (a permanent
+ * lockout); the script does both or neither. */
+static const char s_incr_expire_lua[] =
+    "local n = redis.call('INCR', KEYS[1]) "
+    "if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
+    "return n";
+
+int kv_incr_expire(kv_t *self, const char *key, int ttl_s, int64_t *out)
+{
+    assert(self && key && out && ttl_s > 0);
+    char ttl[16];
+    snprintf(ttl, sizeof ttl, "%d", ttl_s);
+    redisReply *reply = s_command(self, "EVAL %s 1 %b %s", s_incr_expire_lua, key, strlen(key), ttl);
+    if (!reply)
+        return -1;
+    int rc = -1;
+    if (reply->type == REDIS_REPLY_INTEGER) {
+        *out = reply->integer;
+        rc = 0;
+    } else {
+        s_set_error(self, "Redis", "EVAL: unexpected reply type");
+    }
+    freeReplyObject(reply);
+    return rc;
+}
+
+/* Parse a whole decimal integer reply string. */
+static int s_parse_int(const char *s, size_t len, int64_t *out)
+{
+    if (len == 0 || len > 20)
+        return -1;
+    char buf[24];
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(buf, &end, 10);
+    if (errno || *end != '\0')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int kv_get_int(kv_t *self, const char *key, int64_t *out, int64_t *ttl_s)
+{
+    assert(self && key && out);
+    /* GET and TTL pipelined: one round trip; both are read-only, so a
+     * failure between them costs nothing. */
+    if (s_ready(self) != 0)
+        return -1;
+    size_t klen = strlen(key);
+    if (redisAppendCommand(self->ctx, "GET %b", key, klen) != REDIS_OK ||
+        redisAppendCommand(self->ctx, "TTL %b", key, klen) != REDIS_OK) {
+        s_set_error(self, "Redis", self->ctx->errstr);
+        return -1;
+    }
+    redisReply *replies[2] = {NULL, NULL};
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        void *r = NULL;
+        if (redisGetReply(self->ctx, &r) != REDIS_OK) {
+            s_set_error(self, "Redis", self->ctx->errstr);
+            rc = -1;
+            break;
+        }
+        replies[i] = r;
+    }
+    if (rc == 0) {
+        redisReply *get = replies[0], *ttl = replies[1];
+        if (get->type == REDIS_REPLY_NIL) {
+            *out = 0;
+        } else if (get->type != REDIS_REPLY_STRING || s_parse_int(get->str, get->len, out) != 0) {
+            s_set_error(self, "Redis", "GET: not an integer");
+            rc = -1;
+        }
+        if (rc == 0 && ttl_s) {
+            if (ttl->type != REDIS_REPLY_INTEGER) {
+                s_set_error(self, "Redis", "TTL: unexpected reply type");
+                rc = -1;
+            } else {
+                *ttl_s = ttl->integer < 0 ? -1 : ttl->integer;
+            }
+        }
+    }
+    if (rc == 0)
+        sbuf_reset(self->error);
+    for (int i = 0; i < 2; i++)
+        if (replies[i])
+            freeReplyObject(replies[i]);
+    return rc;
+}
+
+int kv_del(kv_t *self, const char *key)
+{
+    assert(self && key);
+    redisReply *reply = s_command(self, "DEL %b", key, strlen(key));
+    if (!reply)
+        return -1;
+    freeReplyObject(reply);
+    return 0;
 }
 
 const char *kv_error(const kv_t *self)

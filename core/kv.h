@@ -25,6 +25,18 @@ int kv_ping(kv_t *self);
  * earlier call is re-opened first; a command that may have reached Redis is
  * never resent. */
 int kv_incrby(kv_t *self, const char *key, int64_t by, int64_t *out);
+/* Count an event in a window: INCR key, and when the key has no expiry
+ * yet (it was just created) EXPIRE it in ttl_s seconds, atomically (one
+ * Lua script), so a counter can never be left without an expiry. 0 with
+ * *out the new count, or -1. Not resent after a possible delivery. */
+int kv_incr_expire(kv_t *self, const char *key, int ttl_s, int64_t *out);
+/* GET key as an integer and its remaining time to live: 0 with *out the
+ * value (0 when the key is absent) and, when ttl_s is not NULL, *ttl_s the
+ * seconds it has left (-1 when absent or without expiry); -1 on failure or
+ * when the value is not an integer. */
+int kv_get_int(kv_t *self, const char *key, int64_t *out, int64_t *ttl_s);
+/* DEL key (absent is fine): 0 or -1. */
+int kv_del(kv_t *self, const char *key);
 /* Why the last call on self failed ("" after a success); for log lines.
  * Valid until the next call on self. */
 const char *kv_error(const kv_t *self);
