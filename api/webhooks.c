@@ -12,9 +12,9 @@
  * side can trust what it reads: an absolute http(s) URL with a host and no
  * userinfo, printable ASCII only, at most 2048 bytes; events from the fixed
  * list below, at least one, no duplicates, no wildcard. The secret is
- * "whsec_" and 32 random bytes in hex from OpenSSL's CSPRNG. Responses are
- * built by PostgreSQL (json_build_object) in the statement that touches the
- * row.
+ * "whsec_" and 32 random bytes in hex (authn_random_hex: OpenSSL's
+ * CSPRNG). Responses are built by PostgreSQL (json_build_object) in the
+ * statement that touches the row.
  *
  * What can go wrong: bad fields are a 422 naming each field; an id that is
  * not a uuid, missing, or another organization's is a 404; the random
@@ -32,12 +32,12 @@
 #include <strings.h>
 
 #include <jansson.h>
-#include <openssl/rand.h>
 
 #include "db.h"
 #include "log.h"
 #include "sbuf.h"
 
+#include "authn.h"
 #include "rest.h"
 
 #define URL_MAX_BYTES 2048
@@ -283,18 +283,10 @@ static int s_fields(api_req_t *req, int create, const char **url, json_t **event
  * 0, or -1 when the CSPRNG fails. */
 static int s_secret(char *out, size_t size)
 {
-    unsigned char raw[SECRET_BYTES];
-    static const char hex[] = "0123456789abcdef";
-    if (size < 6 + 2 * SECRET_BYTES + 1 || RAND_bytes(raw, sizeof raw) != 1)
+    if (size < 6 + 2 * SECRET_BYTES + 1)
         return -1;
     memcpy(out, "whsec_", 6);
-    for (size_t i = 0; i < SECRET_BYTES; i++) {
-        out[6 + 2 * i] = hex[raw[i] >> 4];
-        out[6 + 2 * i + 1] = hex[raw[i] & 0xf];
-    }
-    out[6 + 2 * SECRET_BYTES] = '\0';
-    memset(raw, 0, sizeof raw);
-    return 0;
+    return authn_random_hex(out + 6, SECRET_BYTES);
 }
 
 /* Run a write (sql returning WEBHOOK_JSON and w.id) with its audit row in
