@@ -557,9 +557,14 @@ static int s_preview(api_req_t *req)
     }
     root = data ? json_deep_copy(data) : json_object();
     if (contact_id) {
-        json_t *contact = s_row_json(db_result_get(res, 0, 4));
-        if (!contact) {
+        const char *contact_text = db_result_get(res, 0, 4);
+        if (!contact_text) {
             status = api_not_found(req, "contact");
+            goto done;
+        }
+        json_t *contact = s_row_json(contact_text);
+        if (!contact) {
+            status = api_problem(req, 500, "Internal Server Error", "cannot read the contact");
             goto done;
         }
         json_object_set_new(root, "contact", contact);
