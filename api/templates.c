@@ -51,11 +51,13 @@
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 /* A template at a version: t is the templates row, v the version row. */
+/* clang-format off */
 #define TEMPLATE_JSON                                                                              \
     "json_build_object('id', t.id, 'name', t.name, 'strict', t.strict, 'version', v.version, "     \
     "'current_version', t.current_version, 'subject', v.subject, 'html', v.html, "                 \
-    "'text', v.text, 'created_at', " TS("t.created_at") ", 'updated_at', " TS(                     \
-        "t.updated_at") ", 'version_created_at', " TS("v.created_at") ")::text"
+    "'text', v.text, 'created_at', " TS("t.created_at") ", "                                       \
+    "'updated_at', " TS("t.updated_at") ", 'version_created_at', " TS("v.created_at") ")::text"
+/* clang-format on */
 
 /* The three template parts, in the order they are stored and rendered. */
 static const char *const s_parts[] = {"subject", "html", "text"};
@@ -190,10 +192,11 @@ static int s_cursor_split(const char *cursor, char *buf, size_t size, const char
 
 /* Run a write returning (template JSON, id, version, whether that version
  * is new) with its audit row in one transaction; answer ok_status with the
- * JSON, or 404 when no template matched. name (may be NULL) goes into the
- * audit detail. */
-static int s_save(api_req_t *req, const char *sql, int n, const char *const *params,
-                  const char *action, const char *name, int ok_status)
+ * JSON, or 404 when no template matched. lock_sql (may be NULL) runs first
+ * with params[0] and params[1] (template id, organization) and must return
+ * one row. name (may be NULL) goes into the audit detail. */
+static int s_save(api_req_t *req, const char *lock_sql, const char *sql, int n,
+                  const char *const *params, const char *action, const char *name, int ok_status)
 {
     sbuf_t *err = sbuf_new(0);
     db_result_t *res = NULL;
@@ -203,7 +206,12 @@ static int s_save(api_req_t *req, const char *sql, int n, const char *const *par
         status = api_problem(req, 503, "Service Unavailable", "the database is unavailable");
         goto done;
     }
-    res = db_query(api_db(req), sql, n, params, err);
+    if (lock_sql)
+        res = db_query(api_db(req), lock_sql, 2, params, err);
+    if (!lock_sql || (res && db_result_rows(res) == 1)) {
+        db_result_free(&res);
+        res = db_query(api_db(req), sql, n, params, err);
+    }
     if (!res) {
         status = s_db_fail(req, err);
         api_tx_rollback(req);
@@ -276,7 +284,7 @@ static int s_create(api_req_t *req)
                       "SELECT " TEMPLATE_JSON ", t.id, 1, true FROM t JOIN v ON true";
     const char *params[] = {api_org(req), name, strict ? "true" : "false", src[0], src[1],
                             src[2],       by};
-    int status = s_save(req, sql, 7, params, "template.created", name, 201);
+    int status = s_save(req, NULL, sql, 7, params, "template.created", name, 201);
     free(by);
     return status;
 }
@@ -300,19 +308,19 @@ static int s_list(api_req_t *req)
     /* The position is the creation time in whole microseconds (exact in
      * bigint both ways) and the id, so pages never skip or repeat a row
      * created in the same microsecond. */
+    /* clang-format off */
     const char *sql =
         "SELECT json_build_object('id', t.id, 'name', t.name, 'strict', t.strict, "
         "'version', t.current_version, 'subject', v.subject, "
-        "'created_at', " TS("t.created_at") ", 'updated_at', " TS(
-            "t.updated_at") ")::text, "
-                            "(extract(epoch FROM t.created_at) * 1000000)::bigint || '|' || t.id "
-                            "FROM templates t JOIN template_versions v "
-                            "ON v.template_id = t.id AND v.version = t.current_version "
-                            "WHERE t.organization_id = $1 AND ($2::bigint IS NULL OR "
-                            "(t.created_at, t.id) > "
-                            "(timestamptz 'epoch' + ($2::bigint / 1000000) * interval '1 second' "
-                            "+ ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid)) "
-                            "ORDER BY t.created_at, t.id LIMIT $4::int";
+        "'created_at', " TS("t.created_at") ", 'updated_at', " TS("t.updated_at") ")::text, "
+        "(extract(epoch FROM t.created_at) * 1000000)::bigint || '|' || t.id "
+        "FROM templates t JOIN template_versions v "
+        "ON v.template_id = t.id AND v.version = t.current_version "
+        "WHERE t.organization_id = $1 AND ($2::bigint IS NULL OR (t.created_at, t.id) > "
+        "(timestamptz 'epoch' + ($2::bigint / 1000000) * interval '1 second' "
+        "+ ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid)) "
+        "ORDER BY t.created_at, t.id LIMIT $4::int";
+    /* clang-format on */
     const char *params[] = {api_org(req), micros, after, lim};
     int status = 0;
     db_result_t *res = s_query(req, sql, 4, params, &status);
@@ -396,43 +404,41 @@ static int s_patch(api_req_t *req)
     char *by = s_created_by(req);
     if (!by)
         return api_problem(req, 500, "Internal Server Error", "out of memory");
-    /* One statement: lock the template, merge the given parts over the
+    /* First lock the template (orders concurrent PATCHes; a statement that
+     * waited for a row lock would still read the versions with its older
+     * snapshot), then in one statement merge the given parts over the
      * current version, insert the next version only when a part really
-     * changed (versions are immutable, never updated), then move the
-     * template to it. The lock orders concurrent PATCHes; the primary key
-     * (template_id, version) would refuse a lost race anyway. */
-    const char
-        *
-            sql =
-                "WITH cur AS (SELECT t.id, t.current_version, v.subject, v.html, v.text "
-                "FROM templates t JOIN template_versions v "
-                "ON v.template_id = t.id AND v.version = t.current_version "
-                "WHERE t.id = $1 AND t.organization_id = $2 FOR UPDATE OF t), "
-                "m AS (SELECT cur.*, coalesce($3, cur.subject) AS s, coalesce($4, cur.html) AS h, "
-                "coalesce($5, cur.text) AS x FROM cur), "
-                "ins AS (INSERT INTO template_versions (organization_id, template_id, version, "
-                "subject, html, text, created_by) "
-                "SELECT $2, m.id, m.current_version + 1, m.s, m.h, m.x, $8 FROM m "
-                "WHERE (m.s, m.h, m.x) IS DISTINCT FROM (m.subject, m.html, m.text) "
-                "RETURNING version, created_at), "
-                "t AS (UPDATE templates u SET name = coalesce($6, u.name), "
-                "strict = coalesce($7::boolean, u.strict), "
-                "current_version = coalesce((SELECT version FROM ins), u.current_version), "
-                "updated_at = now() FROM cur WHERE u.id = cur.id RETURNING u.*) "
-                "SELECT json_build_object('id', t.id, 'name', t.name, 'strict', t.strict, "
-                "'version', t.current_version, 'current_version', t.current_version, "
-                "'subject', m.s, 'html', m.h, 'text', m.x, "
-                "'created_at', " TS("t.created_at") ", 'updated_at', " TS(
-                    "t.updated_at") ", "
-                                    "'version_created_at', " TS(
-                                        "coalesce((SELECT created_at FROM ins), "
-                                        "(SELECT created_at FROM template_versions "
-                                        "WHERE template_id = t.id AND version = "
-                                        "t.current_version))") ")::text, "
-                                                               "t.id, t.current_version, "
-                                                               "t.current_version <> "
-                                                               "m.current_version "
-                                                               "FROM t JOIN m ON true";
+     * changed (versions are immutable, never updated), and move the
+     * template to it. */
+    const char *lock = "SELECT 1 FROM templates WHERE id = $1 AND organization_id = $2 "
+                       "FOR UPDATE";
+    /* clang-format off */
+    const char *sql =
+        "WITH cur AS (SELECT t.id, t.current_version, v.subject, v.html, v.text "
+        "FROM templates t JOIN template_versions v "
+        "ON v.template_id = t.id AND v.version = t.current_version "
+        "WHERE t.id = $1 AND t.organization_id = $2), "
+        "m AS (SELECT cur.*, coalesce($3, cur.subject) AS s, coalesce($4, cur.html) AS h, "
+        "coalesce($5, cur.text) AS x FROM cur), "
+        "ins AS (INSERT INTO template_versions (organization_id, template_id, version, "
+        "subject, html, text, created_by) "
+        "SELECT $2, m.id, m.current_version + 1, m.s, m.h, m.x, $8 FROM m "
+        "WHERE (m.s, m.h, m.x) IS DISTINCT FROM (m.subject, m.html, m.text) "
+        "RETURNING version, created_at), "
+        "t AS (UPDATE templates u SET name = coalesce($6, u.name), "
+        "strict = coalesce($7::boolean, u.strict), "
+        "current_version = coalesce((SELECT version FROM ins), u.current_version), "
+        "updated_at = now() FROM cur WHERE u.id = cur.id RETURNING u.*) "
+        "SELECT json_build_object('id', t.id, 'name', t.name, 'strict', t.strict, "
+        "'version', t.current_version, 'current_version', t.current_version, "
+        "'subject', m.s, 'html', m.h, 'text', m.x, "
+        "'created_at', " TS("t.created_at") ", 'updated_at', " TS("t.updated_at") ", "
+        "'version_created_at', " TS("coalesce((SELECT created_at FROM ins), "
+            "(SELECT created_at FROM template_versions "
+            "WHERE template_id = t.id AND version = t.current_version))") ")::text, "
+        "t.id, t.current_version, t.current_version <> m.current_version "
+        "FROM t JOIN m ON true";
+    /* clang-format on */
     const char *params[] = {id,
                             api_org(req),
                             src[0],
@@ -441,7 +447,7 @@ static int s_patch(api_req_t *req)
                             name,
                             strict < 0 ? NULL : strict ? "true" : "false",
                             by};
-    int status = s_save(req, sql, 8, params, "template.updated", name, 200);
+    int status = s_save(req, lock, sql, 8, params, "template.updated", name, 200);
     free(by);
     return status;
 }
@@ -531,20 +537,17 @@ static int s_preview(api_req_t *req)
     snprintf(vbuf, sizeof vbuf, "%lld", (long long)version);
     /* Template version and contact in one round trip; the contact subquery
      * is NULL when none was asked for or it is not this organization's. */
+    /* clang-format off */
     const char *sql =
         "SELECT t.strict, v.subject, v.html, v.text, "
         "(SELECT json_build_object('id', c.id, 'email', c.email, 'status', c.status, "
-        "'fields', c.fields, 'created_at', " TS(
-            "c.created_at") ", "
-                            "'updated_at', " TS(
-                                "c.updated_at") ")::text "
-                                                "FROM contacts c WHERE c.id = $3::uuid AND "
-                                                "c.organization_id = $2) "
-                                                "FROM templates t JOIN template_versions v ON "
-                                                "v.template_id = t.id "
-                                                "AND v.version = coalesce($4::int, "
-                                                "t.current_version) "
-                                                "WHERE t.id = $1 AND t.organization_id = $2";
+        "'fields', c.fields, 'created_at', " TS("c.created_at") ", "
+        "'updated_at', " TS("c.updated_at") ")::text "
+        "FROM contacts c WHERE c.id = $3::uuid AND c.organization_id = $2) "
+        "FROM templates t JOIN template_versions v ON v.template_id = t.id "
+        "AND v.version = coalesce($4::int, t.current_version) "
+        "WHERE t.id = $1 AND t.organization_id = $2";
+    /* clang-format on */
     const char *params[] = {id, api_org(req), contact_id, version ? vbuf : NULL};
     int status = 0;
     db_result_t *res = s_query(req, sql, 4, params, &status);

@@ -49,10 +49,12 @@
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 /* A webhook row w as the API shows it (never the secret). */
+/* clang-format off */
 #define WEBHOOK_JSON                                                                               \
     "json_build_object('id', w.id, 'url', w.url, 'events', to_json(w.events), "                    \
-    "'enabled', w.enabled, 'created_at', " TS("w.created_at") ", 'updated_at', " TS(               \
-        "w.updated_at") ")::text"
+    "'enabled', w.enabled, 'created_at', " TS("w.created_at") ", "                                 \
+    "'updated_at', " TS("w.updated_at") ")::text"
+/* clang-format on */
 
 /* Every event a webhook may subscribe to. */
 static const char *const s_events[] = {"message.sent",

@@ -7,6 +7,7 @@
  * lenient warns), SQL metacharacters round-tripping, tenancy (another
  * organization gets 404), scopes, and pagination.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -485,6 +486,56 @@ static void test_preview_data_strict_and_lenient(void **state)
     api_resp_free(&r);
 }
 
+/* One writer of test_concurrent_patches: PATCH_ROUNDS new html bodies. */
+#define PATCH_ROUNDS 8
+typedef struct {
+    const char *path; /* the template */
+    int writer;       /* 0 or 1, makes the bodies distinct */
+    int ok;           /* PATCHes answered 200 */
+} s_writer_t;
+
+static void *s_patch_writer(void *arg)
+{
+    s_writer_t *w = arg;
+    for (int i = 0; i < PATCH_ROUNDS; i++) {
+        api_resp_t r = {0};
+        api_callf(&s_env, "PATCH", w->path, s_env.key_full, &r, "{\"html\":\"w%d r%d\"}", w->writer,
+                  i);
+        if (r.status == 200)
+            w->ok++;
+        else
+            fprintf(stderr, "concurrent PATCH: %d %s\n", r.status, sbuf_data(r.raw));
+        api_resp_free(&r);
+    }
+    return NULL;
+}
+
+static void test_concurrent_patches(void **state)
+{
+    (void)state;
+    char id[64], path[160], sql[512];
+    s_create(json_pack("{s:s, s:s}", "name", "raced", "subject", "x"), s_env.key_full, id);
+    snprintf(path, sizeof path, "/api/v1/templates/%s", id);
+    s_writer_t w[2] = {{path, 0, 0}, {path, 1, 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, s_patch_writer, &w[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    /* Every PATCH made its own version, numbered without gaps. */
+    assert_int_equal(w[0].ok + w[1].ok, 2 * PATCH_ROUNDS);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) || ' ' || max(version) || ' ' || (SELECT current_version FROM "
+             "templates WHERE id = '%s') FROM template_versions WHERE template_id = '%s'",
+             id, id);
+    char *v = api_sql(&s_env, sql);
+    char want[32];
+    snprintf(want, sizeof want, "%d %d %d", 2 * PATCH_ROUNDS + 1, 2 * PATCH_ROUNDS + 1,
+             2 * PATCH_ROUNDS + 1);
+    assert_string_equal(v, want);
+    free(v);
+}
+
 static void test_sql_metacharacters(void **state)
 {
     (void)state;
@@ -647,6 +698,7 @@ int main(void)
         cmocka_unit_test(test_versions),
         cmocka_unit_test(test_preview_contact),
         cmocka_unit_test(test_preview_data_strict_and_lenient),
+        cmocka_unit_test(test_concurrent_patches),
         cmocka_unit_test(test_sql_metacharacters),
         cmocka_unit_test(test_tenancy_and_scope),
         cmocka_unit_test(test_pagination),
