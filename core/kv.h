@@ -41,4 +41,20 @@ int kv_del(kv_t *self, const char *key);
  * Valid until the next call on self. */
 const char *kv_error(const kv_t *self);
 
+/* ---- Lua scripts (used by ratelimit) ---- */
+/* Load script into Redis's script cache (SCRIPT LOAD). sha (>= 41 bytes)
+ * gets its SHA1 in hex. 0, or -1 with kv_error set. */
+int kv_script_load(kv_t *self, const char *script, char *sha);
+/* Run script in one round trip: EVALSHA with its SHA1 (computed here), and
+ * on NOSCRIPT (first use, Redis restarted, SCRIPT FLUSH) SCRIPT LOAD and
+ * EVALSHA once more; a refused EVALSHA ran nothing, so nothing runs twice.
+ * keys (nkeys) and args (nargs) are NUL-terminated strings sent as single
+ * binary-safe arguments. The script must return an integer or an array of
+ * integers (Lua numbers are truncated by Redis): up to max of them go to
+ * out and *n says how many were stored. 0, or -1 with kv_error set (an
+ * error reply, a reply of another type, or a dead connection, which is not
+ * retried: the script may have run). */
+int kv_eval_ints(kv_t *self, const char *script, int nkeys, const char *const *keys, int nargs,
+                 const char *const *args, int64_t *out, size_t max, size_t *n);
+
 #endif
