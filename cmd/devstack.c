@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -854,8 +855,61 @@ done:
 
 /* ------------------------------------------------------------------ mesh */
 
-/* Start `postchi <subcommand>` as node name unless it already runs. */
-static int s_up_node(const up_t *st, const char *name, const char *subcommand, int metrics_port)
+/* The dev stack's own secrets (login-token key, at-rest key), made once
+ * and kept in data_dir/secrets (mode 0600) so tokens and encrypted DKIM keys
+ * survive a restart. Settings given by the user win. 0 or -1. */
+static int s_dev_secrets(const up_t *st, char *jwt_env, char *key_env, size_t size)
+{
+    char jwt[65] = "", key[65] = "";
+    char *path = s_strf("%s/secrets", st->data_dir);
+    if (!path)
+        return -1;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\r\n")] = 0;
+            if (strncmp(line, "jwt_secret=", 11) == 0 && strlen(line + 11) == 64)
+                memcpy(jwt, line + 11, 65);
+            if (strncmp(line, "secret_key=", 11) == 0 && strlen(line + 11) == 64)
+                memcpy(key, line + 11, 65);
+        }
+        fclose(f);
+    }
+    if (!jwt[0] || !key[0]) {
+        unsigned char raw[64];
+        if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
+            free(path);
+            return -1;
+        }
+        for (int i = 0; i < 32; i++) {
+            sprintf(jwt + 2 * i, "%02x", raw[i]);
+            sprintf(key + 2 * i, "%02x", raw[32 + i]);
+        }
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        f = fd >= 0 ? fdopen(fd, "w") : NULL;
+        if (!f) {
+            if (fd >= 0)
+                close(fd);
+            log_error("cannot write %s: %s", path, strerror(errno));
+            free(path);
+            return -1;
+        }
+        fprintf(f, "jwt_secret=%s\nsecret_key=%s\n", jwt, key);
+        fclose(f);
+        log_info("made the dev stack's secrets in %s", path);
+    }
+    free(path);
+    const char *cj = config_str(st->cfg, "jwt_secret"), *ck = config_str(st->cfg, "secret_key");
+    snprintf(jwt_env, size, "POSTCHI_JWT_SECRET=%s", cj[0] ? cj : jwt);
+    snprintf(key_env, size, "POSTCHI_SECRET_KEY=%s", ck[0] ? ck : key);
+    return 0;
+}
+
+/* Start `postchi <subcommand>` as node name unless it already runs. extra
+ * (NULL or NULL-terminated) adds environment entries. */
+static int s_up_node(const up_t *st, const char *name, const char *subcommand, int metrics_port,
+                     char *const *extra)
 {
     char *pid_path = s_strf("%s/run/%s.pid", st->data_dir, name);
     char *log_path = s_strf("%s/log/%s.log", st->data_dir, name);
@@ -872,7 +926,9 @@ static int s_up_node(const up_t *st, const char *name, const char *subcommand, i
     }
     log_info("starting %s", name);
     char *argv[] = {st->self_exe, (char *)subcommand, NULL};
-    char *env[] = {env_node, env_metrics, env_dir, NULL};
+    char *env[8] = {env_node, env_metrics, env_dir, NULL};
+    for (int i = 0; extra && extra[i] && i < 4; i++)
+        env[3 + i] = extra[i];
     rc = s_spawn_daemon(st, argv, env, log_path, pid_path) > 0 ? 0 : -1;
     if (rc == -1)
         log_error("cannot start '%s %s' (node %s): see %s", s_self_name(st), subcommand, name,
@@ -890,15 +946,19 @@ static int s_up_mesh(const up_t *st)
 {
     int base = (int)config_int(st->cfg, "up_metrics_port");
     int workers = (int)config_int(st->cfg, "up_workers");
-    if (s_up_node(st, "broker", "broker", base) == -1)
+    char jwt_env[128], key_env[128];
+    if (s_dev_secrets(st, jwt_env, key_env, sizeof jwt_env) != 0)
+        return -1;
+    if (s_up_node(st, "broker", "broker", base, NULL) == -1)
         return -1;
     for (int i = 1; i <= workers; i++) {
         char name[32];
         snprintf(name, sizeof name, "worker-%d", i);
-        if (s_up_node(st, name, "worker", base + i) == -1)
+        if (s_up_node(st, name, "worker", base + i, NULL) == -1)
             return -1;
     }
-    return s_up_node(st, "api", "api", base + workers + 1);
+    char *api_env[] = {jwt_env, key_env, NULL};
+    return s_up_node(st, "api", "api", base + workers + 1, api_env);
 }
 
 /* --------------------------------------------------------------- summary */

@@ -136,6 +136,13 @@ static int s_log_message(const struct mg_connection *conn, const char *message)
 
 statusd_t *statusd_start(const char *bind, int port, statusd_ready_fn ready, void *arg, sbuf_t *err)
 {
+    statusd_opts_t o = {4, 10000, 0};
+    return statusd_start_opts(bind, port, &o, ready, arg, err);
+}
+
+statusd_t *statusd_start_opts(const char *bind, int port, const statusd_opts_t *opts,
+                              statusd_ready_fn ready, void *arg, sbuf_t *err)
+{
     /* Only a numeric address: civetweb 1.15 does not resolve names and
      * half-parses malformed addresses instead of refusing them (it accepted
      * "999.0.0.1"), and its option is a list we must not let a comma extend. */
@@ -170,9 +177,20 @@ statusd_t *statusd_start(const char *bind, int port, statusd_ready_fn ready, voi
     (void)mg_init_library(0);
     pthread_mutex_unlock(&s_lib_lock);
 
-    const char *options[] = {
-        "listening_ports",   ports, "num_threads", "4", "request_timeout_ms", "10000",
-        "enable_keep_alive", "no",  NULL};
+    char threads[16], timeout[16];
+    snprintf(threads, sizeof threads, "%d", opts->threads > 0 ? opts->threads : 4);
+    snprintf(timeout, sizeof timeout, "%d", opts->timeout_ms > 0 ? opts->timeout_ms : 10000);
+    const char *options[] = {"listening_ports",
+                             ports,
+                             "num_threads",
+                             threads,
+                             "request_timeout_ms",
+                             timeout,
+                             "enable_keep_alive",
+                             opts->keep_alive ? "yes" : "no",
+                             "keep_alive_timeout_ms",
+                             "30000",
+                             NULL};
     struct mg_callbacks callbacks;
     memset(&callbacks, 0, sizeof callbacks);
     callbacks.log_message = s_log_message;

@@ -21,6 +21,16 @@ typedef int (*statusd_ready_fn)(void *arg, sbuf_t *body);
  * ready may be NULL (always ready). NULL with err set when it cannot listen. */
 statusd_t *statusd_start(const char *bind, int port, statusd_ready_fn ready, void *arg,
                          sbuf_t *err);
+/* The API node's variant: threads serving requests, per-request timeout,
+ * and HTTP keep-alive (what API clients reuse connections with). */
+typedef struct {
+    int threads;        /* civetweb worker threads (default 4) */
+    int timeout_ms;     /* request_timeout_ms (default 10000) */
+    int keep_alive;     /* 1: keep connections open between requests */
+} statusd_opts_t;
+statusd_t *statusd_start_opts(const char *bind, int port, const statusd_opts_t *opts,
+                              statusd_ready_fn ready, void *arg, sbuf_t *err);
+
 /* The port actually bound. */
 int statusd_port(const statusd_t *self);
 /* Stops the server and waits for its threads. NULL-safe, sets *self_p NULL. */

@@ -31,7 +31,7 @@ static char **s_env(mesh_t *m, const char *node_id, int metrics_port)
     static char buf[8][128];
     static char *env[32];
     int n = 0;
-    char *const *stores = harness_server_env(NULL);
+    char *const *stores = harness_server_env(m->database[0] ? m->database : NULL);
     for (int i = 0; stores[i] && n < 20; i++)
         env[n++] = stores[i];
     snprintf(buf[0], sizeof buf[0], "POSTCHI_BROKER_ENDPOINT=%s", m->endpoint);

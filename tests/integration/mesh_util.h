@@ -21,6 +21,7 @@ typedef struct {
     int nworkers;                             /* how many were started */
     char endpoint[64];                        /* tcp://127.0.0.1:port */
     char heartbeat_ms[16];                    /* heartbeat_interval_ms for all */
+    char database[64];                        /* workers' database ("" = fixture's) */
 } mesh_t;
 
 /* Pick ports; heartbeat_ms 0 keeps the default. Starts nothing. */

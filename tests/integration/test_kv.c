@@ -130,6 +130,50 @@ static void test_connect_to_closed_port_fails_clearly(void **state)
     sbuf_destroy(&err);
 }
 
+/* Windowed counters (login failures): INCR sets the expiry once, GET
+ * reports value and time left, DEL resets. */
+static void test_window_counters(void **state)
+{
+    (void)state;
+    kv_t *kv = s_connect();
+    const char *key = s_key("window");
+    int64_t v = -1, ttl = 0;
+    assert_int_equal(kv_del(kv, key), 0); /* absent is fine */
+    assert_int_equal(kv_get_int(kv, key, &v, &ttl), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(ttl, -1);
+    assert_int_equal(kv_incr_expire(kv, key, 900, &v), 0);
+    assert_int_equal(v, 1);
+    assert_int_equal(kv_incr_expire(kv, key, 5, &v), 0); /* window kept, not restarted */
+    assert_int_equal(v, 2);
+    assert_int_equal(kv_get_int(kv, key, &v, &ttl), 0);
+    assert_int_equal(v, 2);
+    assert_true(ttl > 5 && ttl <= 900);
+    assert_int_equal(kv_get_int(kv, key, &v, NULL), 0);
+    assert_int_equal(kv_del(kv, key), 0);
+    assert_int_equal(kv_get_int(kv, key, &v, &ttl), 0);
+    assert_int_equal(v, 0);
+    /* A counter someone left without expiry gets one on the next count. */
+    assert_int_equal(kv_incrby(kv, key, 7, &v), 0);
+    assert_int_equal(kv_incr_expire(kv, key, 60, &v), 0);
+    assert_int_equal(v, 8);
+    assert_int_equal(kv_get_int(kv, key, &v, &ttl), 0);
+    assert_true(ttl > 0 && ttl <= 60);
+    assert_int_equal(kv_del(kv, key), 0);
+    /* Keys are binary-safe single arguments here too. */
+    assert_int_equal(kv_incr_expire(kv, s_key("a b\r\nDEL x"), 60, &v), 0);
+    assert_int_equal(v, 1);
+    assert_int_equal(kv_del(kv, s_key("a b\r\nDEL x")), 0);
+    /* Counters made by INCRBY and by the script read back alike. */
+    assert_int_equal(kv_incr_expire(kv, s_key("window-str"), 60, &v), 0);
+    assert_int_equal(kv_incrby(kv, s_key("window-str"), 1, &v), 0);
+    assert_int_equal(kv_get_int(kv, s_key("window-str"), &v, &ttl), 0);
+    assert_int_equal(v, 2);
+    assert_int_equal(kv_del(kv, s_key("window-str")), 0);
+    assert_int_equal(kv_ping(kv), 1);
+    kv_destroy(&kv);
+}
+
 int main(void)
 {
     if (!harness_server("REDIS_HOST")) {
@@ -138,6 +182,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ping_and_incrby),
+        cmocka_unit_test(test_window_counters),
         cmocka_unit_test(test_reconnects_after_redis_restarts),
         cmocka_unit_test(test_connect_to_closed_port_fails_clearly),
     };

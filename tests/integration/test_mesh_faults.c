@@ -23,6 +23,9 @@
 #include "envelope.h"
 #include "mesh_util.h"
 
+/* The API node refuses to start without a login-token key. */
+#define TEST_API_SECRETS "POSTCHI_JWT_SECRET=postchi-test-secret-0123456789abcdef0123456789"
+
 static size_t s_frame(sbuf_t *out, msg_type_t type, const char *target, const char *sender,
                       uint64_t corr)
 {
@@ -204,6 +207,7 @@ static void s_missing_store(const char *sub, const char *setting, const char *ne
     env[k++] = wait_env;
     env[k++] = id_env;
     env[k++] = api_env;
+    env[k++] = TEST_API_SECRETS;
     env[k] = NULL;
     int64_t t0 = harness_now_ms();
     harness_proc_t *p = harness_spawn_postchi(sub, sub, env);
@@ -265,6 +269,7 @@ static void test_metrics_scrape(void **state)
     env[k++] = api_env;
     env[k++] = ep_env;
     env[k++] = "POSTCHI_NODE_ID=api0";
+    env[k++] = TEST_API_SECRETS;
     env[k] = NULL;
     harness_proc_t *api = harness_spawn_postchi("api", "api", env);
     assert_non_null(api);
