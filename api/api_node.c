@@ -120,7 +120,7 @@ int api_main(const config_t *cfg)
     }
     n.mesh = mesh;
     statusd_opts_t so = {(int)config_int(cfg, "api_threads"),
-                         (int)config_int(cfg, "api_request_timeout_ms"), 1};
+                         (int)config_int(cfg, "api_request_timeout_ms"), 1, 1};
     srv = statusd_start_opts(config_str(cfg, "api_bind"), (int)config_int(cfg, "api_port"), &so,
                              s_ready, &n, err);
     if (!srv) {

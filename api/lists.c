@@ -31,7 +31,6 @@
 #define LIST_DESC_MAX 2000
 #define MEMBERS_MAX 10000
 #define MEMBER_ERRORS_MAX 20 /* field errors reported per request for members */
-#define TRIGGER_IDS_MAX 100  /* above this the trigger names a range (also in s_sql_add) */
 
 /* Columns of a list row, in s_list_json order; the table is aliased l. */
 #define LIST_COLS                                                                          \
@@ -294,15 +293,18 @@ static int s_members_body(api_req_t *req, s_members_t *m)
 }
 
 /* Tell the tenant actor about the committed list_added events (ev is the
- * {"n","min","max","ids"} object the insert returned). */
+ * {"n","min","max"} object the insert returned). */
 static void s_trigger_added(api_req_t *req, const char *list_id, json_t *ev)
 {
     json_int_t n = json_integer_value(json_object_get(ev, "n"));
     if (n <= 0)
         return;
+    /* One id is the single form; more is the range form the tenant actor
+     * marks in one statement (it only ever touches this organization's
+     * undispatched rows in the range, each handled under its own name). */
     json_t *body;
-    if (n <= TRIGGER_IDS_MAX && json_is_array(json_object_get(ev, "ids")))
-        body = json_pack("{s:s, s:O}", "list_id", list_id, "event_ids", json_object_get(ev, "ids"));
+    if (n == 1)
+        body = json_pack("{s:s, s:O}", "list_id", list_id, "event_id", json_object_get(ev, "min"));
     else
         body = json_pack("{s:s, s:O, s:O, s:I}", "list_id", list_id, "first_event_id",
                          json_object_get(ev, "min"), "last_event_id",
@@ -340,9 +342,7 @@ static const char s_sql_add[] =
     "  FROM ins i ORDER BY i.contact_id RETURNING id)"
     " SELECT (SELECT count(*) FROM lst), (SELECT count(*) FROM ins),"
     " (SELECT count(*) FROM found),"
-    " (SELECT json_build_object('n', count(*), 'min', min(id), 'max', max(id), 'ids',"
-    "  CASE WHEN count(*) <= 100 THEN coalesce(json_agg(id ORDER BY id), '[]') END)"
-    "  FROM ev),"
+    " (SELECT json_build_object('n', count(*), 'min', min(id), 'max', max(id)) FROM ev),"
     " (SELECT coalesce(json_agg(w.id ORDER BY w.id), '[]') FROM want w"
     "  WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.id = w.id))";
 

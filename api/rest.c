@@ -991,8 +991,13 @@ static int s_read_body(api_req_t *req)
                            jerr.line, jerr.column, jerr.text);
     if (!json_is_object(req->body))
         return api_problem(req, 400, "Bad Request", "the body must be a JSON object");
+    /* Batch calls take longer arrays than the guard's default so their
+     * handlers can answer an oversized batch precisely (422 on the field). */
+    json_guard_limits_t lim = *json_guard_defaults();
+    if (req->rt->route->flags & API_BATCH)
+        lim.max_array *= 10;
     sbuf_t *why = sbuf_new(64);
-    int rc = why ? json_guard_check(req->body, json_guard_defaults(), why) : -1;
+    int rc = why ? json_guard_check(req->body, &lim, why) : -1;
     if (rc != 0)
         api_problem(req, 400, "Bad Request", "the body is too large in shape: %s",
                     why ? sbuf_data(why) : "out of memory");
@@ -1182,6 +1187,9 @@ static int s_split(api_req_t *req, const char *path)
             *o++ = c;
         }
         *o++ = 0;
+        const char *seg = req->seg[req->nseg - 1];
+        if (strcmp(seg, ".") == 0 || strcmp(seg, "..") == 0)
+            return -1;
     }
     return 0;
 }
@@ -1256,7 +1264,10 @@ static void s_serve_openapi(api_req_t *req)
 
 static void s_run(api_req_t *req)
 {
-    const char *path = req->ri->local_uri_raw ? req->ri->local_uri_raw : req->ri->local_uri;
+    /* request_uri is the path as sent (the server runs with decode_url=no
+     * and we decode per segment); civetweb's local_uri has had "." and ".."
+     * folded, which would let a traversal reach another route's shape. */
+    const char *path = req->ri->request_uri;
     if (!path || strncmp(path, "/api/v1", 7) != 0 || (path[7] && path[7] != '/')) {
         api_problem(req, 404, "Not Found", "no such resource");
         return;

@@ -76,6 +76,15 @@ static int s_gate(struct mg_connection *conn, const char *path)
     return s_reply(conn, 405, "text/plain; charset=utf-8", "Allow: GET\r\n", body, sizeof body - 1);
 }
 
+static int s_not_found(struct mg_connection *conn, void *cbdata)
+{
+    (void)cbdata;
+    static const char body[] = "{\"type\":\"https://postchi.dev/problems/not-found\","
+                               "\"title\":\"Not Found\",\"status\":404,"
+                               "\"detail\":\"no such resource\"}";
+    return s_reply(conn, 404, "application/problem+json", NULL, body, sizeof body - 1);
+}
+
 static int s_metrics(struct mg_connection *conn, void *cbdata)
 {
     (void)cbdata;
@@ -136,7 +145,7 @@ static int s_log_message(const struct mg_connection *conn, const char *message)
 
 statusd_t *statusd_start(const char *bind, int port, statusd_ready_fn ready, void *arg, sbuf_t *err)
 {
-    statusd_opts_t o = {4, 10000, 0};
+    statusd_opts_t o = {4, 10000, 0, 0};
     return statusd_start_opts(bind, port, &o, ready, arg, err);
 }
 
@@ -190,6 +199,8 @@ statusd_t *statusd_start_opts(const char *bind, int port, const statusd_opts_t *
                              opts->keep_alive ? "yes" : "no",
                              "keep_alive_timeout_ms",
                              "30000",
+                             "decode_url",
+                             opts->raw_urls ? "no" : "yes",
                              NULL};
     struct mg_callbacks callbacks;
     memset(&callbacks, 0, sizeof callbacks);
@@ -211,6 +222,9 @@ statusd_t *statusd_start_opts(const char *bind, int port, const statusd_opts_t *
         return NULL;
     }
 
+    /* Everything no handler claims (including paths civetweb folded, such
+     * as "/a/../b") gets a JSON 404 from us, never civetweb's own page. */
+    mg_set_request_handler(self->ctx, "/", s_not_found, self);
     mg_set_request_handler(self->ctx, "/metrics", s_metrics, self);
     mg_set_request_handler(self->ctx, "/healthz", s_healthz, self);
     mg_set_request_handler(self->ctx, "/readyz", s_readyz, self);

@@ -27,6 +27,8 @@ typedef struct {
     int threads;        /* civetweb worker threads (default 4) */
     int timeout_ms;     /* request_timeout_ms (default 10000) */
     int keep_alive;     /* 1: keep connections open between requests */
+    int raw_urls;       /* 1: hand paths to handlers still percent-encoded, so
+                           an encoded '/' or NUL cannot change a path's shape */
 } statusd_opts_t;
 statusd_t *statusd_start_opts(const char *bind, int port, const statusd_opts_t *opts,
                               statusd_ready_fn ready, void *arg, sbuf_t *err);

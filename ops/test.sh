@@ -19,11 +19,20 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build -j"$jobs"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPOSTCHI_SANITIZE=ON
 cmake --build build-asan -j"$jobs"
+# The fuzz targets, built with clang's libFuzzer, each fuzzing for a bounded
+# time (tests/fuzz/CMakeLists.txt) from its checked-in corpus.
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo
+fuzz_targets=$(sed -n 's/^postchi_fuzz(\([a-z_]*\).*/fuzz_\1/p' tests/fuzz/CMakeLists.txt)
+# shellcheck disable=SC2086
+cmake --build build-fuzz -j"$jobs" --target $fuzz_targets
 
 export ASAN_OPTIONS=detect_leaks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 set +e
+echo "=== libFuzzer runs (build-fuzz)"
+ctest --test-dir build-fuzz --output-on-failure -L fuzz
+fuzz_rc=$?
 echo "=== ctest: sanitizer build (build-asan)"
 ctest --test-dir build-asan --output-on-failure -j2
 asan_rc=$?
@@ -35,6 +44,10 @@ set -e
 
 if [ $asan_rc -ne 0 ]; then
     echo "(the sanitizer suite above FAILED)"
+    exit 1
+fi
+if [ $fuzz_rc -ne 0 ]; then
+    echo "(the libFuzzer runs above FAILED)"
     exit 1
 fi
 exit $rc

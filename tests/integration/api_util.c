@@ -190,9 +190,10 @@ int api_call(const api_env_t *e, const char *method, const char *path, const cha
     sbuf_appendf(req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n", method, path);
     if (token)
         sbuf_appendf(req, "Authorization: Bearer %s\r\n", token);
+    if (body && !(headers && strstr(headers, "Content-Type:")))
+        sbuf_appendf(req, "Content-Type: application/json\r\n");
     if (body)
-        sbuf_appendf(req, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
-                     strlen(body));
+        sbuf_appendf(req, "Content-Length: %zu\r\n", strlen(body));
     else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
              strcmp(method, "PATCH") == 0)
         sbuf_appendf(req, "Content-Length: 0\r\n");

@@ -23,8 +23,10 @@
 #include "envelope.h"
 #include "mesh_util.h"
 
-/* The API node refuses to start without a login-token key. */
+/* The API node refuses to start without its two keys. */
 #define TEST_API_SECRETS "POSTCHI_JWT_SECRET=postchi-test-secret-0123456789abcdef0123456789"
+#define TEST_API_SECRET_KEY                                                                        \
+    "POSTCHI_SECRET_KEY=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
 static size_t s_frame(sbuf_t *out, msg_type_t type, const char *target, const char *sender,
                       uint64_t corr)
@@ -208,6 +210,7 @@ static void s_missing_store(const char *sub, const char *setting, const char *ne
     env[k++] = id_env;
     env[k++] = api_env;
     env[k++] = TEST_API_SECRETS;
+    env[k++] = TEST_API_SECRET_KEY;
     env[k] = NULL;
     int64_t t0 = harness_now_ms();
     harness_proc_t *p = harness_spawn_postchi(sub, sub, env);
@@ -270,6 +273,7 @@ static void test_metrics_scrape(void **state)
     env[k++] = ep_env;
     env[k++] = "POSTCHI_NODE_ID=api0";
     env[k++] = TEST_API_SECRETS;
+    env[k++] = TEST_API_SECRET_KEY;
     env[k] = NULL;
     harness_proc_t *api = harness_spawn_postchi("api", "api", env);
     assert_non_null(api);
