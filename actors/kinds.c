@@ -5,8 +5,10 @@
 #include "actor.h"
 
 extern const actor_kind_t actor_kind_ping;
+extern const actor_kind_t actor_kind_tenant;
 
 const actor_kind_t *const actor_kinds[] = {
     &actor_kind_ping,
+    &actor_kind_tenant,
     NULL,
 };

@@ -36,6 +36,7 @@
 #include "mesh_peer.h"
 #include "metrics.h"
 #include "statusd.h"
+#include "sweeper.h"
 #include "worker.h"
 
 #define ACTOR_SCHEDULED 1u /* on the run queue or on a pool thread */
@@ -522,6 +523,7 @@ int worker_main(const config_t *cfg)
     worker_t w = {0};
     int status = 1;
     statusd_t *srv = NULL;
+    sweeper_t *sweeper = NULL; /* outbox re-sender, its own thread */
     sbuf_t *err = sbuf_new(128);
     signal(SIGTERM, s_on_signal);
     signal(SIGINT, s_on_signal);
@@ -593,6 +595,11 @@ int worker_main(const config_t *cfg)
             goto stop_pool;
         }
     }
+    sweeper = sweeper_start(cfg, w.node_id, err);
+    if (!sweeper) {
+        log_error("cannot start the outbox sweeper: %s", sbuf_data(err));
+        goto stop_pool;
+    }
     log_info("worker started node=%s threads=%d broker=%s metrics_port=%d", w.node_id,
              w.nthreads, po.endpoint, mport);
 
@@ -653,6 +660,7 @@ int worker_main(const config_t *cfg)
     log_info("worker stopping node=%s actors=%zu", w.node_id, dict_size(w.actors));
     status = 0;
 stop_pool:
+    sweeper_stop(&sweeper);
     pthread_mutex_lock(&w.lock);
     w.stopping = 1;
     pthread_cond_broadcast(&w.cond);

@@ -33,9 +33,11 @@
 
 #include "authn.h"
 #include "dict.h"
+#include "json_guard.h"
 #include "log.h"
 #include "mesh_peer.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "rest.h"
 #include "rest_internal.h"
 #include "routes.h"
@@ -118,6 +120,7 @@ static struct {
     metric_family_t *f_requests; /* requests by route and status */
     metric_t *m_auth_missing, *m_auth_key, *m_auth_token, *m_auth_scope;
     metric_t *m_ratelimited;   /* 429s */
+    ratelimit_t *rl;           /* per-caller token buckets */
 } R;
 
 static const char *const s_scope_names[] = {"public", "read", "send", "full", "user"};
@@ -134,10 +137,18 @@ static void s_thread_state_free(void *p)
     free(ts);
 }
 
-static void s_compile_route(route_rt_t *rt, const api_route_t *r)
+static metric_family_t *s_latency_family(void)
 {
     static const double buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                      0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5, 10};
+    static const char *const labels[] = {"route", NULL};
+    return metrics_family(METRIC_HISTOGRAM, "postchi_api_request_duration_seconds",
+                          "Time to answer an API request, by route.", labels, buckets,
+                          sizeof buckets / sizeof buckets[0]);
+}
+
+static void s_compile_route(route_rt_t *rt, const api_route_t *r)
+{
     rt->route = r;
     if (r->path[0] != '/')
         log_panic("route %s %s: path must start with /", r->method, r->path);
@@ -156,11 +167,7 @@ static void s_compile_route(route_rt_t *rt, const api_route_t *r)
         rt->nseg++;
     }
     free(copy);
-    static const char *const labels[] = {"route", NULL};
-    metric_family_t *f = metrics_family(METRIC_HISTOGRAM, "postchi_api_request_duration_seconds",
-                                        "Time to answer an API request, by route.", labels,
-                                        buckets, sizeof buckets / sizeof buckets[0]);
-    rt->latency = metrics_series(f, (const char *const[]){r->name, NULL});
+    rt->latency = metrics_series(s_latency_family(), (const char *const[]){r->name, NULL});
 }
 
 int rest_init(const config_t *cfg, rest_send_fn send, void *send_arg, sbuf_t *err)
@@ -186,9 +193,16 @@ int rest_init(const config_t *cfg, rest_send_fn send, void *send_arg, sbuf_t *er
                      strlen(R.jwt_secret));
         return -1;
     }
+    R.rl = ratelimit_new((double)config_int(cfg, "rate_limit_rps"),
+                         (double)config_int(cfg, "rate_limit_burst"));
+    if (!R.rl) {
+        sbuf_appendf(err, "cannot create the rate limiter");
+        return -1;
+    }
     pthread_key_create(&R.tkey, s_thread_state_free);
     pthread_mutex_init(&R.key_lock, NULL);
 
+    s_latency_family(); /* exported even before the first route exists */
     const api_route_t *const *tables = api_route_tables();
     int n = 0;
     for (int t = 0; tables[t]; t++)
@@ -238,6 +252,7 @@ void rest_shutdown(void)
             free(R.routes[i].params[s]);
         }
     free(R.routes);
+    ratelimit_destroy(&R.rl);
     if (R.keys) {
         size_t cursor = 0;
         dict_sweep(R.keys, &cursor, dict_size(R.keys) + 16, s_free_key, NULL);
@@ -976,7 +991,41 @@ static int s_read_body(api_req_t *req)
                            jerr.line, jerr.column, jerr.text);
     if (!json_is_object(req->body))
         return api_problem(req, 400, "Bad Request", "the body must be a JSON object");
-    return 0;
+    sbuf_t *why = sbuf_new(64);
+    int rc = why ? json_guard_check(req->body, json_guard_defaults(), why) : -1;
+    if (rc != 0)
+        api_problem(req, 400, "Bad Request", "the body is too large in shape: %s",
+                    why ? sbuf_data(why) : "out of memory");
+    sbuf_destroy(&why);
+    return rc == 0 ? 0 : 400;
+}
+
+/* 0 when the caller may go on, else the status answered (429). Sets the
+ * RateLimit-* headers either way. Redis down: the limiter's local share
+ * decides, so requests still succeed within it. */
+static int s_rate_limit(api_req_t *req)
+{
+    if (!req->actor_id[0])
+        return 0;
+    char key[96];
+    snprintf(key, sizeof key, "%s:%s", req->actor_type, req->actor_id);
+    ratelimit_result_t r;
+    ratelimit_take(R.rl, api_kv(req), key, &r);
+    char v[32];
+    snprintf(v, sizeof v, "%lld", (long long)r.limit);
+    api_set_header(req, "RateLimit-Limit", v);
+    snprintf(v, sizeof v, "%lld", (long long)r.remaining);
+    api_set_header(req, "RateLimit-Remaining", v);
+    snprintf(v, sizeof v, "%lld", (long long)r.reset_s);
+    api_set_header(req, "RateLimit-Reset", v);
+    if (r.allowed)
+        return 0;
+    metric_inc(R.m_ratelimited);
+    snprintf(v, sizeof v, "%lld", (long long)r.retry_after_s);
+    api_set_header(req, "Retry-After", v);
+    return api_problem(req, 429, "Too Many Requests",
+                       "this caller's rate limit is spent; retry after %lld s",
+                       (long long)r.retry_after_s);
 }
 
 /* ------------------------------------------------------------ idempotency */
@@ -1250,6 +1299,8 @@ static void s_run(api_req_t *req)
         return;
     }
     if (s_authenticate(req) != 0)
+        return;
+    if (s_rate_limit(req) != 0)
         return;
     if (s_read_body(req) != 0)
         return;

@@ -22,9 +22,28 @@ for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
         || missing="$missing $p"
 done
-[ -n "$missing" ] || exit 0
+if [ -n "$missing" ]; then
+    echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
 
-echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-# shellcheck disable=SC2086
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+# The OpenAPI validator tests/integration/test_openapi.sh runs: @redocly/cli,
+# pinned in ops/tools/package.json and package-lock.json, installed into
+# ops/tools/node_modules (ignored by git). It needs Node.js 20 or later; when
+# node or npm is missing, Debian's packages are installed first (a machine
+# that already has its own Node.js keeps it). Skipped when it is there at the
+# pinned version, so running this again changes nothing.
+TOOLS=$(cd "$(dirname "$0")" && pwd)/tools
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+want=$(node -p "require('$TOOLS/package.json').dependencies['@redocly/cli']")
+have=$(node -p "try { require('$TOOLS/node_modules/@redocly/cli/package.json').version } catch (e) { '' }")
+if [ "$want" != "$have" ]; then
+    node -e "process.exit(+process.versions.node.split('.')[0] >= 20 ? 0 : 1)" ||
+        echo "install-deps: warning: Node.js $(node --version) is older than 20; @redocly/cli may refuse to run" >&2
+    npm ci --prefix "$TOOLS" --no-audit --no-fund --loglevel=error
+fi

@@ -32,6 +32,7 @@ typedef struct {
     int postchi;          /* receiver speaks the mesh protocol */
     volatile int ready;   /* receiver registered */
     int64_t t_end;        /* when the last message arrived */
+    long got;             /* messages that arrived */
 } run_t;
 
 static void s_hello(void *sock, msg_type_t type)
@@ -70,7 +71,10 @@ static void *s_receiver(void *arg)
     }
     long got = 0;
     int64_t next_beat = mesh_now_ms() + 300;
-    while (got < r->n) {
+    int timeout = 1000;
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    int64_t give_up = mesh_now_ms() + 120000;
+    while (got < r->n && mesh_now_ms() < give_up) {
         int n = zmq_recv(s, buf, sizeof buf, 0);
         if (n > 120) /* data frames; beats and replies are small */
             got++;
@@ -80,6 +84,7 @@ static void *s_receiver(void *arg)
         }
     }
     r->t_end = mesh_now_ms();
+    r->got = got;
     zmq_close(s);
     zmq_ctx_term(ctx);
     return NULL;
@@ -91,7 +96,10 @@ static void s_plain_relay(const char *endpoint)
 {
     void *ctx = zmq_ctx_new();
     void *s = zmq_socket(ctx, ZMQ_ROUTER);
-    int hwm = 100000;
+    int hwm = 100000, one = 1;
+    /* Lossless like the broker: a full pipe blocks the relay instead of
+     * dropping (a plain ROUTER drops silently at the high-water mark). */
+    zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_bind(s, endpoint);
@@ -113,7 +121,7 @@ static void s_plain_relay(const char *endpoint)
 
 static double s_round(const char *endpoint, int postchi, long n)
 {
-    run_t r = {endpoint, n, postchi, 0, 0};
+    run_t r = {endpoint, n, postchi, 0, 0, 0};
     pthread_t th;
     pthread_create(&th, NULL, s_receiver, &r);
     while (!r.ready)
@@ -144,6 +152,9 @@ static double s_round(const char *endpoint, int postchi, long n)
     for (long i = 0; i < n; i++)
         zmq_send(s, sbuf_data(frames[i % NT]), sbuf_len(frames[i % NT]), 0);
     pthread_join(th, NULL);
+    if (r.got < n)
+        fprintf(stderr, "%s lost %ld of %ld messages\n", postchi ? "broker" : "plain relay",
+                n - r.got, n);
     double rate = (double)n / ((double)(r.t_end - t0) / 1000.0);
     for (int i = 0; i < NT; i++)
         sbuf_destroy(&frames[i]);

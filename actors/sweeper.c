@@ -1,0 +1,246 @@
+/*
+ * sweeper - see sweeper.h.
+ *
+ * How: one thread per worker with its own mesh client and its own
+ * PostgreSQL connection, so neither the worker's I/O thread nor its pool
+ * ever waits on a sweep. Each round, a sweeper that is not yet the leader
+ * tries pg_try_advisory_lock; the lock is session-level and kept, so the
+ * leader stays the leader until its connection or process ends, and one
+ * worker sweeps at a time. The leader selects the oldest undispatched rows
+ * (created more than SWEEP_AGE ago, so it does not race the API's own
+ * message) and sends each to tenant/<org> as a one-way message named after
+ * the event, body {"event_id": id}. It marks nothing: the tenant actor does,
+ * with "AND dispatched_at IS NULL", so a message lost again is simply sent
+ * again next round and a duplicate marks nothing.
+ *
+ * What can go wrong: PostgreSQL down (the round is skipped and the
+ * connection retried next round; the lock goes with the session, another
+ * worker may take it); the broker unreachable (rounds are skipped until the
+ * client hears it); a full pipe (the round stops, the rest go next round);
+ * a database without the events table (logged, at most every minute). An
+ * event row whose name the tenant actor refuses stays undispatched and is
+ * re-sent every round; postchi_worker_outbox_pending shows it.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "log.h"
+#include "mesh_client.h"
+#include "mesh_peer.h"
+#include "metrics.h"
+#include "sweeper.h"
+
+/* The advisory lock key: "postchiS" in ASCII (migrate uses "postchiM"). */
+#define SWEEP_LOCK_KEY "8101821198383999315"
+/* Rows younger than this are left to the API's own message. */
+#define SWEEP_AGE "3 seconds"
+/* Rows re-sent per round at most. */
+#define SWEEP_BATCH "1000"
+/* How often the thread looks at its stop flag while idle. */
+#define STOP_POLL_MS 100
+/* Retry delay while the broker has not been heard yet. */
+#define NOT_READY_MS 250
+
+struct sweeper {
+    pthread_t thread;      /* the sweeping thread */
+    int started;           /* thread was created (join it) */
+    atomic_int stopping;   /* set by sweeper_stop */
+    char *conninfo;        /* PostgreSQL connection string */
+    mesh_client_t *client; /* own broker connection (used by the thread only) */
+    db_t *db;              /* own PostgreSQL connection (thread only), or NULL */
+    int leader;            /* this session holds the advisory lock */
+    metric_t *m_redriven;  /* events re-sent */
+    metric_t *m_pending;   /* undispatched rows past SWEEP_AGE at the last sweep */
+};
+
+/* The rows to re-send, grouped by organization and in id order within one;
+ * the window count is every such row, not just this batch (for the gauge). */
+static const char s_select[] =
+    "SELECT id, organization_id, name, total FROM ("
+    " SELECT id, organization_id, name, count(*) OVER () AS total FROM events"
+    " WHERE dispatched_at IS NULL AND created_at < now() - interval '" SWEEP_AGE "'"
+    " ORDER BY id LIMIT " SWEEP_BATCH ") s"
+    " ORDER BY organization_id, id";
+
+/* Have a usable connection, and the lock: 1 when this sweeper may sweep,
+ * 0 when it may not (no database, or another worker leads). */
+static int s_lead(sweeper_t *self)
+{
+    if (self->db && !db_usable(self->db)) {
+        db_destroy(&self->db); /* the lock went with the old session */
+        self->leader = 0;
+    }
+    sbuf_t *err = sbuf_new(128);
+    if (!self->db) {
+        self->db = db_connect(self->conninfo, 0, err);
+        if (!self->db) {
+            if (log_should("sweeper-connect", 15, 60000))
+                log_error("%s", err ? sbuf_data(err) : "out of memory");
+            sbuf_destroy(&err);
+            return 0;
+        }
+    }
+    if (!self->leader) {
+        const char *key[] = {SWEEP_LOCK_KEY};
+        db_result_t *res =
+            db_query(self->db, "SELECT pg_try_advisory_lock($1::bigint)", 1, key, err);
+        const char *v = res ? db_result_get(res, 0, 0) : NULL;
+        self->leader = v && strcmp(v, "t") == 0;
+        if (!res && log_should("sweeper-lock", 12, 60000))
+            log_error("cannot try the sweeper lock: %s", err ? sbuf_data(err) : "out of memory");
+        if (self->leader)
+            log_info("this worker now sweeps the outbox");
+        db_result_free(&res);
+    }
+    sbuf_destroy(&err);
+    return self->leader;
+}
+
+/* Send one row to its tenant actor. 0, 1 when the row cannot be sent at all
+ * (skipped), -1 when the pipe is full (stop the round). */
+static int s_resend(sweeper_t *self, sbuf_t *target, sbuf_t *body, const char *id, const char *org,
+                    const char *name)
+{
+    sbuf_reset(target);
+    sbuf_reset(body);
+    if (sbuf_appendf(target, "tenant/%s", org) != 0 ||
+        sbuf_appendf(body, "{\"event_id\":%s}", id) != 0)
+        return -1;
+    if (mesh_client_send(self->client, sbuf_data(target), name, sbuf_data(body), sbuf_len(body)) ==
+        0)
+        return 0;
+    if (errno == EAGAIN)
+        return -1;
+    if (log_should("sweeper-send", 12, 60000))
+        log_error("cannot re-send event id=%s: %s", id, strerror(errno));
+    return 1;
+}
+
+/* One round: when leading, re-send up to SWEEP_BATCH undispatched rows. */
+static void s_round(sweeper_t *self)
+{
+    if (!s_lead(self)) {
+        metric_set(self->m_pending, 0); /* the leader reports the backlog */
+        return;
+    }
+    sbuf_t *err = sbuf_new(128), *target = sbuf_new(64), *body = sbuf_new(64);
+    db_result_t *res = err && target && body ? db_query(self->db, s_select, 0, NULL, err) : NULL;
+    if (!res) {
+        if (log_should("sweeper-select", 14, 60000))
+            log_error("cannot read the outbox: %s", err ? sbuf_data(err) : "out of memory");
+        goto done;
+    }
+    int n = db_result_rows(res), sent = 0;
+    const char *total = n > 0 ? db_result_get(res, 0, 3) : "0";
+    for (int i = 0; i < n; i++) {
+        const char *id = db_result_get(res, i, 0), *org = db_result_get(res, i, 1);
+        const char *name = db_result_get(res, i, 2);
+        int rc = s_resend(self, target, body, id, org, name);
+        if (rc < 0) {
+            if (log_should("sweeper-full", 12, 60000))
+                log_warn("broker pipe full: %d of %d events re-sent this round", sent, n);
+            break;
+        }
+        if (rc == 0)
+            sent++;
+    }
+    metric_add(self->m_redriven, (double)sent);
+    metric_set(self->m_pending, strtod(total ? total : "0", NULL));
+    if (sent > 0)
+        log_info("re-sent %d undispatched events (pending %s)", sent, total ? total : "0");
+done:
+    db_result_free(&res);
+    sbuf_destroy(&err);
+    sbuf_destroy(&target);
+    sbuf_destroy(&body);
+}
+
+static void *s_thread(void *arg)
+{
+    sweeper_t *self = arg;
+    int64_t next = mesh_now_ms();
+    while (!atomic_load(&self->stopping)) {
+        int64_t now = mesh_now_ms();
+        if (now >= next) {
+            if (mesh_client_connected(self->client)) {
+                s_round(self);
+                next = mesh_now_ms() + SWEEPER_INTERVAL_MS;
+            } else {
+                next = now + NOT_READY_MS;
+            }
+            now = mesh_now_ms();
+        }
+        int wait = next - now < STOP_POLL_MS ? (int)(next - now) : STOP_POLL_MS;
+        /* Waiting here also keeps the client's heartbeats going and drains
+         * errors the broker returns for our sends (no_route while no worker
+         * is live): the next round re-sends anyway. */
+        mesh_reply_t r;
+        if (mesh_client_wait(self->client, wait < 0 ? 0 : wait, &r) < 0)
+            usleep(STOP_POLL_MS * 1000);
+    }
+    return NULL;
+}
+
+static void s_free(sweeper_t *self)
+{
+    mesh_client_destroy(&self->client);
+    db_destroy(&self->db); /* ends the session, which releases the lock */
+    free(self->conninfo);
+    free(self);
+}
+
+sweeper_t *sweeper_start(const config_t *cfg, const char *node_id, sbuf_t *err)
+{
+    sweeper_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        sbuf_append_str(err, "out of memory");
+        return NULL;
+    }
+    atomic_init(&self->stopping, 0);
+    self->m_redriven =
+        metrics_counter("postchi_worker_outbox_redriven_total",
+                        "Outbox events re-sent to their tenant actor by the sweeper.");
+    self->m_pending = metrics_gauge("postchi_worker_outbox_pending",
+                                    "Undispatched outbox events older than 3 s at the last sweep "
+                                    "(0 on workers that do not hold the sweeper lock).");
+    self->conninfo = db_conninfo_from_config(cfg);
+    char id[160];
+    snprintf(id, sizeof id, "%s-sweeper", node_id);
+    if (!self->conninfo) {
+        sbuf_append_str(err, "out of memory");
+        goto fail;
+    }
+    self->client = mesh_client_new(cfg, id, err);
+    if (!self->client)
+        goto fail;
+    /* pthread_create is a full barrier: the client's socket moves to the
+     * new thread, which is its only user from here on. */
+    int rc = pthread_create(&self->thread, NULL, s_thread, self);
+    if (rc != 0) {
+        sbuf_appendf(err, "cannot start the sweeper thread: %s", strerror(rc));
+        goto fail;
+    }
+    self->started = 1;
+    return self;
+fail:
+    s_free(self);
+    return NULL;
+}
+
+void sweeper_stop(sweeper_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    sweeper_t *self = *self_p;
+    atomic_store(&self->stopping, 1);
+    if (self->started)
+        pthread_join(self->thread, NULL);
+    s_free(self);
+    *self_p = NULL;
+}

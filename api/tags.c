@@ -1,0 +1,143 @@
+/*
+ * tags - the /tags resource: an organization's tag names (contacts carry
+ * them through /contacts/{id}/tags; segments test them with has_tag).
+ *
+ * A name is 1..100 bytes of UTF-8 without control characters and unique in
+ * its organization (a duplicate is a 409). Names are compared byte for byte,
+ * exactly as the rule language's has_tag does.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <jansson.h>
+
+#include "db.h"
+#include "sbuf.h"
+
+#include "audience.h"
+#include "rest.h"
+
+#define TAG_NAME_MAX 100
+
+/* Columns of a tag row, in s_tag_json order; the table is aliased t. */
+#define TAG_COLS                                                                           \
+    "t.id, t.name, (SELECT count(*) FROM contact_tags ct WHERE ct.tag_id = t.id"           \
+    " AND ct.organization_id = t.organization_id), " AUD_TS("t.created_at") ", "           \
+    AUD_US("t.created_at")
+
+static json_t *s_tag_json(const db_result_t *res, int row)
+{
+    return json_pack("{s:s, s:s, s:I, s:s}", "id", db_result_get(res, row, 0), "name",
+                     db_result_get(res, row, 1), "contact_count",
+                     (json_int_t)strtoll(db_result_get(res, row, 2), NULL, 10), "created_at",
+                     db_result_get(res, row, 3));
+}
+
+static int s_create(api_req_t *req)
+{
+    static const char *const allowed[] = {"name", NULL};
+    const char *name = NULL;
+    json_t *body = aud_body_object(req);
+    if (body) {
+        api_field_only(req, body, allowed);
+        aud_field_name(req, body, "name", 1, TAG_NAME_MAX, &name);
+    }
+    if (api_errors_count(api_errors(req)))
+        return api_invalid(req);
+    if (api_tx_begin(req) != 0)
+        return api_problem(req, 503, "Service Unavailable", "database unavailable");
+    const char *params[] = {api_org(req), name};
+    int rc = 0;
+    db_result_t *res = aud_query(req, 1,
+                               "INSERT INTO tags AS t (organization_id, name) VALUES ($1, $2)"
+                               " RETURNING " TAG_COLS,
+                               2, params, &rc);
+    if (!res)
+        return rc;
+    json_t *tag = s_tag_json(res, 0);
+    db_result_free(&res);
+    api_audit(req, "tag.create", "tag", json_string_value(json_object_get(tag, "id")),
+              json_pack("{s:s}", "name", name));
+    return aud_commit(req, 201, tag);
+}
+
+static int s_index(api_req_t *req)
+{
+    int limit, has_pos;
+    aud_pos_t pos;
+    if (aud_page(req, &limit, &pos, &has_pos) != 0)
+        return api_invalid(req);
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", limit + 1);
+    const char *params[] = {api_org(req), lim, pos.us, pos.id};
+    int rc = 0;
+    db_result_t *res =
+        aud_query(req, 0,
+                has_pos ? "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1"
+                          " AND (t.created_at, t.id) > (" AUD_FROM_US("$3") ", $4::uuid)"
+                          " ORDER BY t.created_at, t.id LIMIT $2"
+                        : "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1"
+                          " ORDER BY t.created_at, t.id LIMIT $2",
+                has_pos ? 4 : 2, params, &rc);
+    if (!res)
+        return rc;
+    json_t *data = json_array();
+    for (int i = 0; i < db_result_rows(res) && i < limit; i++)
+        json_array_append_new(data, s_tag_json(res, i));
+    char *next = aud_next_cursor(res, limit, 4, 0);
+    db_result_free(&res);
+    return api_page_json(req, data, next);
+}
+
+static int s_get(api_req_t *req)
+{
+    const char *id = api_param(req, "id");
+    if (!api_is_uuid(id))
+        return api_not_found(req, "tag");
+    const char *params[] = {api_org(req), id};
+    int rc = 0;
+    db_result_t *res = aud_query(
+        req, 0, "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1 AND t.id = $2", 2,
+        params, &rc);
+    if (!res)
+        return rc;
+    if (db_result_rows(res) != 1) {
+        db_result_free(&res);
+        return api_not_found(req, "tag");
+    }
+    json_t *tag = s_tag_json(res, 0);
+    db_result_free(&res);
+    return api_json(req, 200, tag);
+}
+
+static int s_delete(api_req_t *req)
+{
+    const char *id = api_param(req, "id");
+    if (!api_is_uuid(id))
+        return api_not_found(req, "tag");
+    if (api_tx_begin(req) != 0)
+        return api_problem(req, 503, "Service Unavailable", "database unavailable");
+    const char *params[] = {api_org(req), id};
+    int rc = 0;
+    db_result_t *res =
+        aud_query(req, 1, "DELETE FROM tags WHERE organization_id = $1 AND id = $2 RETURNING name",
+                2, params, &rc);
+    if (!res)
+        return rc;
+    if (db_result_rows(res) != 1) {
+        db_result_free(&res);
+        api_tx_rollback(req);
+        return api_not_found(req, "tag");
+    }
+    api_audit(req, "tag.delete", "tag", id, json_pack("{s:s}", "name", db_result_get(res, 0, 0)));
+    db_result_free(&res);
+    return aud_commit(req, 204, NULL);
+}
+
+const api_route_t api_routes_tags[] = {
+    {"POST", "/tags", s_create, API_SCOPE_FULL, "tags.create", API_IDEMPOTENT},
+    {"GET", "/tags", s_index, API_SCOPE_READ, "tags.list", 0},
+    {"GET", "/tags/{id}", s_get, API_SCOPE_READ, "tags.get", 0},
+    {"DELETE", "/tags/{id}", s_delete, API_SCOPE_FULL, "tags.delete", 0},
+    {0},
+};

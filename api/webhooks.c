@@ -1,0 +1,491 @@
+/*
+ * webhooks - REST resource for webhook endpoints (where Postchi will POST
+ * signed event notifications; delivery itself is another module's job).
+ *
+ *   POST   /webhooks        create, returns the signing secret once  full
+ *   GET    /webhooks        list (no secrets)                        read
+ *   GET    /webhooks/{id}   one endpoint (no secret)                 read
+ *   PATCH  /webhooks/{id}   url, events, enabled                     full
+ *   DELETE /webhooks/{id}   remove                                   full
+ *
+ * How: the URL and the event names are checked here, once, so the delivery
+ * side can trust what it reads: an absolute http(s) URL with a host and no
+ * userinfo, printable ASCII only, at most 2048 bytes; events from the fixed
+ * list below, at least one, no duplicates, no wildcard. The secret is
+ * "whsec_" and 32 random bytes in hex (authn_random_hex: OpenSSL's
+ * CSPRNG). Responses are built by PostgreSQL (json_build_object) in the
+ * statement that touches the row.
+ *
+ * What can go wrong: bad fields are a 422 naming each field; an id that is
+ * not a uuid, missing, or another organization's is a 404; the random
+ * source failing is a 500 (no row written). Changes and their audit rows
+ * commit together or not at all.
+ *
+ * Security: the secret is stored (the sender needs it to sign) but only the
+ * create response ever shows it, and it never goes into the audit log.
+ * Userinfo in URLs is refused so credentials do not sit in listings and
+ * logs. Every query is parameterized and filtered by organization.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "db.h"
+#include "log.h"
+#include "sbuf.h"
+
+#include "authn.h"
+#include "rest.h"
+
+#define URL_MAX_BYTES 2048
+#define SECRET_BYTES 32
+#define PAGE_DEFAULT 50
+#define PAGE_MAX 200
+
+/* RFC 3339 UTC with microseconds, the API's one timestamp spelling. */
+#define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+/* A webhook row w as the API shows it (never the secret). */
+/* clang-format off */
+#define WEBHOOK_JSON                                                                               \
+    "json_build_object('id', w.id, 'url', w.url, 'events', to_json(w.events), "                    \
+    "'enabled', w.enabled, 'created_at', " TS("w.created_at") ", "                                 \
+    "'updated_at', " TS("w.updated_at") ")::text"
+/* clang-format on */
+
+/* Every event a webhook may subscribe to. */
+static const char *const s_events[] = {"message.sent",
+                                       "message.delivered",
+                                       "message.deferred",
+                                       "message.bounced",
+                                       "message.failed",
+                                       "message.opened",
+                                       "message.clicked",
+                                       "message.complained",
+                                       "contact.unsubscribed",
+                                       "flow.run_completed",
+                                       NULL};
+
+/* ------------------------------------------------------------- helpers -- */
+
+static json_t *s_body_object(api_req_t *req)
+{
+    json_t *body = api_body(req);
+    if (!json_is_object(body)) {
+        api_error_add(api_errors(req), "body", "must be a JSON object");
+        return NULL;
+    }
+    return body;
+}
+
+static json_t *s_row_json(const char *text)
+{
+    json_error_t jerr;
+    json_t *j = text ? json_loads(text, JSON_DECODE_ANY, &jerr) : NULL;
+    if (!j)
+        log_error("cannot parse row JSON: %s", text ? jerr.text : "NULL");
+    return j;
+}
+
+/* Run one statement outside a transaction: the result, or NULL with the
+ * answer already sent (*status). */
+static db_result_t *s_query(api_req_t *req, const char *sql, int n, const char *const *params,
+                            int *status)
+{
+    sbuf_t *err = sbuf_new(0);
+    db_result_t *res = db_query(api_db(req), sql, n, params, err);
+    if (!res)
+        *status = api_db_error(req, db_sqlstate(api_db(req)), sbuf_data(err));
+    sbuf_destroy(&err);
+    return res;
+}
+
+static int s_db_fail(api_req_t *req, sbuf_t *err)
+{
+    return api_db_error(req, db_sqlstate(api_db(req)), sbuf_data(err));
+}
+
+/* Split a list cursor "<created_at micros>|<uuid>" into its two parts
+ * (micros points into buf). 0, or -1 when the text is not ours. */
+static int s_cursor_split(const char *cursor, char *buf, size_t size, const char **micros,
+                          const char **id)
+{
+    size_t n = strlen(cursor);
+    const char *bar = strchr(cursor, '|');
+    if (n >= size || !bar || bar == cursor || bar - cursor > 18)
+        return -1;
+    memcpy(buf, cursor, n + 1);
+    buf[bar - cursor] = '\0';
+    for (const char *p = buf; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -1;
+    if (!api_is_uuid(buf + (bar - cursor) + 1))
+        return -1;
+    *micros = buf;
+    *id = buf + (bar - cursor) + 1;
+    return 0;
+}
+
+/* Why url is not an acceptable endpoint, or NULL when it is. Only the
+ * shape is checked (no DNS): absolute http/https, a host (name, IPv4 or
+ * bracketed IPv6) with an optional port 1..65535, no userinfo, printable
+ * ASCII without spaces. */
+static const char *s_url_problem(const char *url)
+{
+    for (const unsigned char *p = (const unsigned char *)url; *p; p++) {
+        if (*p <= 0x20 || *p == 0x7f)
+            return "must not contain spaces or control characters";
+        if (*p >= 0x80)
+            return "must be ASCII (percent-encode the path, use punycode for the host)";
+        if (*p == '\\')
+            return "must not contain a backslash";
+    }
+    const char *rest;
+    if (strncasecmp(url, "https://", 8) == 0)
+        rest = url + 8;
+    else if (strncasecmp(url, "http://", 7) == 0)
+        rest = url + 7;
+    else
+        return "must be an absolute http:// or https:// URL";
+    size_t alen = strcspn(rest, "/?#");
+    if (memchr(rest, '@', alen))
+        return "must not contain a user name or password";
+    if (alen == 0)
+        return "must have a host";
+    const char *host = rest, *end = rest + alen;
+    const char *port = NULL;
+    if (*host == '[') {
+        const char *close = memchr(host, ']', alen);
+        if (!close || close == host + 1)
+            return "has a malformed IPv6 host";
+        for (const char *p = host + 1; p < close; p++)
+            if (!strchr("0123456789abcdefABCDEF:.", *p))
+                return "has a malformed IPv6 host";
+        if (close + 1 < end) {
+            if (close[1] != ':')
+                return "has a malformed IPv6 host";
+            port = close + 2;
+        }
+    } else {
+        const char *colon = memchr(host, ':', alen);
+        const char *hend = colon ? colon : end;
+        if (hend == host)
+            return "must have a host";
+        for (const char *p = host; p < hend; p++)
+            if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._", *p))
+                return "has a host with characters a host name cannot have";
+        if (colon)
+            port = colon + 1;
+    }
+    if (port) {
+        long v = 0;
+        if (port == end || end - port > 5)
+            return "has a bad port (1-65535)";
+        for (const char *p = port; p < end; p++) {
+            if (*p < '0' || *p > '9')
+                return "has a bad port (1-65535)";
+            v = v * 10 + (*p - '0');
+        }
+        if (v < 1 || v > 65535)
+            return "has a bad port (1-65535)";
+    }
+    return NULL;
+}
+
+/* Validate the url field; sets *out when valid. */
+static void s_field_url(api_req_t *req, json_t *body, int required, const char **out)
+{
+    *out = NULL;
+    const char *url = NULL;
+    if (api_field_string(req, body, "url", required, URL_MAX_BYTES, &url) != 0)
+        return;
+    const char *why = s_url_problem(url);
+    if (why) {
+        api_error_add(api_errors(req), "url", "%s", why);
+        return;
+    }
+    *out = url;
+}
+
+/* Validate the events field; sets *out to a new JSON array of the names
+ * (caller decrefs) when valid. */
+static void s_field_events(api_req_t *req, json_t *body, int required, json_t **out)
+{
+    *out = NULL;
+    json_t *events = json_object_get(body, "events");
+    if (!events) {
+        if (required)
+            api_error_add(api_errors(req), "events", "is required");
+        return;
+    }
+    if (!json_is_array(events) || json_array_size(events) == 0) {
+        api_error_add(api_errors(req), "events", "must be a non-empty array of event names");
+        return;
+    }
+    size_t bad = 0, i;
+    json_t *ev;
+    unsigned seen = 0;
+    json_array_foreach(events, i, ev)
+    {
+        const char *name = json_string_value(ev);
+        size_t k = 0;
+        while (name && s_events[k] && strcmp(s_events[k], name) != 0)
+            k++;
+        if (!name || !s_events[k]) {
+            if (name && strcmp(name, "*") == 0)
+                api_error_add(api_errors(req), "events", "\"*\" is not allowed: list the events");
+            else
+                api_error_add(api_errors(req), "events",
+                              "item %zu is not a known event (message.sent, message.delivered, "
+                              "message.deferred, message.bounced, message.failed, "
+                              "message.opened, message.clicked, message.complained, "
+                              "contact.unsubscribed, flow.run_completed)",
+                              i);
+            bad++;
+        } else if (seen & (1u << k)) {
+            api_error_add(api_errors(req), "events", "\"%s\" is listed twice", s_events[k]);
+            bad++;
+        } else {
+            seen |= 1u << k;
+        }
+    }
+    if (!bad)
+        *out = json_incref(events);
+}
+
+/* Read and check url, events and enabled (required on create, optional on
+ * update: absent ones stay NULL / -1). *events is a new reference. 0, or -1
+ * after adding field errors. */
+static int s_fields(api_req_t *req, int create, const char **url, json_t **events, int *enabled)
+{
+    static const char *const allowed[] = {"url", "events", "enabled", NULL};
+    *url = NULL;
+    *events = NULL;
+    *enabled = create ? 1 : -1;
+    json_t *body = s_body_object(req);
+    if (!body)
+        return -1;
+    api_field_only(req, body, allowed);
+    s_field_url(req, body, create, url);
+    s_field_events(req, body, create, events);
+    if (api_field_bool(req, body, "enabled", 0, enabled) != 0)
+        *enabled = create ? 1 : -1;
+    if (api_errors_count(api_errors(req))) {
+        json_decref(*events);
+        *events = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* "whsec_" + SECRET_BYTES random bytes in hex into out (size >= 6 + 2n + 1).
+ * 0, or -1 when the CSPRNG fails. */
+static int s_secret(char *out, size_t size)
+{
+    if (size < 6 + 2 * SECRET_BYTES + 1)
+        return -1;
+    memcpy(out, "whsec_", 6);
+    return authn_random_hex(out + 6, SECRET_BYTES);
+}
+
+/* Run a write (sql returning WEBHOOK_JSON and w.id) with its audit row in
+ * one transaction and answer with the row: ok_status on success, 404 when
+ * nothing matched. extra (stolen, may be NULL) is merged into the answer. */
+static int s_write(api_req_t *req, const char *sql, int n, const char *const *params,
+                   const char *action, json_t *detail, int ok_status, json_t *extra)
+{
+    sbuf_t *err = sbuf_new(0);
+    db_result_t *res = NULL;
+    json_t *out = NULL;
+    int status;
+    if (api_tx_begin(req) != 0) {
+        status = api_problem(req, 503, "Service Unavailable", "the database is unavailable");
+        goto done;
+    }
+    res = db_query(api_db(req), sql, n, params, err);
+    if (!res) {
+        status = s_db_fail(req, err);
+        api_tx_rollback(req);
+        goto done;
+    }
+    if (db_result_rows(res) != 1) {
+        api_tx_rollback(req);
+        status = api_not_found(req, "webhook");
+        goto done;
+    }
+    out = s_row_json(db_result_get(res, 0, 0));
+    api_audit(req, action, "webhook", db_result_get(res, 0, 1), detail);
+    detail = NULL;
+    if (!out) {
+        api_tx_rollback(req);
+        status = api_problem(req, 500, "Internal Server Error", "the webhook was not saved");
+        goto done;
+    }
+    if (api_tx_commit(req) != 0) {
+        status = api_problem(req, 500, "Internal Server Error", "the webhook was not saved");
+        goto done;
+    }
+    if (extra)
+        json_object_update(out, extra);
+    if (ok_status == 204) {
+        status = api_no_content(req);
+    } else {
+        status = api_json(req, ok_status, out);
+        out = NULL;
+    }
+done:
+    json_decref(out);
+    json_decref(extra);
+    json_decref(detail);
+    db_result_free(&res);
+    sbuf_destroy(&err);
+    return status;
+}
+
+/* ---------------------------------------------------------------- routes -- */
+
+static int s_create(api_req_t *req)
+{
+    const char *url;
+    json_t *events;
+    int enabled;
+    if (s_fields(req, 1, &url, &events, &enabled) != 0)
+        return api_invalid(req);
+    char secret[6 + 2 * SECRET_BYTES + 1];
+    char *events_text = json_dumps(events, JSON_COMPACT);
+    if (!events_text || s_secret(secret, sizeof secret) != 0) {
+        free(events_text);
+        json_decref(events);
+        log_error("cannot generate a webhook secret");
+        return api_problem(req, 500, "Internal Server Error", "cannot generate a secret");
+    }
+    const char *sql = "INSERT INTO webhooks AS w (organization_id, url, events, secret, enabled) "
+                      "VALUES ($1, $2, ARRAY(SELECT jsonb_array_elements_text($3::jsonb)), $4, "
+                      "$5::boolean) RETURNING " WEBHOOK_JSON ", w.id";
+    const char *params[] = {api_org(req), url, events_text, secret, enabled ? "true" : "false"};
+    json_t *detail = json_pack("{s:s, s:O}", "url", url, "events", events);
+    json_t *extra = json_pack("{s:s}", "secret", secret);
+    int status = s_write(req, sql, 5, params, "webhook.created", detail, 201, extra);
+    memset(secret, 0, sizeof secret);
+    free(events_text);
+    json_decref(events);
+    return status;
+}
+
+static int s_list(api_req_t *req)
+{
+    int limit = 0;
+    const char *cursor = NULL;
+    if (api_page(req, PAGE_DEFAULT, PAGE_MAX, &limit, &cursor) != 0)
+        return api_invalid(req);
+    /* The position is "<created_at in whole microseconds>|<id>": exact in
+     * bigint both ways, and the id breaks ties. */
+    char buf[128];
+    const char *micros = NULL, *after = NULL;
+    if (cursor && s_cursor_split(cursor, buf, sizeof buf, &micros, &after) != 0) {
+        api_error_add(api_errors(req), "cursor", "is not a cursor this list produced");
+        return api_invalid(req);
+    }
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", limit + 1);
+    const char *sql =
+        "SELECT " WEBHOOK_JSON ", (extract(epoch FROM w.created_at) * 1000000)::bigint "
+        "|| '|' || w.id FROM webhooks w WHERE w.organization_id = $1 "
+        "AND ($2::bigint IS NULL OR (w.created_at, w.id) > "
+        "(timestamptz 'epoch' + ($2::bigint / 1000000) * interval '1 second' "
+        "+ ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid)) "
+        "ORDER BY w.created_at, w.id LIMIT $4::int";
+    const char *params[] = {api_org(req), micros, after, lim};
+    int status = 0;
+    db_result_t *res = s_query(req, sql, 4, params, &status);
+    if (!res)
+        return status;
+    int rows = db_result_rows(res);
+    json_t *data = json_array();
+    for (int i = 0; i < rows && i < limit; i++) {
+        json_t *item = s_row_json(db_result_get(res, i, 0));
+        if (item)
+            json_array_append_new(data, item);
+    }
+    char *next = rows > limit ? api_cursor_make(db_result_get(res, limit - 1, 1)) : NULL;
+    db_result_free(&res);
+    return api_page_json(req, data, next);
+}
+
+static int s_get(api_req_t *req)
+{
+    const char *id = api_param(req, "id");
+    if (!api_is_uuid(id))
+        return api_not_found(req, "webhook");
+    const char *sql = "SELECT " WEBHOOK_JSON " FROM webhooks w "
+                      "WHERE w.id = $1 AND w.organization_id = $2";
+    const char *params[] = {id, api_org(req)};
+    int status = 0;
+    db_result_t *res = s_query(req, sql, 2, params, &status);
+    if (!res)
+        return status;
+    json_t *out = db_result_rows(res) == 1 ? s_row_json(db_result_get(res, 0, 0)) : NULL;
+    int missing = db_result_rows(res) != 1;
+    db_result_free(&res);
+    if (missing)
+        return api_not_found(req, "webhook");
+    if (!out)
+        return api_problem(req, 500, "Internal Server Error", "cannot read the webhook");
+    return api_json(req, 200, out);
+}
+
+static int s_patch(api_req_t *req)
+{
+    const char *id = api_param(req, "id");
+    if (!api_is_uuid(id))
+        return api_not_found(req, "webhook");
+    const char *url;
+    json_t *events;
+    int enabled;
+    if (s_fields(req, 0, &url, &events, &enabled) != 0)
+        return api_invalid(req);
+    char *events_text = events ? json_dumps(events, JSON_COMPACT) : NULL;
+    const char *sql = "UPDATE webhooks w SET url = coalesce($3, w.url), "
+                      "events = CASE WHEN $4::jsonb IS NULL THEN w.events "
+                      "ELSE ARRAY(SELECT jsonb_array_elements_text($4::jsonb)) END, "
+                      "enabled = coalesce($5::boolean, w.enabled), updated_at = now() "
+                      "WHERE w.id = $1 AND w.organization_id = $2 RETURNING " WEBHOOK_JSON ", w.id";
+    const char *params[] = {id, api_org(req), url, events_text,
+                            enabled < 0 ? NULL
+                            : enabled   ? "true"
+                                        : "false"};
+    json_t *detail = json_object();
+    if (url)
+        json_object_set_new(detail, "url", json_string(url));
+    if (events)
+        json_object_set(detail, "events", events);
+    if (enabled >= 0)
+        json_object_set_new(detail, "enabled", json_boolean(enabled));
+    int status = s_write(req, sql, 5, params, "webhook.updated", detail, 200, NULL);
+    free(events_text);
+    json_decref(events);
+    return status;
+}
+
+static int s_delete(api_req_t *req)
+{
+    const char *id = api_param(req, "id");
+    if (!api_is_uuid(id))
+        return api_not_found(req, "webhook");
+    const char *sql = "DELETE FROM webhooks w WHERE w.id = $1 AND w.organization_id = $2 "
+                      "RETURNING " WEBHOOK_JSON ", w.id";
+    const char *params[] = {id, api_org(req)};
+    return s_write(req, sql, 2, params, "webhook.deleted", NULL, 204, NULL);
+}
+
+const api_route_t api_routes_webhooks[] = {
+    {"POST", "/webhooks", s_create, API_SCOPE_FULL, "webhooks.create", API_IDEMPOTENT},
+    {"GET", "/webhooks", s_list, API_SCOPE_READ, "webhooks.list", 0},
+    {"GET", "/webhooks/{id}", s_get, API_SCOPE_READ, "webhooks.get", 0},
+    {"PATCH", "/webhooks/{id}", s_patch, API_SCOPE_FULL, "webhooks.update", 0},
+    {"DELETE", "/webhooks/{id}", s_delete, API_SCOPE_FULL, "webhooks.delete", 0},
+    {0},
+};
