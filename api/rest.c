@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <civetweb.h>
@@ -949,6 +950,11 @@ static int s_read_body(api_req_t *req)
     long long declared = req->ri->content_length;
     if (declared > (long long)max)
         return api_problem(req, 413, "Content Too Large", "the body may be at most %zu bytes", max);
+    /* A client that asked to be told before sending a large body waits for
+     * this; civetweb does not send it for request handlers. */
+    const char *expect = mg_get_header(req->conn, "Expect");
+    if (expect && strcasecmp(expect, "100-continue") == 0)
+        mg_printf(req->conn, "HTTP/1.1 100 Continue\r\n\r\n");
     size_t cap = declared >= 0 ? (size_t)declared : 65536;
     req->raw = malloc(cap + 1);
     if (!req->raw)
@@ -1228,9 +1234,11 @@ static void s_send(api_req_t *req)
     }
     sbuf_append(h, sbuf_data(req->headers), sbuf_len(req->headers));
     sbuf_append_str(h, "\r\n");
-    mg_write(c, sbuf_data(h), sbuf_len(h));
+    /* One write: headers and body split over two would let TCP hold the
+     * body back on a keep-alive connection (Nagle waiting for an ACK). */
     if (req->status != 204 && len)
-        mg_write(c, sbuf_data(req->resp), len);
+        sbuf_append(h, sbuf_data(req->resp), len);
+    mg_write(c, sbuf_data(h), sbuf_len(h));
     sbuf_destroy(&h);
 }
 

@@ -199,6 +199,8 @@ statusd_t *statusd_start_opts(const char *bind, int port, const statusd_opts_t *
                              opts->keep_alive ? "yes" : "no",
                              "keep_alive_timeout_ms",
                              "30000",
+                             "tcp_nodelay",
+                             "1",
                              "decode_url",
                              opts->raw_urls ? "no" : "yes",
                              NULL};
