@@ -810,13 +810,19 @@ int api_trigger(api_req_t *req, const char *name, json_t *body)
 {
     char target[96];
     snprintf(target, sizeof target, "tenant/%s", req->org);
+    return api_mesh_send(req, target, name, body);
+}
+
+int api_mesh_send(api_req_t *req, const char *target, const char *name, json_t *body)
+{
+    (void)req;
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     int rc = -1;
     if (text && R.send)
         rc = R.send(R.send_arg, target, name, text, strlen(text));
-    if (rc != 0 && log_should("api-trigger", 11, 10000))
-        log_warn("trigger %s not sent now; the outbox sweeper will deliver it", name);
+    if (rc != 0 && log_should("api-mesh-send", 13, 10000))
+        log_warn("%s to %s not sent now; its rows will be re-driven", name, target);
     free(text);
     return rc;
 }

@@ -159,6 +159,11 @@ void api_audit(api_req_t *req, const char *action, const char *resource_type,
  * (outbox): this is the fast path. 0, or -1 (logged; the sweeper re-drives). */
 int api_trigger(api_req_t *req, const char *name, json_t *body);
 
+/* A one-way mesh message to any actor ("mailer/<domain>", ...): name and
+ * a JSON body (stolen). Like api_trigger, only after the rows it announces
+ * are committed; a lost message is re-driven from the rows. 0 or -1. */
+int api_mesh_send(api_req_t *req, const char *target, const char *name, json_t *body);
+
 /* Begin / commit / roll back on this thread's connection. 0 or -1. */
 int api_tx_begin(api_req_t *req);
 int api_tx_commit(api_req_t *req);

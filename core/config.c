@@ -111,6 +111,8 @@ static const setting_t s_settings[] = {
     INT("rate_limit_burst", 200, 1, 10000000, "requests an API key may make at once above its rate"),
     INT("login_max_failures", 5, 1, 1000,
         "failed logins per account, and per address, allowed in 15 minutes"),
+    INT("max_message_bytes", 26214400, 1024, 157286400,
+        "largest message (after MIME encoding) the send API accepts, in bytes"),
     STR("dns_resolver", "",
         "host:port of the DNS server domain verification asks; empty uses /etc/resolv.conf"),
 };
