@@ -67,8 +67,10 @@ static int s_create(api_req_t *req)
     char *props_text = NULL;
     if (props && !json_is_object(props)) {
         api_error_add(api_errors(req), "properties", "must be an object");
+    } else if (!props) {
+        props_text = strdup("{}");
     } else {
-        props_text = json_dumps(props ? props : json_object(), JSON_COMPACT);
+        props_text = json_dumps(props, JSON_COMPACT);
         if (props_text && strlen(props_text) > PROPERTIES_MAX)
             api_error_add(api_errors(req), "properties", "must be at most %d bytes as JSON",
                           PROPERTIES_MAX);

@@ -41,6 +41,11 @@ for s in socks:
 print(" ".join(str(s.getsockname()[1]) for s in socks))'
 }
 
+# Tests run PostgreSQL without fsync (throwaway clusters); benchmarks set
+# POSTCHI_SERVERS_DURABLE=1 so their figures include real commits.
+sync_flag=--no-sync
+[ "${POSTCHI_SERVERS_DURABLE:-0}" = 1 ] && sync_flag=
+
 case $action in
 start)
     mkdir -p "$dir"
@@ -57,7 +62,7 @@ start)
         set -- $(free_ports)
         if POSTCHI_PG_PORT=$1 POSTCHI_REDIS_PORT=$2 POSTCHI_SMTP_SINK_PORT=$3 \
            POSTCHI_PG_USER=postchi POSTCHI_PG_DATABASE=postchi \
-           "$bin" up --services-only --no-sync --data-dir "$data"; then
+           "$bin" up --services-only $sync_flag --data-dir "$data"; then
             break
         fi
         # A port taken between choosing and binding: clean up, try others.
