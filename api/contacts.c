@@ -226,12 +226,14 @@ static int s_rfc3339_ok(const char *s)
 /* ---- database helpers ---- */
 
 /* Run sql; on failure roll back (when in_tx), answer the error and store
- * the status in *status. NULL then. */
+ * the status in *status. NULL then. Prepared per session: every statement
+ * here is fixed text (the list query varies only by which filters are
+ * present, a bounded set), and the upsert and lookup are the hot paths. */
 static db_result_t *s_query(api_req_t *req, int in_tx, const char *sql, int n,
                             const char *const *params, int *status)
 {
     sbuf_t *err = sbuf_new(0);
-    db_result_t *res = db_query(api_db(req), sql, n, params, err);
+    db_result_t *res = db_query_prepared(api_db(req), sql, n, params, err);
     if (!res) {
         char state[6];
         snprintf(state, sizeof state, "%s", db_sqlstate(api_db(req)));

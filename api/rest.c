@@ -864,7 +864,7 @@ static int s_authenticate(api_req_t *req)
         pthread_mutex_unlock(&R.key_lock);
         if (!hit) {
             const char *p[] = {prefix, hash};
-            db_result_t *res = db_query(api_db(req),
+            db_result_t *res = db_query_prepared(api_db(req),
                                         "SELECT id, organization_id, scope FROM api_keys "
                                         "WHERE prefix = $1 AND secret_hash = $2 "
                                         "AND revoked_at IS NULL",

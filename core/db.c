@@ -27,6 +27,8 @@
 
 #include "backoff.h"
 #include "config.h"
+#include "dict.h"
+#include "hashring.h"
 #include "log.h"
 #include "db.h"
 
@@ -37,6 +39,7 @@
 struct db {
     PGconn *conn;     /* the libpq connection; never NULL while the db_t lives */
     char sqlstate[6]; /* SQLSTATE of the last failed statement, "" if none */
+    dict_t *prepared; /* statement names prepared on this session */
 };
 
 struct db_result {
@@ -151,6 +154,7 @@ void db_destroy(db_t **self_p)
     if (!self_p || !*self_p)
         return;
     PQfinish((*self_p)->conn);
+    dict_destroy(&(*self_p)->prepared);
     free(*self_p);
     *self_p = NULL;
 }
@@ -203,6 +207,42 @@ db_result_t *db_query(db_t *self, const char *sql, int n, const char *const *val
     return out;
 }
 
+db_result_t *db_query_prepared(db_t *self, const char *sql, int n, const char *const *values,
+                               sbuf_t *err)
+{
+    assert(self && sql && n >= 0 && (n == 0 || values));
+    char name[24];
+    snprintf(name, sizeof name, "p%016llx",
+             (unsigned long long)hashring_hash(sql, strlen(sql), 0x706f73746368ULL));
+    if (!self->prepared)
+        self->prepared = dict_new();
+    if (!self->prepared || !dict_get(self->prepared, name, strlen(name))) {
+        PGresult *prep = PQprepare(self->conn, name, sql, n, NULL);
+        int rc = s_check(self, prep, err);
+        PQclear(prep);
+        if (rc != 0)
+            return NULL;
+        if (self->prepared)
+            dict_put(self->prepared, name, strlen(name), (void *)1);
+    }
+    PGresult *res = PQexecPrepared(self->conn, name, n, values, NULL, NULL, 0);
+    if (s_check(self, res, err) != 0) {
+        PQclear(res);
+        return NULL;
+    }
+    db_result_t *out = malloc(sizeof *out);
+    if (!out) {
+        PQclear(res);
+        if (err) {
+            sbuf_reset(err);
+            sbuf_append_str(err, "out of memory");
+        }
+        return NULL;
+    }
+    out->res = res;
+    return out;
+}
+
 int db_exec(db_t *self, const char *sql, int n, const char *const *values, sbuf_t *err)
 {
     db_result_t *res = db_query(self, sql, n, values, err);
@@ -237,6 +277,7 @@ int db_ping(db_t *self)
             if (reset)
                 return 0;
             PQreset(self->conn);
+            dict_destroy(&self->prepared); /* a new session has none */
             reset = 1;
             if (PQstatus(self->conn) != CONNECTION_OK)
                 return 0;

@@ -40,6 +40,11 @@ int db_usable(const db_t *self);
  * message on one line, followed by " (SQLSTATE xxxxx)". */
 db_result_t *db_query(db_t *self, const char *sql, int n, const char *const *values,
                       sbuf_t *err);
+/* Same, through a named prepared statement made on first use on this
+ * session (PostgreSQL then skips parsing and planning). Only for fixed SQL
+ * text on hot paths: each distinct text stays prepared for the session. */
+db_result_t *db_query_prepared(db_t *self, const char *sql, int n, const char *const *values,
+                               sbuf_t *err);
 /* Same, for statements whose result is not needed: 0 or -1. */
 int db_exec(db_t *self, const char *sql, int n, const char *const *values, sbuf_t *err);
 /* Several statements in one string, no parameters (migrations): 0 or -1. */

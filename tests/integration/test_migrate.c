@@ -340,6 +340,43 @@ static void test_ping_reconnects_after_the_server_drops_us(void **state)
     db_destroy(&db);
 }
 
+static void test_prepared_statements(void **state)
+{
+    (void)state;
+    char name[64];
+    db_t *db = s_fresh_db(name, sizeof name);
+    sbuf_t *err = sbuf_new(64);
+    db_t *killer = db_connect(s_conninfo(name), 0, err);
+    const char *sql = "SELECT $1::text || '|' || $2::text";
+    const char *p1[] = {"O'Brien; DROP TABLE x;--", "1"};
+    const char *p2[] = {"second", "2"};
+    for (int round = 0; round < 2; round++) {
+        /* Prepared once, then reused with other values on the same session. */
+        db_result_t *r = db_query_prepared(db, sql, 2, p1, err);
+        assert_non_null(r);
+        assert_string_equal(db_result_get(r, 0, 0), "O'Brien; DROP TABLE x;--|1");
+        db_result_free(&r);
+        r = db_query_prepared(db, sql, 2, p2, err);
+        assert_non_null(r);
+        assert_string_equal(db_result_get(r, 0, 0), "second|2");
+        db_result_free(&r);
+        if (round == 0) {
+            /* The session ends under us: the new session has no prepared
+             * statements, and the next use must prepare again. */
+            char *pid = s_terminate_session(db, killer);
+            free(pid);
+            assert_int_equal(db_ping(db), 1);
+        }
+    }
+    /* A statement that does not parse fails cleanly, with the server's word. */
+    sbuf_reset(err);
+    assert_null(db_query_prepared(db, "SELEC nothing", 0, NULL, err));
+    assert_non_null(strstr(sbuf_data(err), "syntax"));
+    db_destroy(&killer);
+    sbuf_destroy(&err);
+    db_destroy(&db);
+}
+
 static void test_connect_failure_is_clear_and_keeps_the_password(void **state)
 {
     (void)state;
@@ -395,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_table_out_of_order_is_refused),
         cmocka_unit_test(test_parameters_round_trip_untouched),
         cmocka_unit_test(test_ping_reconnects_after_the_server_drops_us),
+        cmocka_unit_test(test_prepared_statements),
         cmocka_unit_test(test_connect_failure_is_clear_and_keeps_the_password),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
