@@ -54,8 +54,8 @@ static int s_parse_mx(const sbuf_t *rec, int count, mx_host_t *h, size_t cap, si
     return 0;
 }
 
-int mx_resolve(const char *domain, const char *resolver, int timeout_ms, mx_host_t *out,
-               size_t max, size_t *n, sbuf_t *err)
+int mx_resolve(const char *domain, const char *resolver, int timeout_ms, mx_host_t *out, size_t max,
+               size_t *n, sbuf_t *err)
 {
     *n = 0;
     if (!domain || !*domain || strlen(domain) > 253 || max == 0) {

@@ -25,16 +25,16 @@
 #define MX_MAX_ADDRS 8 /* addresses kept per host (IPv4 first, then IPv6) */
 
 typedef struct {
-    char name[256];                /* host name (no trailing dot) */
-    int preference;                /* MX preference; 0 for the implicit A/AAAA fallback */
-    char addrs[MX_MAX_ADDRS][46];  /* numeric addresses, for smtp_conn_new */
-    size_t naddrs;                 /* how many (>= 1 for every host returned) */
+    char name[256];               /* host name (no trailing dot) */
+    int preference;               /* MX preference; 0 for the implicit A/AAAA fallback */
+    char addrs[MX_MAX_ADDRS][46]; /* numeric addresses, for smtp_conn_new */
+    size_t naddrs;                /* how many (>= 1 for every host returned) */
 } mx_host_t;
 
 typedef enum {
-    MX_OK = 0,         /* *n >= 1 hosts with addresses */
-    MX_TEMPFAIL = -1,  /* resolver trouble or no MX host has an address: retry later */
-    MX_PERMFAIL = -2   /* no such domain, bad name, or null MX: the mail cannot go */
+    MX_OK = 0,        /* *n >= 1 hosts with addresses */
+    MX_TEMPFAIL = -1, /* resolver trouble or no MX host has an address: retry later */
+    MX_PERMFAIL = -2  /* no such domain, bad name, or null MX: the mail cannot go */
 } mx_status_t;
 
 /* Resolve domain through resolver ("host:port", NULL or "" for
@@ -42,7 +42,7 @@ typedef enum {
  * timeout_ms. Fills out[0..*n) (at most max hosts) by preference; hosts
  * without any address are left out. Returns an mx_status_t; err gets the
  * reason when not MX_OK. */
-int mx_resolve(const char *domain, const char *resolver, int timeout_ms, mx_host_t *out,
-               size_t max, size_t *n, sbuf_t *err);
+int mx_resolve(const char *domain, const char *resolver, int timeout_ms, mx_host_t *out, size_t max,
+               size_t *n, sbuf_t *err);
 
 #endif

@@ -40,9 +40,9 @@
 
 #include "smtp_client.h"
 
-#define SMTP_MAX_LINE 4096       /* longest reply line we accept (RFC says 512) */
-#define SMTP_MAX_REPLY 65536     /* longest multi-line reply we accept */
-#define SMTP_TEXT_MAX 511        /* result text is cut here */
+#define SMTP_MAX_LINE 4096   /* longest reply line we accept (RFC says 512) */
+#define SMTP_MAX_REPLY 65536 /* longest multi-line reply we accept */
+#define SMTP_TEXT_MAX 511    /* result text is cut here */
 
 typedef enum {
     ST_CONNECTING, /* waiting for the non-blocking connect */
@@ -65,60 +65,60 @@ typedef enum {
 } s_state_t;
 
 static const char *s_state_name[] = {
-    "connect", "greeting", "EHLO",  "HELO",        "STARTTLS", "TLS handshake",
-    "AUTH",    "AUTH",     "AUTH",  "idle",        "MAIL/RCPT/DATA", "message data",
-    "end of data", "end of data", "RSET", "QUIT",  "closed"};
+    "connect",     "greeting",    "EHLO", "HELO", "STARTTLS",       "TLS handshake",
+    "AUTH",        "AUTH",        "AUTH", "idle", "MAIL/RCPT/DATA", "message data",
+    "end of data", "end of data", "RSET", "QUIT", "closed"};
 
 struct smtp_conn {
-    int fd;                 /* the socket, -1 once closed */
-    s_state_t state;        /* where the session is */
-    char *host;             /* the peer address, for errors and the default TLS name */
-    smtp_opts_t opts;       /* caller's options; strings below are our copies */
-    char *helo_name;        /* copy of opts.helo_name */
-    char *tls_name;         /* copy of opts.tls_name */
-    char *tls_ca_file;      /* copy of opts.tls_ca_file */
-    char *auth_user;        /* copy of opts.auth_user */
-    char *auth_pass;        /* copy of opts.auth_pass */
-    SSL_CTX *ctx;           /* TLS context (own one when tls_ca_file, else shared) */
-    SSL *ssl;               /* the TLS session once STARTTLS begins, else NULL */
-    short want;             /* events the last blocked I/O waits for */
-    int64_t deadline;       /* when the current step times out; -1 none */
-    sbuf_t *in;             /* bytes read, not yet cut into replies */
-    sbuf_t *out;            /* commands queued for the server */
-    size_t out_off;         /* bytes of out already written */
-    sbuf_t *body;           /* the dot-stuffed message of the transaction */
-    size_t body_off;        /* bytes of body already written */
-    sbuf_t *lines;          /* the reply being assembled: text of each line, NUL after each */
-    int nlines;             /* lines in it */
-    int reply_code;         /* its code */
+    int fd;            /* the socket, -1 once closed */
+    s_state_t state;   /* where the session is */
+    char *host;        /* the peer address, for errors and the default TLS name */
+    smtp_opts_t opts;  /* caller's options; strings below are our copies */
+    char *helo_name;   /* copy of opts.helo_name */
+    char *tls_name;    /* copy of opts.tls_name */
+    char *tls_ca_file; /* copy of opts.tls_ca_file */
+    char *auth_user;   /* copy of opts.auth_user */
+    char *auth_pass;   /* copy of opts.auth_pass */
+    SSL_CTX *ctx;      /* TLS context (own one when tls_ca_file, else shared) */
+    SSL *ssl;          /* the TLS session once STARTTLS begins, else NULL */
+    short want;        /* events the last blocked I/O waits for */
+    int64_t deadline;  /* when the current step times out; -1 none */
+    sbuf_t *in;        /* bytes read, not yet cut into replies */
+    sbuf_t *out;       /* commands queued for the server */
+    size_t out_off;    /* bytes of out already written */
+    sbuf_t *body;      /* the dot-stuffed message of the transaction */
+    size_t body_off;   /* bytes of body already written */
+    sbuf_t *lines;     /* the reply being assembled: text of each line, NUL after each */
+    int nlines;        /* lines in it */
+    int reply_code;    /* its code */
     /* what the server offers (from EHLO) */
-    int ext_esmtp;          /* EHLO succeeded */
-    int ext_pipelining;     /* PIPELINING */
-    int ext_8bitmime;       /* 8BITMIME */
-    int ext_smtputf8;       /* SMTPUTF8 */
-    int ext_starttls;       /* STARTTLS */
-    int ext_auth_plain;     /* AUTH ... PLAIN */
-    int ext_auth_login;     /* AUTH ... LOGIN */
-    int ext_size;           /* SIZE offered */
+    int ext_esmtp;               /* EHLO succeeded */
+    int ext_pipelining;          /* PIPELINING */
+    int ext_8bitmime;            /* 8BITMIME */
+    int ext_smtputf8;            /* SMTPUTF8 */
+    int ext_starttls;            /* STARTTLS */
+    int ext_auth_plain;          /* AUTH ... PLAIN */
+    int ext_auth_login;          /* AUTH ... LOGIN */
+    int ext_size;                /* SIZE offered */
     unsigned long long size_max; /* SIZE limit, 0 when none */
     /* the transaction */
-    int txn_active;         /* a submitted transaction has no result yet */
-    char *mail_from;        /* envelope sender */
-    char **rcpts;           /* envelope recipients */
-    size_t nrcpt;           /* how many */
-    int mail_params_8bit;   /* send BODY=8BITMIME */
-    int mail_params_utf8;   /* send SMTPUTF8 */
-    size_t txn_next;        /* replies consumed: 0 MAIL, 1..nrcpt RCPT, nrcpt+1 DATA */
-    size_t txn_sent;        /* commands sent (pipelining sends all at once) */
-    int mail_code;          /* MAIL reply */
-    int rcpt_ok;            /* RCPTs accepted */
-    int messages;           /* transactions submitted */
-    smtp_result_t result;   /* the result being built or waiting to be taken */
-    int result_state;       /* 0 none, 1 ready and not yet reported, 2 reported */
-    int tls_active;         /* the handshake finished */
-    int authed;             /* AUTH succeeded */
-    sbuf_t *err;            /* why the connection ended (sanitized), empty when fine */
-    int err_code;           /* reply code that ended it, or 0 */
+    int txn_active;       /* a submitted transaction has no result yet */
+    char *mail_from;      /* envelope sender */
+    char **rcpts;         /* envelope recipients */
+    size_t nrcpt;         /* how many */
+    int mail_params_8bit; /* send BODY=8BITMIME */
+    int mail_params_utf8; /* send SMTPUTF8 */
+    size_t txn_next;      /* replies consumed: 0 MAIL, 1..nrcpt RCPT, nrcpt+1 DATA */
+    size_t txn_sent;      /* commands sent (pipelining sends all at once) */
+    int mail_code;        /* MAIL reply */
+    int rcpt_ok;          /* RCPTs accepted */
+    int messages;         /* transactions submitted */
+    smtp_result_t result; /* the result being built or waiting to be taken */
+    int result_state;     /* 0 none, 1 ready and not yet reported, 2 reported */
+    int tls_active;       /* the handshake finished */
+    int authed;           /* AUTH succeeded */
+    sbuf_t *err;          /* why the connection ended (sanitized), empty when fine */
+    int err_code;         /* reply code that ended it, or 0 */
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -322,8 +322,7 @@ static ssize_t s_io_read(smtp_conn_t *c)
             if (c->state == ST_QUIT)
                 s_close(c); /* the server hung up on QUIT: done */
             else if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && r == 0))
-                s_fail(c, 0, "connection closed by the server during %s",
-                       s_state_name[c->state]);
+                s_fail(c, 0, "connection closed by the server during %s", s_state_name[c->state]);
             else
                 s_fail(c, 0, "TLS read failed during %s: %s", s_state_name[c->state],
                        s_ssl_err(eb, sizeof eb));
@@ -339,11 +338,9 @@ static ssize_t s_io_read(smtp_conn_t *c)
             if (c->state == ST_QUIT)
                 s_close(c); /* the server hung up on QUIT: done */
             else if (n == 0)
-                s_fail(c, 0, "connection closed by the server during %s",
-                       s_state_name[c->state]);
+                s_fail(c, 0, "connection closed by the server during %s", s_state_name[c->state]);
             else
-                s_fail(c, 0, "read failed during %s: %s", s_state_name[c->state],
-                       strerror(errno));
+                s_fail(c, 0, "read failed during %s: %s", s_state_name[c->state], strerror(errno));
             return -1;
         }
     }
@@ -420,8 +417,8 @@ static int s_flush(smtp_conn_t *c)
     c->out_off = 0;
     if (c->state == ST_BODY) {
         while (c->body_off < sbuf_len(c->body)) {
-            ssize_t n = s_io_write(c, sbuf_data(c->body) + c->body_off,
-                                   sbuf_len(c->body) - c->body_off);
+            ssize_t n =
+                s_io_write(c, sbuf_data(c->body) + c->body_off, sbuf_len(c->body) - c->body_off);
             if (n < 0)
                 return -1;
             if (n == 0)
@@ -567,8 +564,7 @@ static void s_fail_reply(smtp_conn_t *c, const char *what)
         const char *first = sbuf_data(c->lines);
         s_sanitize_into(t, first, strlen(first));
     }
-    s_fail(c, c->reply_code, "%s: server said %d %s", what, c->reply_code,
-           t ? sbuf_data(t) : "");
+    s_fail(c, c->reply_code, "%s: server said %d %s", what, c->reply_code, t ? sbuf_data(t) : "");
     sbuf_destroy(&t);
 }
 
@@ -947,7 +943,8 @@ smtp_conn_t *smtp_conn_new(const char *host, int port, const smtp_opts_t *opts, 
     c->tls_name = s_strdup(c->opts.tls_name);
     c->tls_ca_file = s_strdup(c->opts.tls_ca_file);
     c->auth_user = s_strdup(c->opts.auth_user);
-    c->auth_pass = s_strdup(c->opts.auth_user ? (c->opts.auth_pass ? c->opts.auth_pass : "") : NULL);
+    c->auth_pass =
+        s_strdup(c->opts.auth_user ? (c->opts.auth_pass ? c->opts.auth_pass : "") : NULL);
     c->opts.helo_name = c->opts.tls_name = c->opts.tls_ca_file = NULL;
     c->opts.auth_user = c->opts.auth_pass = NULL;
     c->in = sbuf_new(1024);
@@ -956,9 +953,8 @@ smtp_conn_t *smtp_conn_new(const char *host, int port, const smtp_opts_t *opts, 
     c->lines = sbuf_new(256);
     c->err = sbuf_new(128);
     if (!c->host || !c->helo_name || (opts && opts->tls_name && !c->tls_name) ||
-        (opts && opts->tls_ca_file && !c->tls_ca_file) || !c->in || !c->out ||
-        !c->body || !c->lines || !c->err ||
-        (c->auth_user && !c->auth_pass)) {
+        (opts && opts->tls_ca_file && !c->tls_ca_file) || !c->in || !c->out || !c->body ||
+        !c->lines || !c->err || (c->auth_user && !c->auth_pass)) {
         sbuf_append_str(err, "smtp_conn_new: out of memory");
         smtp_conn_destroy(&c);
         return NULL;
@@ -1100,8 +1096,7 @@ static void s_step_handshake(smtp_conn_t *c)
     char eb[256];
     long vr = SSL_get_verify_result(c->ssl);
     if (c->opts.tls_verify && vr != X509_V_OK)
-        s_fail(c, 0, "TLS certificate verification failed: %s",
-               X509_verify_cert_error_string(vr));
+        s_fail(c, 0, "TLS certificate verification failed: %s", X509_verify_cert_error_string(vr));
     else
         s_fail(c, 0, "TLS handshake failed: %s", s_ssl_err(eb, sizeof eb));
 }
@@ -1164,8 +1159,7 @@ int smtp_conn_step(smtp_conn_t *c, short revents)
         s_fail(c, 0, "timeout during %s with %s", s_state_name[c->state], c->host);
         return smtp_conn_step(c, 0);
     }
-    return c->state == ST_IDLE && c->out_off >= sbuf_len(c->out) ? SMTP_STEP_IDLE
-                                                                  : SMTP_STEP_AGAIN;
+    return c->state == ST_IDLE && c->out_off >= sbuf_len(c->out) ? SMTP_STEP_IDLE : SMTP_STEP_AGAIN;
 }
 
 /* Copy data into body as SMTP wants it: CRLF line ends, a '.' doubled at
@@ -1227,8 +1221,8 @@ static void s_txn_clear(smtp_conn_t *c)
     c->result_state = 0;
 }
 
-int smtp_conn_submit(smtp_conn_t *c, const char *mail_from, const char *const *rcpts,
-                     size_t nrcpt, const char *data, size_t len, int smtputf8)
+int smtp_conn_submit(smtp_conn_t *c, const char *mail_from, const char *const *rcpts, size_t nrcpt,
+                     const char *data, size_t len, int smtputf8)
 {
     if (!c || c->state != ST_IDLE || !mail_from || !rcpts || nrcpt == 0 || (!data && len))
         return -1;

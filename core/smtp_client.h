@@ -63,36 +63,36 @@ typedef enum {
 } smtp_tls_t;
 
 typedef struct {
-    const char *helo_name;       /* EHLO/HELO argument; NULL: "localhost" */
-    smtp_tls_t tls;              /* STARTTLS policy */
-    int tls_verify;              /* 1: verify chain and name (implies REQUIRED) */
-    const char *tls_name;        /* name to verify and send as SNI (the MX host); NULL: host */
-    const char *tls_ca_file;     /* PEM trust anchors instead of the system's; NULL: system */
-    const char *auth_user;       /* AUTH PLAIN (LOGIN when only that is offered); NULL: none */
-    const char *auth_pass;       /* password for auth_user */
-    int auth_plaintext;          /* 1: allow AUTH without TLS (loopback relay) */
-    int connect_timeout_ms;      /* 0: 30 s */
-    int greeting_timeout_ms;     /* 0: 5 min */
-    int command_timeout_ms;      /* EHLO, MAIL, RCPT, RSET, STARTTLS, AUTH, QUIT; 0: 5 min */
-    int data_timeout_ms;         /* DATA reply and each data block; 0: 2 min and 3 min */
-    int final_timeout_ms;        /* reply to the final dot; 0: 10 min */
-    int max_messages;            /* transactions per connection before QUIT; 0: no limit */
+    const char *helo_name;   /* EHLO/HELO argument; NULL: "localhost" */
+    smtp_tls_t tls;          /* STARTTLS policy */
+    int tls_verify;          /* 1: verify chain and name (implies REQUIRED) */
+    const char *tls_name;    /* name to verify and send as SNI (the MX host); NULL: host */
+    const char *tls_ca_file; /* PEM trust anchors instead of the system's; NULL: system */
+    const char *auth_user;   /* AUTH PLAIN (LOGIN when only that is offered); NULL: none */
+    const char *auth_pass;   /* password for auth_user */
+    int auth_plaintext;      /* 1: allow AUTH without TLS (loopback relay) */
+    int connect_timeout_ms;  /* 0: 30 s */
+    int greeting_timeout_ms; /* 0: 5 min */
+    int command_timeout_ms;  /* EHLO, MAIL, RCPT, RSET, STARTTLS, AUTH, QUIT; 0: 5 min */
+    int data_timeout_ms;     /* DATA reply and each data block; 0: 2 min and 3 min */
+    int final_timeout_ms;    /* reply to the final dot; 0: 10 min */
+    int max_messages;        /* transactions per connection before QUIT; 0: no limit */
 } smtp_opts_t;
 
 typedef struct {
-    int code;           /* 250 accepted; 4xx deferred; 5xx bounced; 0 connection-level failure */
-    char enhanced[16];  /* "5.1.1" when the server (or the client, when local) gave one, else "" */
-    char *text;         /* sanitized server text or client reason; owned, never NULL after take */
-    int *rcpt_codes;    /* RCPT reply per recipient, submit order; 0 when never answered; owned */
-    size_t nrcpt;       /* entries in rcpt_codes */
-    int local;          /* 1: decided by the client without asking the server */
+    int code;          /* 250 accepted; 4xx deferred; 5xx bounced; 0 connection-level failure */
+    char enhanced[16]; /* "5.1.1" when the server (or the client, when local) gave one, else "" */
+    char *text;        /* sanitized server text or client reason; owned, never NULL after take */
+    int *rcpt_codes;   /* RCPT reply per recipient, submit order; 0 when never answered; owned */
+    size_t nrcpt;      /* entries in rcpt_codes */
+    int local;         /* 1: decided by the client without asking the server */
 } smtp_result_t;
 
 enum {
     SMTP_STEP_AGAIN = 0, /* keep polling */
     SMTP_STEP_IDLE,      /* ready for smtp_conn_submit (or smtp_conn_quit) */
     SMTP_STEP_RESULT,    /* a transaction finished: smtp_conn_take_result, then step again */
-    SMTP_STEP_CLOSED     /* finished or failed: smtp_conn_error says why (NULL after a clean QUIT) */
+    SMTP_STEP_CLOSED /* finished or failed: smtp_conn_error says why (NULL after a clean QUIT) */
 };
 
 /* Start a non-blocking connect to host (a numeric IPv4 or IPv6 address:

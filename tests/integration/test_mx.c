@@ -96,8 +96,7 @@ static void test_fallback_and_failures(void **state)
     assert_non_null(strstr(sbuf_data(err), "NXDOMAIN"));
 
     sbuf_reset(err);
-    assert_int_equal(mx_resolve("dangling.mx.test", s_resolver, 3000, h, 4, &n, err),
-                     MX_TEMPFAIL);
+    assert_int_equal(mx_resolve("dangling.mx.test", s_resolver, 3000, h, 4, &n, err), MX_TEMPFAIL);
     assert_non_null(strstr(sbuf_data(err), "no MX host has an address"));
 
     sbuf_reset(err);

@@ -39,7 +39,7 @@
 #include "smtp_client.h"
 
 static char s_tmp[] = "/tmp/smtp-client-test.XXXXXX"; /* certs and sink dumps */
-static char s_cert[300], s_key[300];                     /* self-signed for mx.test */
+static char s_cert[300], s_key[300];                  /* self-signed for mx.test */
 
 static const char *S_MSG = "From: a@example.test\r\nTo: b@example.test\r\nSubject: dots\r\n\r\n"
                            "first line\r\n.starts with a dot\r\n..two dots\r\n.\r\nlast\r\n";
@@ -56,7 +56,8 @@ static int s_wait_port(int port)
 {
     for (int i = 0; i < 100; i++) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)port),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
         close(fd);
@@ -167,8 +168,8 @@ static int s_drive(smtp_conn_t *c)
 }
 
 /* One transaction from IDLE: the result's code, *r filled (caller clears). */
-static int s_send(smtp_conn_t *c, const char *const *rcpts, size_t n, const char *msg,
-                  int utf8, smtp_result_t *r)
+static int s_send(smtp_conn_t *c, const char *const *rcpts, size_t n, const char *msg, int utf8,
+                  smtp_result_t *r)
 {
     int st = smtp_conn_submit(c, "sender@example.test", rcpts, n, msg, strlen(msg), utf8);
     if (st == SMTP_STEP_AGAIN)
@@ -412,11 +413,11 @@ typedef struct {
     const char *auth_line;  /* the EHLO AUTH line; NULL: PLAIN and LOGIN */
     pthread_t thread;       /* serving one connection */
     /* what the server saw */
-    int tls_used;           /* the client upgraded */
-    int ehlo_after_tls;     /* and said EHLO again */
-    char auth[256];         /* decoded "user:pass" */
-    char mail[256];         /* the MAIL command line */
-    sbuf_t *data;           /* message as received (still dot-stuffed) */
+    int tls_used;       /* the client upgraded */
+    int ehlo_after_tls; /* and said EHLO again */
+    char auth[256];     /* decoded "user:pass" */
+    char mail[256];     /* the MAIL command line */
+    sbuf_t *data;       /* message as received (still dot-stuffed) */
 } fake_t;
 
 typedef struct {
