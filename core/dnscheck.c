@@ -13,6 +13,7 @@
  * reason; answers are parsed by c-ares (TXT, MX) or by a bounds-checked
  * walk (CNAME), never trusted for lengths.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -112,7 +113,9 @@ static const char *s_nodata_why(dnscheck_type_t type)
 {
     static const char *why[] = {"the name exists but has no TXT record",
                                 "the name exists but has no CNAME record",
-                                "the name exists but has no MX record"};
+                                "the name exists but has no MX record",
+                                "the name exists but has no A record",
+                                "the name exists but has no AAAA record"};
     return why[type];
 }
 
@@ -179,6 +182,34 @@ static void s_parse_mx(dnscheck_query_t *q, const unsigned char *abuf, int alen)
     ares_free_data(mx);
 }
 
+/* A or AAAA: each address as text. */
+static void s_parse_addr(dnscheck_query_t *q, const unsigned char *abuf, int alen)
+{
+    int rc, n = 32;
+    char text[INET6_ADDRSTRLEN];
+    if (q->type == DNSCHECK_A) {
+        struct ares_addrttl a[32];
+        rc = ares_parse_a_reply(abuf, alen, NULL, a, &n);
+        for (int i = 0; rc == ARES_SUCCESS && i < n; i++)
+            if (inet_ntop(AF_INET, &a[i].ipaddr, text, sizeof text) &&
+                s_push(q, text, strlen(text)) != 0)
+                rc = ARES_ENOMEM;
+    } else {
+        struct ares_addr6ttl a[32];
+        rc = ares_parse_aaaa_reply(abuf, alen, NULL, a, &n);
+        for (int i = 0; rc == ARES_SUCCESS && i < n; i++)
+            if (inet_ntop(AF_INET6, &a[i].ip6addr, text, sizeof text) &&
+                s_push(q, text, strlen(text)) != 0)
+                rc = ARES_ENOMEM;
+    }
+    if (rc == ARES_ENODATA)
+        s_set(q, DNSCHECK_NODATA, s_nodata_why(q->type));
+    else if (rc == ARES_ENOMEM)
+        s_set(q, DNSCHECK_ERROR, "out of memory");
+    else if (rc != ARES_SUCCESS)
+        s_set(q, DNSCHECK_ERROR, "the DNS answer could not be parsed");
+}
+
 /* Walk the answer section for CNAME records (c-ares 1.18 has no parser
  * for them). Every read is bounds-checked against alen. */
 static void s_parse_cname(dnscheck_query_t *q, const unsigned char *abuf, int alen)
@@ -243,6 +274,8 @@ static void s_on_answer(void *arg, int status, int timeouts, unsigned char *abuf
             s_parse_txt(q, abuf, alen);
         else if (q->type == DNSCHECK_MX)
             s_parse_mx(q, abuf, alen);
+        else if (q->type == DNSCHECK_A || q->type == DNSCHECK_AAAA)
+            s_parse_addr(q, abuf, alen);
         else
             s_parse_cname(q, abuf, alen);
         if (q->status == DNSCHECK_OK && q->count == 0)
@@ -332,7 +365,7 @@ static void s_wait(dnscheck_t *self, int *pending, int64_t deadline)
 
 int dnscheck_run(dnscheck_t *self, dnscheck_query_t *queries, size_t n)
 {
-    static const int types[] = {ns_t_txt, ns_t_cname, ns_t_mx};
+    static const int types[] = {ns_t_txt, ns_t_cname, ns_t_mx, ns_t_a, ns_t_aaaa};
     if (n == 0)
         return 0;
     s_slot_t *slots = calloc(n, sizeof *slots);

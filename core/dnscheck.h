@@ -10,8 +10,9 @@
  *
  * Records come back in an sbuf, each one followed by a NUL; a TXT record
  * made of several character-strings is concatenated into one (RFC 6376
- * 3.6.2.2); an MX record is "<preference> <host>"; host names have no
- * trailing dot.
+ * 3.6.2.2); an MX record is "<preference> <host>"; an A or AAAA record
+ * is the address as text; host names have no trailing dot (a null MX,
+ * RFC 7505, comes back as "0 ").
  *
  * What can go wrong: the name does not exist (NXDOMAIN), exists without
  * that type (NODATA), the server fails (SERVFAIL), refuses, or does not
@@ -25,7 +26,13 @@
 
 #include "sbuf.h"
 
-typedef enum { DNSCHECK_TXT = 0, DNSCHECK_CNAME, DNSCHECK_MX } dnscheck_type_t;
+typedef enum {
+    DNSCHECK_TXT = 0,
+    DNSCHECK_CNAME,
+    DNSCHECK_MX,
+    DNSCHECK_A,   /* records are dotted-quad strings */
+    DNSCHECK_AAAA /* records are RFC 5952 IPv6 strings */
+} dnscheck_type_t;
 
 typedef enum {
     DNSCHECK_OK = 0,   /* records found (at least one) */

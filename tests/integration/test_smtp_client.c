@@ -1,0 +1,797 @@
+/*
+ * test_smtp_client - the non-blocking SMTP client against real peers.
+ *
+ * Postfix's smtp-sink (started per test on a free port, dumping each
+ * message to a directory): one message with dot-lines arrives byte for byte,
+ * ten messages over one connection, with and without PIPELINING, hard and
+ * soft refusals of MAIL/RCPT (-f, -r), a server that hangs up without a
+ * reply (-q) or with 421 (-Q), a slow DATA reply (-w) against a short
+ * timeout, TLS required where none is offered.
+ *
+ * A fake server in a thread (plain sockets, OpenSSL for STARTTLS with a
+ * self-signed certificate made at start-up): garbage greeting, over-long
+ * reply line, a hang-up mid-DATA, SIZE and SMTPUTF8 refused locally,
+ * STARTTLS taken opportunistically, verified mode failing on a self-signed
+ * certificate and passing with it as trust anchor, AUTH PLAIN and LOGIN
+ * with the credentials decoded and checked by the server.
+ */
+#include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+
+#include "harness.h"
+#include "sbuf.h"
+#include "smtp_client.h"
+
+static char s_tmp[] = "/tmp/smtp-client-test.XXXXXX"; /* certs and sink dumps */
+static char s_cert[300], s_key[300];                  /* self-signed for mx.test */
+
+static const char *S_MSG = "From: a@example.test\r\nTo: b@example.test\r\nSubject: dots\r\n\r\n"
+                           "first line\r\n.starts with a dot\r\n..two dots\r\n.\r\nlast\r\n";
+
+/* ---- peers --------------------------------------------------------------- */
+
+typedef struct {
+    harness_proc_t *proc; /* smtp-sink */
+    int port;             /* where it listens */
+    char dir[400];        /* its dump directory */
+} sink_t;
+
+static int s_wait_port(int port)
+{
+    for (int i = 0; i < 100; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+        close(fd);
+        if (rc == 0)
+            return 0;
+        usleep(50000);
+    }
+    return -1;
+}
+
+/* smtp-sink with the extra options (NULL-terminated, may be empty). */
+static void s_sink_start(sink_t *s, const char *label, ...)
+{
+    static int seq;
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "%s/%s-%d", s_tmp, label, seq++);
+    assert_int_equal(mkdir(s->dir, 0777), 0);
+    chmod(s->dir, 0777);
+    s->port = harness_free_port();
+    char tmpl[450], listen[64];
+    snprintf(tmpl, sizeof tmpl, "%s/%%M.", s->dir);
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", s->port);
+    char *argv[32] = {"/usr/sbin/smtp-sink", "-u", "nobody", "-d", tmpl};
+    int n = 5;
+    va_list ap;
+    va_start(ap, label);
+    for (char *a; (a = va_arg(ap, char *)) && n < 28;)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n++] = listen;
+    argv[n++] = "50";
+    argv[n] = NULL;
+    s->proc = harness_spawn(label, argv, NULL);
+    assert_non_null(s->proc);
+    assert_int_equal(s_wait_port(s->port), 0);
+}
+
+static void s_sink_stop(sink_t *s)
+{
+    harness_stop(s->proc, 15, 2000);
+}
+
+/* How many dump files the sink wrote; the first one's content into body. */
+static int s_sink_dumps(const sink_t *s, sbuf_t *body)
+{
+    DIR *d = opendir(s->dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (n++ == 0 && body) {
+            char path[700];
+            snprintf(path, sizeof path, "%s/%s", s->dir, e->d_name);
+            FILE *f = fopen(path, "r");
+            assert_non_null(f);
+            char buf[4096];
+            size_t k;
+            while ((k = fread(buf, 1, sizeof buf, f)) > 0)
+                sbuf_append(body, buf, k);
+            fclose(f);
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+/* ---- driving a connection ------------------------------------------------ */
+
+static smtp_opts_t s_opts(void)
+{
+    smtp_opts_t o = {.helo_name = "client.test",
+                     .connect_timeout_ms = 3000,
+                     .greeting_timeout_ms = 3000,
+                     .command_timeout_ms = 3000,
+                     .data_timeout_ms = 3000,
+                     .final_timeout_ms = 3000};
+    return o;
+}
+
+static smtp_conn_t *s_connect(int port, const smtp_opts_t *o)
+{
+    sbuf_t *err = sbuf_new(0);
+    smtp_conn_t *c = smtp_conn_new("127.0.0.1", port, o, err);
+    if (!c)
+        fail_msg("smtp_conn_new: %s", sbuf_data(err));
+    sbuf_destroy(&err);
+    return c;
+}
+
+/* Poll until step returns something other than AGAIN (10 s at most). */
+static int s_drive(smtp_conn_t *c)
+{
+    int64_t give_up = harness_now_ms() + 10000;
+    short revents = 0;
+    for (;;) {
+        int r = smtp_conn_step(c, revents);
+        if (r != SMTP_STEP_AGAIN)
+            return r;
+        int64_t now = harness_now_ms(), dl = smtp_conn_deadline(c);
+        assert_true(now < give_up);
+        int ms = dl < 0 ? 1000 : (int)(dl > now ? dl - now : 0);
+        struct pollfd p = {.fd = smtp_conn_fd(c), .events = smtp_conn_events(c)};
+        assert_true(p.events != 0);
+        int n = poll(&p, 1, ms);
+        revents = n > 0 ? p.revents : 0;
+    }
+}
+
+/* One transaction from IDLE: the result's code, *r filled (caller clears). */
+static int s_send(smtp_conn_t *c, const char *const *rcpts, size_t n, const char *msg, int utf8,
+                  smtp_result_t *r)
+{
+    int st = smtp_conn_submit(c, "sender@example.test", rcpts, n, msg, strlen(msg), utf8);
+    if (st == SMTP_STEP_AGAIN)
+        st = s_drive(c);
+    assert_int_equal(st, SMTP_STEP_RESULT);
+    assert_int_equal(smtp_conn_take_result(c, r), 0);
+    assert_non_null(r->text);
+    return r->code;
+}
+
+static const char *S_ONE[] = {"rcpt@example.test"};
+
+/* Connect, reach IDLE, send one message, return its code; error text on
+ * connection failure goes to *why when given. */
+static int s_one_message(int port, const smtp_opts_t *o, const char *msg, smtp_result_t *r)
+{
+    smtp_conn_t *c = s_connect(port, o);
+    int st = s_drive(c);
+    if (st != SMTP_STEP_IDLE)
+        fail_msg("not idle: %d %s", st, smtp_conn_error(c) ? smtp_conn_error(c) : "");
+    int code = s_send(c, S_ONE, 1, msg, 0, r);
+    smtp_conn_destroy(&c);
+    return code;
+}
+
+/* ---- smtp-sink tests ------------------------------------------------------ */
+
+static void test_one_message_exact(void **state)
+{
+    (void)state;
+    sink_t s;
+    s_sink_start(&s, "sink-one", NULL);
+    smtp_opts_t o = s_opts();
+    smtp_conn_t *c = s_connect(s.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+    assert_int_equal(smtp_conn_tls_active(c), 0); /* opportunistic, nothing offered */
+    smtp_result_t r;
+    assert_int_equal(s_send(c, S_ONE, 1, S_MSG, 0, &r), 250);
+    assert_string_equal(r.enhanced, "2.0.0");
+    assert_int_equal(r.nrcpt, 1);
+    assert_int_equal(r.rcpt_codes[0], 250);
+    assert_int_equal(r.local, 0);
+    smtp_result_clear(&r);
+    smtp_result_clear(&r);
+    assert_int_equal(smtp_conn_step(c, 0), SMTP_STEP_IDLE);
+    smtp_conn_quit(c);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_null(smtp_conn_error(c));
+    smtp_conn_destroy(&c);
+    smtp_conn_destroy(&c);
+
+    /* the dump holds sink headers, then our message with LF line ends */
+    sbuf_t *body = sbuf_new(0);
+    assert_int_equal(s_sink_dumps(&s, body), 1);
+    const char *p = strstr(sbuf_data(body), "From: a@example.test\n");
+    assert_non_null(p);
+    assert_non_null(strstr(sbuf_data(body), "X-Helo-Args: client.test\n"));
+    assert_non_null(strstr(sbuf_data(body), "X-Mail-Args: <sender@example.test>"));
+    assert_string_equal(p, "From: a@example.test\nTo: b@example.test\nSubject: dots\n\n"
+                           "first line\n.starts with a dot\n..two dots\n.\nlast\n\n");
+    sbuf_destroy(&body);
+    s_sink_stop(&s);
+}
+
+static void s_ten(const char *label, int pipelining)
+{
+    sink_t s;
+    if (pipelining)
+        s_sink_start(&s, label, NULL);
+    else
+        s_sink_start(&s, label, "-p", NULL);
+    smtp_opts_t o = s_opts();
+    o.max_messages = 10;
+    smtp_conn_t *c = s_connect(s.port, &o);
+    const char *rcpts[] = {"one@example.test", "two@example.test", "three@example.test"};
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+        smtp_result_t r;
+        assert_int_equal(s_send(c, rcpts, 3, "Subject: x\r\n\r\nbody\n", 0, &r), 250);
+        assert_int_equal(r.nrcpt, 3);
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(r.rcpt_codes[k], 250);
+        smtp_result_clear(&r);
+    }
+    /* max_messages reached: QUIT and a clean close */
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_null(smtp_conn_error(c));
+    assert_int_equal(smtp_conn_messages(c), 10);
+    smtp_conn_destroy(&c);
+    assert_int_equal(s_sink_dumps(&s, NULL), 10);
+    s_sink_stop(&s);
+}
+
+static void test_ten_pipelined(void **state)
+{
+    (void)state;
+    s_ten("sink-ten", 1);
+}
+
+static void test_ten_lockstep(void **state)
+{
+    (void)state;
+    s_ten("sink-ten-p", 0);
+}
+
+static void test_rejections(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    smtp_result_t r;
+    sink_t s;
+
+    /* hard RCPT refusal, then the same connection still delivers after RSET */
+    s_sink_start(&s, "sink-f-rcpt", "-f", "RCPT", NULL);
+    smtp_conn_t *c = s_connect(s.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+    int code = s_send(c, S_ONE, 1, S_MSG, 0, &r);
+    assert_true(code >= 500 && code < 600);
+    assert_true(r.rcpt_codes[0] >= 500);
+    assert_true(strchr(r.text, '\n') == NULL);
+    smtp_result_clear(&r);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE); /* after RSET */
+    smtp_conn_destroy(&c);
+    assert_int_equal(s_sink_dumps(&s, NULL), 0);
+    s_sink_stop(&s);
+
+    /* hard MAIL refusal */
+    s_sink_start(&s, "sink-f-mail", "-f", "MAIL", NULL);
+    code = s_one_message(s.port, &o, S_MSG, &r);
+    assert_true(code >= 500 && code < 600);
+    assert_int_equal(r.rcpt_codes[0], 0); /* never asked */
+    smtp_result_clear(&r);
+    s_sink_stop(&s);
+
+    /* soft RCPT refusal */
+    s_sink_start(&s, "sink-r-rcpt", "-r", "RCPT", NULL);
+    code = s_one_message(s.port, &o, S_MSG, &r);
+    assert_true(code >= 400 && code < 500);
+    smtp_result_clear(&r);
+    s_sink_stop(&s);
+
+    /* soft refusal of the final dot */
+    s_sink_start(&s, "sink-r-dot", "-r", ".", NULL);
+    code = s_one_message(s.port, &o, S_MSG, &r);
+    assert_true(code >= 400 && code < 500);
+    assert_int_equal(r.rcpt_codes[0], 250);
+    smtp_result_clear(&r);
+    s_sink_stop(&s);
+}
+
+static void test_disconnects(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    smtp_result_t r;
+    sink_t s;
+
+    /* hang-up without a reply after DATA: connection-level, code 0 */
+    s_sink_start(&s, "sink-q-data", "-q", "DATA", NULL);
+    smtp_conn_t *c = s_connect(s.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+    assert_int_equal(s_send(c, S_ONE, 1, S_MSG, 0, &r), 0);
+    assert_non_null(strstr(r.text, "closed"));
+    smtp_result_clear(&r);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_non_null(smtp_conn_error(c));
+    smtp_conn_destroy(&c);
+    s_sink_stop(&s);
+
+    /* 421 and hang-up after RCPT: deferred with the server's code */
+    s_sink_start(&s, "sink-Q-rcpt", "-Q", "RCPT", NULL);
+    assert_int_equal(s_one_message(s.port, &o, S_MSG, &r), 421);
+    smtp_result_clear(&r);
+    s_sink_stop(&s);
+
+    /* slow DATA reply against a short timeout: code 0, says timeout */
+    /* lock-step (-p): with PIPELINING the sink holds back every reply */
+    s_sink_start(&s, "sink-w", "-p", "-w", "3", NULL);
+    o.data_timeout_ms = 300;
+    int64_t t0 = harness_now_ms();
+    assert_int_equal(s_one_message(s.port, &o, S_MSG, &r), 0);
+    assert_true(harness_now_ms() - t0 < 2500);
+    assert_non_null(strstr(r.text, "timeout"));
+    smtp_result_clear(&r);
+    s_sink_stop(&s);
+
+    /* nobody listening */
+    int port = harness_free_port();
+    o = s_opts();
+    c = s_connect(port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_non_null(strstr(smtp_conn_error(c), "connect"));
+    assert_int_equal(smtp_conn_events(c), 0);
+    smtp_conn_destroy(&c);
+}
+
+static void test_tls_required_not_offered(void **state)
+{
+    (void)state;
+    sink_t s;
+    s_sink_start(&s, "sink-tls", NULL);
+    smtp_opts_t o = s_opts();
+    o.tls = SMTP_TLS_REQUIRED;
+    smtp_conn_t *c = s_connect(s.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_non_null(strstr(smtp_conn_error(c), "STARTTLS"));
+    smtp_conn_destroy(&c);
+    s_sink_stop(&s);
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    sbuf_t *err = sbuf_new(0);
+    smtp_opts_t o = s_opts();
+    assert_null(smtp_conn_new("mx.example.test", 25, &o, err));
+    assert_non_null(strstr(sbuf_data(err), "numeric"));
+    assert_null(smtp_conn_new("127.0.0.1", 0, &o, err));
+    o.helo_name = "bad\r\nname";
+    assert_null(smtp_conn_new("127.0.0.1", 25, &o, err));
+    sbuf_destroy(&err);
+    smtp_conn_destroy(NULL);
+    smtp_result_clear(NULL);
+}
+
+/* ---- the fake server ------------------------------------------------------ */
+
+typedef enum {
+    FAKE_NORMAL,    /* a small but correct ESMTP server */
+    FAKE_GARBAGE,   /* greeting is not SMTP */
+    FAKE_LONG_LINE, /* EHLO reply line of 10,000 bytes */
+    FAKE_DROP_DATA  /* hangs up in the middle of the message */
+} fake_mode_t;
+
+typedef struct {
+    int lfd;                /* listening socket */
+    int port;               /* its port */
+    fake_mode_t mode;       /* behaviour */
+    const char *ehlo_extra; /* extra EHLO lines ("SIZE 100\r\n250-...") or NULL */
+    int offer_tls;          /* announce STARTTLS */
+    const char *auth_line;  /* the EHLO AUTH line; NULL: PLAIN and LOGIN */
+    pthread_t thread;       /* serving one connection */
+    /* what the server saw */
+    int tls_used;       /* the client upgraded */
+    int ehlo_after_tls; /* and said EHLO again */
+    char auth[256];     /* decoded "user:pass" */
+    char mail[256];     /* the MAIL command line */
+    sbuf_t *data;       /* message as received (still dot-stuffed) */
+} fake_t;
+
+typedef struct {
+    int fd;   /* socket */
+    SSL *ssl; /* TLS once started */
+} fio_t;
+
+static int s_fwrite(fio_t *f, const char *s)
+{
+    size_t len = strlen(s);
+    if (f->ssl)
+        return SSL_write(f->ssl, s, (int)len) == (int)len ? 0 : -1;
+    return send(f->fd, s, len, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
+}
+
+/* One line (CRLF stripped) into buf; -1 on EOF. */
+static int s_fline(fio_t *f, char *buf, size_t size)
+{
+    size_t n = 0;
+    for (;;) {
+        char ch;
+        int r = f->ssl ? SSL_read(f->ssl, &ch, 1) : (int)recv(f->fd, &ch, 1, 0);
+        if (r <= 0)
+            return -1;
+        if (ch == '\n')
+            break;
+        if (n + 1 < size)
+            buf[n++] = ch;
+    }
+    if (n && buf[n - 1] == '\r')
+        n--;
+    buf[n] = 0;
+    return (int)n;
+}
+
+static void s_b64dec(const char *in, char *out, size_t size)
+{
+    unsigned char tmp[300];
+    size_t il = strlen(in);
+    int n = il < 400 ? EVP_DecodeBlock(tmp, (const unsigned char *)in, (int)il) : -1;
+    if (n < 0) {
+        out[0] = 0;
+        return;
+    }
+    while (n > 0 && il > 0 && in[il - 1] == '=') /* DecodeBlock counts padding */
+        n--, il--;
+    size_t k = 0;
+    for (int i = 0; i < n && k + 1 < size; i++)
+        out[k++] = tmp[i] ? (char)tmp[i] : ':';
+    out[k] = 0;
+}
+
+static void *s_fake_serve(void *arg)
+{
+    fake_t *fk = arg;
+    fio_t f = {.fd = accept(fk->lfd, NULL, NULL)};
+    SSL_CTX *ctx = NULL;
+    char line[2048];
+    if (f.fd < 0)
+        return NULL;
+    if (fk->mode == FAKE_GARBAGE) {
+        s_fwrite(&f, "HELLO THERE\x01\x02\r\n");
+        goto done;
+    }
+    s_fwrite(&f, "220 fake ESMTP\r\n");
+    int in_data = 0;
+    while (s_fline(&f, line, sizeof line) >= 0) {
+        if (in_data) {
+            if (fk->mode == FAKE_DROP_DATA && sbuf_len(fk->data) > 20)
+                goto done;
+            if (strcmp(line, ".") == 0) {
+                in_data = 0;
+                s_fwrite(&f, "250 2.0.0 queued\r\n");
+            } else {
+                sbuf_append_str(fk->data, line);
+                sbuf_append(fk->data, "\n", 1);
+            }
+            continue;
+        }
+        if (!strncasecmp(line, "EHLO", 4)) {
+            if (fk->mode == FAKE_LONG_LINE) {
+                char *big = malloc(10001);
+                memset(big, 'x', 10000);
+                big[10000] = 0;
+                s_fwrite(&f, "250-");
+                s_fwrite(&f, big);
+                free(big);
+                s_fwrite(&f, "\r\n250 ok\r\n");
+                continue;
+            }
+            if (f.ssl)
+                fk->ehlo_after_tls = 1;
+            s_fwrite(&f, "250-fake\r\n250-PIPELINING\r\n");
+            s_fwrite(&f, fk->auth_line ? fk->auth_line : "250-AUTH PLAIN LOGIN\r\n");
+            if (fk->offer_tls && !f.ssl)
+                s_fwrite(&f, "250-STARTTLS\r\n");
+            if (fk->ehlo_extra)
+                s_fwrite(&f, fk->ehlo_extra);
+            s_fwrite(&f, "250 8BITMIME\r\n");
+        } else if (!strcasecmp(line, "STARTTLS")) {
+            s_fwrite(&f, "220 go ahead\r\n");
+            ctx = SSL_CTX_new(TLS_server_method());
+            SSL_CTX_use_certificate_file(ctx, s_cert, SSL_FILETYPE_PEM);
+            SSL_CTX_use_PrivateKey_file(ctx, s_key, SSL_FILETYPE_PEM);
+            f.ssl = SSL_new(ctx);
+            SSL_set_fd(f.ssl, f.fd);
+            if (SSL_accept(f.ssl) != 1)
+                goto done;
+            fk->tls_used = 1;
+        } else if (!strncasecmp(line, "AUTH PLAIN ", 11)) {
+            s_b64dec(line + 11, fk->auth, sizeof fk->auth);
+            s_fwrite(&f, "235 2.7.0 ok\r\n");
+        } else if (!strcasecmp(line, "AUTH LOGIN")) {
+            char u[100], p[100];
+            s_fwrite(&f, "334 VXNlcm5hbWU6\r\n");
+            if (s_fline(&f, line, sizeof line) < 0)
+                goto done;
+            s_b64dec(line, u, sizeof u);
+            s_fwrite(&f, "334 UGFzc3dvcmQ6\r\n");
+            if (s_fline(&f, line, sizeof line) < 0)
+                goto done;
+            s_b64dec(line, p, sizeof p);
+            snprintf(fk->auth, sizeof fk->auth, "login:%s:%s", u, p);
+            s_fwrite(&f, "235 2.7.0 ok\r\n");
+        } else if (!strncasecmp(line, "MAIL", 4)) {
+            snprintf(fk->mail, sizeof fk->mail, "%.200s", line);
+            s_fwrite(&f, "250 2.1.0 ok\r\n");
+        } else if (!strncasecmp(line, "RCPT", 4)) {
+            s_fwrite(&f, "250 2.1.5 ok\r\n");
+        } else if (!strcasecmp(line, "DATA")) {
+            in_data = 1;
+            s_fwrite(&f, "354 go\r\n");
+        } else if (!strcasecmp(line, "QUIT")) {
+            s_fwrite(&f, "221 bye\r\n");
+            break;
+        } else {
+            s_fwrite(&f, "250 ok\r\n");
+        }
+    }
+done:
+    if (f.ssl)
+        SSL_free(f.ssl);
+    SSL_CTX_free(ctx);
+    close(f.fd);
+    return NULL;
+}
+
+static void s_fake_start(fake_t *fk, fake_mode_t mode)
+{
+    fk->mode = mode;
+    fk->data = sbuf_new(0);
+    fk->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(fk->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(fk->lfd, 4), 0);
+    getsockname(fk->lfd, (struct sockaddr *)&sa, &sl);
+    fk->port = ntohs(sa.sin_port);
+    assert_int_equal(pthread_create(&fk->thread, NULL, s_fake_serve, fk), 0);
+}
+
+/* Wait for the server thread (the client must have closed by now). */
+static void s_fake_stop(fake_t *fk)
+{
+    pthread_join(fk->thread, NULL);
+    close(fk->lfd);
+    sbuf_destroy(&fk->data);
+}
+
+/* ---- fake server tests ---------------------------------------------------- */
+
+static void test_fake_garbage_and_long_lines(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    fake_t fk = {0};
+    s_fake_start(&fk, FAKE_GARBAGE);
+    smtp_conn_t *c = s_connect(fk.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_non_null(strstr(smtp_conn_error(c), "malformed reply"));
+    for (const char *p = smtp_conn_error(c); *p; p++) /* sanitized */
+        assert_true(*p >= 0x20 && *p < 0x7f);
+    smtp_conn_destroy(&c);
+    s_fake_stop(&fk);
+
+    fake_t fl = {0};
+    s_fake_start(&fl, FAKE_LONG_LINE);
+    c = s_connect(fl.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_non_null(strstr(smtp_conn_error(c), "longer than"));
+    smtp_conn_destroy(&c);
+    s_fake_stop(&fl);
+}
+
+static void test_fake_drop_mid_data(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    fake_t fk = {0};
+    s_fake_start(&fk, FAKE_DROP_DATA);
+    /* big enough that the hang-up lands while we still write */
+    sbuf_t *msg = sbuf_new(0);
+    sbuf_append_str(msg, "Subject: big\r\n\r\n");
+    for (int i = 0; i < 40000; i++)
+        sbuf_append_str(msg, "a line of the message body to fill the socket buffers\r\n");
+    smtp_result_t r;
+    assert_int_equal(s_one_message(fk.port, &o, sbuf_data(msg), &r), 0);
+    assert_true(strlen(r.text) > 0);
+    smtp_result_clear(&r);
+    sbuf_destroy(&msg);
+    s_fake_stop(&fk);
+}
+
+static void test_fake_local_refusals(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    fake_t fk = {0};
+    fk.ehlo_extra = "250-SIZE 100\r\n";
+    s_fake_start(&fk, FAKE_NORMAL);
+    smtp_conn_t *c = s_connect(fk.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+    smtp_result_t r;
+    /* over SIZE: refused without asking, still IDLE */
+    assert_int_equal(s_send(c, S_ONE, 1, S_MSG, 0, &r), 552);
+    assert_string_equal(r.enhanced, "5.3.4");
+    assert_int_equal(r.local, 1);
+    smtp_result_clear(&r);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+    /* an 8-bit address needs SMTPUTF8, which is not offered */
+    const char *utf[] = {"J\xc3\xb6rg@example.test"};
+    assert_int_equal(s_send(c, utf, 1, "x\r\n", 0, &r), 550);
+    assert_string_equal(r.enhanced, "5.6.7");
+    smtp_result_clear(&r);
+    /* CR/LF in an address never reaches the wire */
+    const char *inj[] = {"a@b>\r\nRCPT TO:<c@d"};
+    assert_int_equal(s_send(c, inj, 1, "x\r\n", 0, &r), 553);
+    smtp_result_clear(&r);
+    /* a small 8-bit message goes with BODY=8BITMIME and SIZE */
+    assert_int_equal(s_send(c, S_ONE, 1, "S: \xc3\xa9\r\n\r\nb\r\n", 0, &r), 250);
+    smtp_result_clear(&r);
+    smtp_conn_quit(c);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    smtp_conn_destroy(&c);
+    s_fake_stop(&fk);
+    assert_non_null(strstr(fk.mail, "BODY=8BITMIME"));
+    assert_non_null(strstr(fk.mail, "SIZE="));
+    /* not submitting when not IDLE is a programmer error, reported as -1 */
+    assert_int_equal(smtp_conn_submit(c, "a", S_ONE, 1, "x", 1, 0), -1);
+}
+
+static void test_fake_starttls_auth(void **state)
+{
+    (void)state;
+    /* opportunistic: upgrades, says EHLO again, authenticates, delivers */
+    fake_t fk = {.offer_tls = 1};
+    s_fake_start(&fk, FAKE_NORMAL);
+    smtp_opts_t o = s_opts();
+    o.auth_user = "relayuser";
+    o.auth_pass = "s3cret";
+    smtp_conn_t *c = s_connect(fk.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+    assert_int_equal(smtp_conn_tls_active(c), 1);
+    smtp_result_t r;
+    assert_int_equal(s_send(c, S_ONE, 1, S_MSG, 0, &r), 250);
+    smtp_result_clear(&r);
+    smtp_conn_quit(c);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    smtp_conn_destroy(&c);
+    s_fake_stop(&fk);
+    assert_int_equal(fk.tls_used, 1);
+    assert_int_equal(fk.ehlo_after_tls, 1);
+    assert_string_equal(fk.auth, ":relayuser:s3cret");
+
+    /* verified mode: the self-signed certificate is not trusted */
+    fake_t fv = {.offer_tls = 1};
+    s_fake_start(&fv, FAKE_NORMAL);
+    o = s_opts();
+    o.tls_verify = 1;
+    o.tls_name = "mx.test";
+    c = s_connect(fv.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_non_null(strstr(smtp_conn_error(c), "verif"));
+    smtp_conn_destroy(&c);
+    s_fake_stop(&fv);
+
+    /* verified mode with it as trust anchor: passes for its name only */
+    const char *names[] = {"mx.test", "other.test"};
+    for (int i = 0; i < 2; i++) {
+        fake_t ft = {.offer_tls = 1};
+        s_fake_start(&ft, FAKE_NORMAL);
+        o.tls_ca_file = s_cert;
+        o.tls_name = names[i];
+        c = s_connect(ft.port, &o);
+        assert_int_equal(s_drive(c), i == 0 ? SMTP_STEP_IDLE : SMTP_STEP_CLOSED);
+        if (i == 0)
+            smtp_conn_quit(c);
+        s_drive(c);
+        smtp_conn_destroy(&c);
+        s_fake_stop(&ft);
+    }
+
+    /* AUTH LOGIN when PLAIN is not wanted: only over TLS, or allowed plain */
+    fake_t fp = {0};
+    s_fake_start(&fp, FAKE_NORMAL);
+    o = s_opts();
+    o.auth_user = "u";
+    o.auth_pass = "p";
+    c = s_connect(fp.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    assert_non_null(strstr(smtp_conn_error(c), "without TLS"));
+    smtp_conn_destroy(&c);
+    s_fake_stop(&fp);
+}
+
+static void test_fake_auth_login_plaintext(void **state)
+{
+    (void)state;
+    fake_t fk = {.auth_line = "250-AUTH=LOGIN\r\n"};
+    s_fake_start(&fk, FAKE_NORMAL);
+    smtp_opts_t o = s_opts();
+    o.auth_user = "luser";
+    o.auth_pass = "lpass";
+    o.auth_plaintext = 1;
+    smtp_conn_t *c = s_connect(fk.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+    smtp_conn_quit(c);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    smtp_conn_destroy(&c);
+    s_fake_stop(&fk);
+    /* only LOGIN offered (old "AUTH=" form): the prompts were answered */
+    assert_string_equal(fk.auth, "login:luser:lpass");
+}
+
+static int s_setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(s_tmp))
+        return -1;
+    chmod(s_tmp, 0777);
+    snprintf(s_cert, sizeof s_cert, "%s/cert.pem", s_tmp);
+    snprintf(s_key, sizeof s_key, "%s/key.pem", s_tmp);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-subj /CN=mx.test -addext subjectAltName=DNS:mx.test -days 2 "
+             "-keyout %s -out %s 2>/dev/null",
+             s_key, s_cert);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_tmp);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_one_message_exact),
+        cmocka_unit_test(test_ten_pipelined),
+        cmocka_unit_test(test_ten_lockstep),
+        cmocka_unit_test(test_rejections),
+        cmocka_unit_test(test_disconnects),
+        cmocka_unit_test(test_tls_required_not_offered),
+        cmocka_unit_test(test_fake_garbage_and_long_lines),
+        cmocka_unit_test(test_fake_drop_mid_data),
+        cmocka_unit_test(test_fake_local_refusals),
+        cmocka_unit_test(test_fake_starttls_auth),
+        cmocka_unit_test(test_fake_auth_login_plaintext),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
