@@ -21,6 +21,7 @@ TABLE(api_routes_templates);
 TABLE(api_routes_webhooks);
 TABLE(api_routes_events);
 TABLE(api_routes_ops);
+TABLE(api_routes_messages);
 
 const api_route_t *const *api_route_tables(void)
 {
@@ -32,7 +33,8 @@ const api_route_t *const *api_route_tables(void)
                                     api_routes_lists,     api_routes_tags,
                                     api_routes_segments,  api_routes_suppressions,
                                     api_routes_templates, api_routes_webhooks,
-                                    api_routes_events,    api_routes_ops};
+                                    api_routes_events,    api_routes_ops,
+                                    api_routes_messages};
         int n = 0;
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
             if (all[i])
