@@ -202,6 +202,28 @@ static const char UTF8[] = "From: =?UTF-8?B?w4lsb2TDqWU=?= <elodee@example.com>\
                            "\r\n"
                            "Gr\xc3\xbc\xc3\x9f" "e \xe2\x80\x94 \xd8\xb3\xd9\x84\xd8\xa7\xd9\x85 \xf0\x9f\x93\xa7\r\n";
 
+/* Repeated signed fields (picked bottom-up by verifiers), a TAB after a
+ * colon, a long h= list to fold, WSP-only body lines. */
+static const char REPEATED[] = "Received: from x by y\r\n"
+                               "From: a@example.com\r\n"
+                               "To: first@example.org\r\n"
+                               "Subject:\tspaced   name\r\n"
+                               "To: second@example.org\r\n"
+                               "Cc: c1@example.org\r\n"
+                               "Cc: c2@example.org\r\n"
+                               "Reply-To: r@example.com\r\n"
+                               "Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
+                               "Message-ID: <4@example.com>\r\n"
+                               "MIME-Version: 1.0\r\n"
+                               "Content-Type: text/plain\r\n"
+                               "Content-Transfer-Encoding: 7bit\r\n"
+                               "List-Unsubscribe: <https://example.com/u/4>\r\n"
+                               "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+                               "\r\n"
+                               " \t \r\n"
+                               "x\t\ty  \r\n"
+                               "\t\r\n";
+
 static const char NOBODY[] = "From: a@example.com\r\nSubject: no body\r\n\r\n";
 static const char NOBLANK[] = "From: a@example.com\r\nSubject: no blank line\r\n";
 static const char NOFINALCRLF[] = "From: a@example.com\r\nSubject: x\r\n\r\nlast line";
@@ -209,7 +231,8 @@ static const char NOFINALCRLF[] = "From: a@example.com\r\nSubject: x\r\n\r\nlast
 static void test_sign_verify_all(void **state)
 {
     fixture_t *f = *state;
-    const char *src[] = {PLAIN, MULTIPART, FOLDED, TRAILING, UTF8, NOBODY, NOBLANK, NOFINALCRLF};
+    const char *src[] = {PLAIN,  MULTIPART, FOLDED,  TRAILING,   UTF8,
+                         REPEATED, NOBODY, NOBLANK, NOFINALCRLF};
     enum { N = sizeof src / sizeof src[0] };
     char *msgs[2 * N];
     size_t lens[2 * N];
@@ -370,6 +393,8 @@ static void test_bad_input(void **state)
     static const char no_from[] = "To: a@example.com\r\nSubject: x\r\n\r\nbody\r\n";
     static const char no_hdr[] = "\r\nbody\r\n";
     static const char no_eol[] = "From: a@example.com";
+    static const char no_colon[] = "From: a@example.com\r\nnot a field\r\n\r\nbody\r\n";
+    s_refused(f, f->keys, 2, no_colon, strlen(no_colon));
     s_refused(f, f->keys, 2, bare_lf, strlen(bare_lf));
     s_refused(f, f->keys, 2, body_lf, strlen(body_lf));
     s_refused(f, f->keys, 2, no_from, strlen(no_from));
@@ -389,6 +414,12 @@ static void test_bad_input(void **state)
     s_refused(f, k, 2, PLAIN, strlen(PLAIN));
     k[1] = f->keys[1];
     k[1].domain = "";
+    s_refused(f, k, 2, PLAIN, strlen(PLAIN));
+    k[1] = f->keys[1];
+    k[1].domain = "example.com; l=0"; /* tag injection */
+    s_refused(f, k, 2, PLAIN, strlen(PLAIN));
+    k[1] = f->keys[1];
+    k[1].selector = "s\r\nBcc: x";
     s_refused(f, k, 2, PLAIN, strlen(PLAIN));
 
     sbuf_t *sig = sbuf_new(0), *err = sbuf_new(0);
