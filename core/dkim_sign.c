@@ -161,8 +161,8 @@ static dkim_key_t *s_key(dkim_signer_t *self, const char *pem, bool *owned)
 /* Split msg into header fields (appended to fields, *nfields of them) and
  * the body at *body_off. -1 with err when msg is not a CRLF RFC 5322
  * message with a From field. Caller frees *fields. */
-static int s_split(const char *msg, size_t len, field_t **fields, size_t *nfields,
-                   size_t *body_off, sbuf_t *err)
+static int s_split(const char *msg, size_t len, field_t **fields, size_t *nfields, size_t *body_off,
+                   sbuf_t *err)
 {
     const char *p = msg, *end = msg + len;
     size_t cap = 0, n = 0;
@@ -406,8 +406,9 @@ static int s_sign_one(dkim_signer_t *self, const dkim_sign_key_t *key, field_t *
         goto done;
     }
     if ((dkim_key_alg(k) == DKIM_ED25519) != (key->ed25519 != 0)) {
-        s_err(err, key->ed25519 ? "ed25519 asked but the key is RSA"
-                                : "rsa asked but the key is Ed25519",
+        s_err(err,
+              key->ed25519 ? "ed25519 asked but the key is RSA"
+                           : "rsa asked but the key is Ed25519",
               NULL);
         goto done;
     }

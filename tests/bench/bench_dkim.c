@@ -150,8 +150,7 @@ int main(int argc, char **argv)
         s_message(sizes[s], msg);
         for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
             double t = s_run(signer, keys + modes[m].first, modes[m].nkeys, msg, n, runs);
-            printf("%-8zu %-8s %12.1f %12.0f\n", sbuf_len(msg), modes[m].name, t / n * 1e6,
-                   n / t);
+            printf("%-8zu %-8s %12.1f %12.0f\n", sbuf_len(msg), modes[m].name, t / n * 1e6, n / t);
         }
         sbuf_destroy(&msg);
     }

@@ -89,9 +89,8 @@ static inline int dkim_verify_write(const char *path, const void *data, size_t l
  * output is appended to out. 1 when every signature verifies, 0 when any
  * does not, -1 when the verifier could not run. */
 static inline int dkim_verify_py(const char *const *msgs, const size_t *lens, const int *want,
-                                 size_t nmsgs, const char *const *names,
-                                 const char *const *values, size_t nrecs, int dns_port,
-                                 sbuf_t *out)
+                                 size_t nmsgs, const char *const *names, const char *const *values,
+                                 size_t nrecs, int dns_port, sbuf_t *out)
 {
     char dir[] = "/tmp/postchi-dkimpy-XXXXXX";
     if (!mkdtemp(dir))
@@ -131,7 +130,8 @@ static inline int dkim_verify_py(const char *const *msgs, const size_t *lens, co
     while ((n = fread(buf, 1, sizeof buf, p)) > 0)
         sbuf_append(out, buf, n);
     int st = pclose(p);
-    if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) <= 1 && strstr(sbuf_data(out), "Traceback") == NULL)
+    if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) <= 1 &&
+        strstr(sbuf_data(out), "Traceback") == NULL)
         rc = WEXITSTATUS(st) == 0 ? 1 : 0;
 done:
     sbuf_reset(cmd);

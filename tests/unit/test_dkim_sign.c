@@ -27,11 +27,11 @@
 #define DOMAIN "example.com"
 
 typedef struct {
-    dkim_signer_t *signer; /* the one under test */
-    sbuf_t *ed_pem;        /* Ed25519 private key, PKCS#8 PEM */
-    sbuf_t *rsa_pem;       /* RSA-2048 private key, PKCS#8 PEM */
-    sbuf_t *ed_txt;        /* its TXT record value */
-    sbuf_t *rsa_txt;       /* its TXT record value */
+    dkim_signer_t *signer;   /* the one under test */
+    sbuf_t *ed_pem;          /* Ed25519 private key, PKCS#8 PEM */
+    sbuf_t *rsa_pem;         /* RSA-2048 private key, PKCS#8 PEM */
+    sbuf_t *ed_txt;          /* its TXT record value */
+    sbuf_t *rsa_txt;         /* its TXT record value */
     dkim_sign_key_t keys[2]; /* ed25519 then rsa */
 } fixture_t;
 
@@ -125,8 +125,7 @@ static int s_verify(fixture_t *f, char **msgs, const size_t *lens, const int *wa
 {
     const char *values[] = {sbuf_data(f->ed_txt), sbuf_data(f->rsa_txt)};
     sbuf_t *out = sbuf_new(0);
-    int rc = dkim_verify_py((const char *const *)msgs, lens, want, n, REC_NAMES, values, 2, 0,
-                            out);
+    int rc = dkim_verify_py((const char *const *)msgs, lens, want, n, REC_NAMES, values, 2, 0, out);
     print_message("%s", sbuf_data(out));
     sbuf_destroy(&out);
     assert_int_not_equal(rc, -1);
@@ -193,14 +192,16 @@ static const char TRAILING[] = "From: a@example.com\r\n"
                                "\r\n"
                                "\r\n";
 
-static const char UTF8[] = "From: =?UTF-8?B?w4lsb2TDqWU=?= <elodee@example.com>\r\n"
-                           "To: J\xc3\xbcrgen <j\xc3\xbcrgen@exampl\xc3\xa9.de>\r\n"
-                           "Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?= \xe2\x9c\x89 \xd8\xb3\xd9\x84\xd8\xa7\xd9\x85\r\n"
-                           "MIME-Version: 1.0\r\n"
-                           "Content-Type: text/plain; charset=utf-8\r\n"
-                           "Content-Transfer-Encoding: 8bit\r\n"
-                           "\r\n"
-                           "Gr\xc3\xbc\xc3\x9f" "e \xe2\x80\x94 \xd8\xb3\xd9\x84\xd8\xa7\xd9\x85 \xf0\x9f\x93\xa7\r\n";
+static const char UTF8[] =
+    "From: =?UTF-8?B?w4lsb2TDqWU=?= <elodee@example.com>\r\n"
+    "To: J\xc3\xbcrgen <j\xc3\xbcrgen@exampl\xc3\xa9.de>\r\n"
+    "Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?= \xe2\x9c\x89 \xd8\xb3\xd9\x84\xd8\xa7\xd9\x85\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n"
+    "Content-Transfer-Encoding: 8bit\r\n"
+    "\r\n"
+    "Gr\xc3\xbc\xc3\x9f"
+    "e \xe2\x80\x94 \xd8\xb3\xd9\x84\xd8\xa7\xd9\x85 \xf0\x9f\x93\xa7\r\n";
 
 /* Repeated signed fields (picked bottom-up by verifiers), a TAB after a
  * colon, a long h= list to fold, WSP-only body lines. */
@@ -231,8 +232,8 @@ static const char NOFINALCRLF[] = "From: a@example.com\r\nSubject: x\r\n\r\nlast
 static void test_sign_verify_all(void **state)
 {
     fixture_t *f = *state;
-    const char *src[] = {PLAIN,  MULTIPART, FOLDED,  TRAILING,   UTF8,
-                         REPEATED, NOBODY, NOBLANK, NOFINALCRLF};
+    const char *src[] = {PLAIN,    MULTIPART, FOLDED,  TRAILING,   UTF8,
+                         REPEATED, NOBODY,    NOBLANK, NOFINALCRLF};
     enum { N = sizeof src / sizeof src[0] };
     char *msgs[2 * N];
     size_t lens[2 * N];
@@ -280,10 +281,17 @@ static void test_signed_headers(void **state)
     /* Every present header of the set is signed, From twice (oversigned),
      * the unlisted one is not. */
     const char *lc = sbuf_data(h);
-    const char *want[] = {"from",         "to",           "cc",
-                          "subject",      "date",         "message-id",
-                          "reply-to",     "mime-version", "content-type",
-                          "list-unsubscribe", "list-unsubscribe-post"};
+    const char *want[] = {"from",
+                          "to",
+                          "cc",
+                          "subject",
+                          "date",
+                          "message-id",
+                          "reply-to",
+                          "mime-version",
+                          "content-type",
+                          "list-unsubscribe",
+                          "list-unsubscribe-post"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         assert_non_null(strcasestr(lc, want[i]));
     assert_null(strcasestr(lc, "x-unsigned"));
@@ -316,8 +324,8 @@ static void test_tampered_fails(void **state)
     struct {
         const char *what, *with;
     } bad[] = {
-        {"Hi =E2=9C=93", "Hi =E2=9C=94"},                 /* body byte */
-        {"Subject: Monthly news", "Subject: Monthly new"}, /* signed header */
+        {"Hi =E2=9C=93", "Hi =E2=9C=94"},                              /* body byte */
+        {"Subject: Monthly news", "Subject: Monthly new"},             /* signed header */
         {"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n", ""}, /* signed header removed */
         {"\r\nFrom: news@example.com", "\r\nFrom: evil@example.net\r\nFrom: news@example.com"},
         {"--b1--\r\n", "--b1--\r\nappended\r\n"}, /* body extended */
@@ -449,10 +457,10 @@ static void test_alg_mismatch(void **state)
 enum { THREADS = 4, ROUNDS = 25 };
 
 typedef struct {
-    fixture_t *f;  /* shared fixture */
-    char *last;    /* the thread's last signed message */
-    size_t len;    /* its length */
-    int failures;  /* sign calls that failed */
+    fixture_t *f; /* shared fixture */
+    char *last;   /* the thread's last signed message */
+    size_t len;   /* its length */
+    int failures; /* sign calls that failed */
 } worker_t;
 
 static void *s_worker(void *arg)
