@@ -281,19 +281,17 @@ static void test_signed_headers(void **state)
     /* Every present header of the set is signed, From twice (oversigned),
      * the unlisted one is not. */
     const char *lc = sbuf_data(h);
-    const char *want[] = {"from",
-                          "to",
-                          "cc",
-                          "subject",
-                          "date",
-                          "message-id",
-                          "reply-to",
-                          "mime-version",
-                          "content-type",
-                          "list-unsubscribe",
-                          "list-unsubscribe-post"};
-    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
-        assert_non_null(strcasestr(lc, want[i]));
+    /* The header section of the original message, without the body. */
+    char hdrs[sizeof MULTIPART];
+    memcpy(hdrs, MULTIPART, sizeof MULTIPART);
+    strstr(hdrs, "\r\n\r\n")[2] = '\0';
+    for (const char *const *name = dkim_signer_headers(); *name; name++) {
+        char field[64];
+        snprintf(field, sizeof field, "%s:", *name);
+        if (strncasecmp(hdrs, field, strlen(field)) == 0 ||
+            strcasestr(hdrs, field)) /* present in the message */
+            assert_non_null(strcasestr(lc, *name));
+    }
     assert_null(strcasestr(lc, "x-unsigned"));
     const char *first = strcasestr(lc, "from");
     assert_non_null(strcasestr(first + 4, "from"));
