@@ -14,7 +14,7 @@ libzmq3-dev libczmq-dev libpq-dev libhiredis-dev libmsgpack-dev
 libcivetweb-dev libssl-dev libopendkim-dev libjansson-dev libargon2-dev
 libcurl4-openssl-dev libc-ares-dev libgmime-3.0-dev libcmocka-dev
 postgresql redis-server postfix dnsmasq-base prometheus
-python3 python3-dkim
+python3 python3-dkim python3-nacl python3-dnspython
 clang libclang-rt-14-dev valgrind wrk procps iproute2 curl"
 
 missing=""
