@@ -71,12 +71,6 @@
 #define METADATA_MAX_BYTES 8192
 #define BULK_TIMEOUT "SET LOCAL statement_timeout = '60s'"
 
-/* The mesh's one-way send, which rest.h does not have yet: weak, so this
- * module links and works (without the fast wake-up) until it does.
- * TODO(lead): add to rest.h/rest.c; body is stolen, like api_trigger. */
-extern int api_mesh_send(api_req_t *req, const char *target, const char *name, json_t *body)
-    __attribute__((weak));
-
 /* Statuses a message row can have, in life order (batch progress keys). */
 static const char *const s_statuses[] = {"scheduled", "queued",     "sending",  "sent",
                                          "deferred",  "bounced",    "failed",   "suppressed",
@@ -738,8 +732,6 @@ static int s_render(api_req_t *req, send_t *s, json_t *warnings, int *rc)
 static void s_wake(api_req_t *req, const char *domain, const char *name, const char *key,
                    const char *id)
 {
-    if (!api_mesh_send)
-        return;
     sbuf_t *target = sbuf_new(64);
     if (target && sbuf_appendf(target, "mailer/%s", domain) == 0)
         api_mesh_send(req, sbuf_data(target), name, json_pack("{s:s}", key, id));

@@ -1006,8 +1006,10 @@ static int s_read_body(api_req_t *req)
     /* Batch calls take longer arrays than the guard's default so their
      * handlers can answer an oversized batch precisely (422 on the field). */
     json_guard_limits_t lim = *json_guard_defaults();
-    if (req->rt->route->flags & API_BATCH)
+    if (req->rt->route->flags & API_BATCH) {
         lim.max_array *= 10;
+        lim.max_string = R.batch_body_max; /* a base64 attachment is one string */
+    }
     sbuf_t *why = sbuf_new(64);
     int rc = why ? json_guard_check(req->body, &lim, why) : -1;
     if (rc != 0)

@@ -54,6 +54,7 @@ static resource_t s_res[] = {
 };
 #define NRES (sizeof s_res / sizeof s_res[0])
 static char s_key_id[64];
+static char s_message_id[64], s_batch_id[64];
 static const char *s_suppressed = "blocked@tenant-a.example";
 
 /* A valid body for each route that takes one, so B's call cannot stop at
@@ -90,6 +91,10 @@ static const char *s_id_for(const char *collection)
 {
     if (strcmp(collection, "api-keys") == 0)
         return s_key_id;
+    if (strcmp(collection, "messages") == 0)
+        return s_message_id;
+    if (strcmp(collection, "messages/batches") == 0)
+        return s_batch_id;
     for (size_t i = 0; i < NRES; i++)
         if (strcmp(s_res[i].collection, collection) == 0)
             return s_res[i].id;
@@ -99,7 +104,7 @@ static const char *s_id_for(const char *collection)
 /* Everything A owns, as one text, to prove nothing changed. */
 static char *s_snapshot(void)
 {
-    char sql[2048];
+    char sql[4096];
     snprintf(sql, sizeof sql,
              "SELECT md5(concat_ws('|',"
              " (SELECT string_agg(c::text, ',' ORDER BY c.id) FROM contacts c WHERE organization_id = '%1$s'),"
@@ -112,6 +117,7 @@ static char *s_snapshot(void)
              " (SELECT string_agg(t::text, ',' ORDER BY t.id) FROM templates t WHERE organization_id = '%1$s'),"
              " (SELECT string_agg(v::text, ',' ORDER BY v.template_id, v.version) FROM template_versions v WHERE organization_id = '%1$s'),"
              " (SELECT string_agg(w::text, ',' ORDER BY w.id) FROM webhooks w WHERE organization_id = '%1$s'),"
+             " (SELECT string_agg(m::text, ',' ORDER BY m.id) FROM messages m WHERE organization_id = '%1$s'),"
              " (SELECT string_agg(d.id::text || d.status || d.checks::text, ',' ORDER BY d.id) FROM domains d WHERE organization_id = '%1$s'),"
              " (SELECT string_agg(k.id::text || coalesce(k.revoked_at::text, '-'), ',' ORDER BY k.id) FROM api_keys k WHERE organization_id = '%1$s')))",
              E.org_id);
@@ -137,6 +143,21 @@ static void test_every_route_is_404_across_organizations(void **state)
               "{\"email\":\"%s\",\"reason\":\"manual\"}", s_suppressed);
     assert_true(r.status == 201 || r.status == 200);
     api_resp_free(&r);
+    /* A message and a bulk send, from A's domain once verified. */
+    free(api_sql(&E, "UPDATE domains SET status = 'verified' WHERE name = 'mail.tenant-a.example' RETURNING 1"));
+    api_call(&E, "POST", "/api/v1/messages", E.key_full,
+             "{\"from\":{\"email\":\"a@mail.tenant-a.example\"},\"to\":\"alice@tenant-a.example\","
+             "\"subject\":\"s\",\"text\":\"t\",\"send_at\":\"2099-01-01T00:00:00Z\"}", NULL, &r);
+    assert_int_equal(r.status, 202);
+    snprintf(s_message_id, sizeof s_message_id, "%s", json_string_value(json_object_get(
+             json_array_get(json_object_get(r.json, "messages"), 0), "id")));
+    api_resp_free(&r);
+    api_callf(&E, "POST", "/api/v1/messages", E.key_full, &r,
+              "{\"from\":{\"email\":\"a@mail.tenant-a.example\"},\"to_list\":\"%s\","
+              "\"subject\":\"s\",\"text\":\"t\"}", s_id_for("lists"));
+    assert_int_equal(r.status, 202);
+    snprintf(s_batch_id, sizeof s_batch_id, "%s", json_string_value(json_object_get(r.json, "batch_id")));
+    api_resp_free(&r);
     api_call(&E, "GET", "/api/v1/api-keys?limit=1", E.token, NULL, NULL, &r);
     assert_int_equal(r.status, 200);
     snprintf(s_key_id, sizeof s_key_id, "%s",
@@ -160,6 +181,8 @@ static void test_every_route_is_404_across_organizations(void **state)
             int has_param = 0;
             const char *p = rt->path;
             sscanf(p, "/%63[^/]", collection);
+            if (strncmp(p, "/messages/batches/", 18) == 0)
+                snprintf(collection, sizeof collection, "messages/batches");
             while (*p) {
                 if (*p == '{') {
                     const char *end = strchr(p, '}');
