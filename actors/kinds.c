@@ -6,9 +6,11 @@
 
 extern const actor_kind_t actor_kind_ping;
 extern const actor_kind_t actor_kind_tenant;
+extern const actor_kind_t actor_kind_mailer;
 
 const actor_kind_t *const actor_kinds[] = {
     &actor_kind_ping,
     &actor_kind_tenant,
+    &actor_kind_mailer,
     NULL,
 };

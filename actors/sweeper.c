@@ -57,6 +57,7 @@ struct sweeper {
     int leader;            /* this session holds the advisory lock */
     metric_t *m_redriven;  /* events re-sent */
     metric_t *m_pending;   /* undispatched rows past SWEEP_AGE at the last sweep */
+    metric_t *m_woken;     /* mailer wake-ups sent for due messages */
 };
 
 /* The rows to re-send, grouped by organization and in id order within one;
@@ -161,6 +162,43 @@ done:
     sbuf_destroy(&body);
 }
 
+/* Messages: scheduled rows whose time came become queued, 'sending' rows
+ * whose lease ran out (a worker died mid-send) become deferred, and every
+ * destination with due rows (queued or deferred, past a short grace so the
+ * API's own wake-up goes first) gets a "wake" for its mailer actor, which
+ * claims the rows itself. A lost wake-up costs one round, never a message. */
+static const char s_mail_select[] =
+    "WITH promoted AS (UPDATE messages SET status = 'queued', updated_at = now()"
+    " WHERE status = 'scheduled' AND send_at <= now() RETURNING recipient_domain),"
+    " expired AS (UPDATE messages SET status = 'deferred', lease_until = NULL, updated_at = now()"
+    " WHERE status = 'sending' AND lease_until < now() RETURNING recipient_domain)"
+    " SELECT DISTINCT d FROM (SELECT recipient_domain AS d FROM promoted"
+    " UNION ALL SELECT recipient_domain FROM expired"
+    " UNION ALL (SELECT recipient_domain FROM messages WHERE status IN ('queued', 'deferred')"
+    " AND next_attempt_at <= now() - interval '2 seconds' LIMIT 5000)) x LIMIT 1000";
+
+static void s_mail_round(sweeper_t *self)
+{
+    sbuf_t *err = sbuf_new(128), *target = sbuf_new(64);
+    db_result_t *res = err && target ? db_query(self->db, s_mail_select, 0, NULL, err) : NULL;
+    if (!res) {
+        if (log_should("sweeper-mail", 12, 60000))
+            log_error("cannot read the message outbox: %s", err ? sbuf_data(err) : "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < db_result_rows(res); i++) {
+        sbuf_reset(target);
+        sbuf_appendf(target, "mailer/%s", db_result_get(res, i, 0));
+        if (mesh_client_send(self->client, sbuf_data(target), "wake", "{}", 2) != 0)
+            break; /* pipe full: the rest next round */
+        metric_inc(self->m_woken);
+    }
+done:
+    db_result_free(&res);
+    sbuf_destroy(&err);
+    sbuf_destroy(&target);
+}
+
 static void *s_thread(void *arg)
 {
     sweeper_t *self = arg;
@@ -170,6 +208,8 @@ static void *s_thread(void *arg)
         if (now >= next) {
             if (mesh_client_connected(self->client)) {
                 s_round(self);
+                if (self->leader)
+                    s_mail_round(self);
                 next = mesh_now_ms() + SWEEPER_INTERVAL_MS;
             } else {
                 next = now + NOT_READY_MS;
@@ -209,6 +249,8 @@ sweeper_t *sweeper_start(const config_t *cfg, const char *node_id, sbuf_t *err)
     self->m_pending = metrics_gauge("postchi_worker_outbox_pending",
                                     "Undispatched outbox events older than 3 s at the last sweep "
                                     "(0 on workers that do not hold the sweeper lock).");
+    self->m_woken = metrics_counter("postchi_worker_mailer_wakeups_total",
+                                    "Mailer actors woken for due messages by the sweeper.");
     self->conninfo = db_conninfo_from_config(cfg);
     char id[160];
     snprintf(id, sizeof id, "%s-sweeper", node_id);

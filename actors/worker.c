@@ -30,6 +30,7 @@
 
 #include "actor.h"
 #include "db.h"
+#include "delivery.h"
 #include "dict.h"
 #include "kv.h"
 #include "log.h"
@@ -518,8 +519,12 @@ done:
     return rc;
 }
 
+int mailer_configure(const config_t *cfg, sbuf_t *err);
+void mailer_shutdown(void);
+
 int worker_main(const config_t *cfg)
 {
+    delivery_t *delivery = NULL;
     worker_t w = {0};
     int status = 1;
     statusd_t *srv = NULL;
@@ -550,6 +555,18 @@ int worker_main(const config_t *cfg)
 
     if (s_connect_stores(&w, cfg) != 0)
         goto done;
+    /* The delivery engine before any actor can run: mailer actors hand it
+     * their messages. */
+    if (mailer_configure(cfg, err) != 0) {
+        log_error("%s", sbuf_data(err));
+        goto done;
+    }
+    delivery = delivery_start(cfg, err);
+    if (!delivery) {
+        log_error("%s", sbuf_data(err));
+        goto done;
+    }
+    delivery_set_instance(delivery);
 
     w.zctx = zmq_ctx_new();
     w.pull = w.zctx ? zmq_socket(w.zctx, ZMQ_PULL) : NULL;
@@ -669,6 +686,10 @@ stop_pool:
         pthread_join(w.threads[i], NULL);
     free(w.threads);
 done:
+    /* After the pool: no mailer is still handing the engine work. */
+    delivery_set_instance(NULL);
+    delivery_stop(&delivery);
+    mailer_shutdown();
     statusd_stop(&srv);
     if (w.actors) {
         s_sweep(&w, 1);

@@ -951,10 +951,20 @@ static int s_up_mesh(const up_t *st)
         return -1;
     if (s_up_node(st, "broker", "broker", base, NULL) == -1)
         return -1;
+    /* Workers deliver through the capture sink unless a relay is set, and
+     * open the domains' DKIM keys with the stack's at-rest key. */
+    char relay_env[300];
+    const char *relay = config_str(st->cfg, "smtp_relay");
+    if (relay[0])
+        snprintf(relay_env, sizeof relay_env, "POSTCHI_SMTP_RELAY=%s", relay);
+    else
+        snprintf(relay_env, sizeof relay_env, "POSTCHI_SMTP_RELAY=127.0.0.1:%lld",
+                 (long long)config_int(st->cfg, "smtp_sink_port"));
+    char *worker_env[] = {relay_env, key_env, NULL};
     for (int i = 1; i <= workers; i++) {
         char name[32];
         snprintf(name, sizeof name, "worker-%d", i);
-        if (s_up_node(st, name, "worker", base + i, NULL) == -1)
+        if (s_up_node(st, name, "worker", base + i, worker_env) == -1)
             return -1;
     }
     char *api_env[] = {jwt_env, key_env, NULL};

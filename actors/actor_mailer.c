@@ -1,0 +1,376 @@
+/*
+ * actor_mailer - kind "mailer", key = recipient domain: turns committed
+ * outbox rows for that domain into signed messages for the delivery engine.
+ *
+ *   deliver {"message_id": id}   one row (the send API's wake-up)
+ *   wake    {...}                every due row of the domain (bulk sends,
+ *                                the sweeper's re-drive)
+ *
+ * A row is claimed with one UPDATE that only succeeds while it is queued or
+ * deferred and due: it becomes 'sending' with a lease (delivery_lease_s),
+ * so two activations of this actor, or a replayed message, never send it
+ * twice; a worker that dies mid-send leaves a lease that runs out and the
+ * sweeper re-drives the row. The message is built (MIME) and signed
+ * (DKIM, every key of the sending domain, once) here, on the pool thread,
+ * then handed to the delivery engine, which records the outcome.
+ *
+ * Routing: smtp_relay when set (the dev stack's capture sink, or a
+ * smarthost), else the domain's MX hosts (core/mx.c, c-ares).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "actor.h"
+#include "config.h"
+#include "delivery.h"
+#include "dkim_sign.h"
+#include "log.h"
+#include "mime.h"
+#include "mx.h"
+#include "secretbox.h"
+
+static struct {
+    unsigned char key[SECRETBOX_KEY_LEN]; /* opens DKIM private keys */
+    int have_key;                         /* secret_key was valid */
+    char relay_host[256];                 /* smtp_relay host, "" for MX */
+    int relay_port;                       /* its port */
+    int mx_port;                          /* smtp_port */
+    char lease[16];                       /* delivery_lease_s as text */
+    char resolver[128];                   /* dns_resolver */
+    dkim_signer_t *signer;                /* process-wide */
+    int enabled;                          /* delivery_enabled */
+} M;
+
+int mailer_configure(const config_t *cfg, sbuf_t *err);
+void mailer_shutdown(void);
+
+int mailer_configure(const config_t *cfg, sbuf_t *err)
+{
+    memset(&M, 0, sizeof M);
+    M.have_key = secretbox_key_parse(config_str(cfg, "secret_key"), M.key) == 0;
+    const char *relay = config_str(cfg, "smtp_relay");
+    if (relay[0]) {
+        const char *colon = strrchr(relay, ':');
+        if (!colon || colon == relay || (size_t)(colon - relay) >= sizeof M.relay_host ||
+            atoi(colon + 1) <= 0 || atoi(colon + 1) > 65535) {
+            sbuf_appendf(err, "setting 'smtp_relay': '%s' is not host:port", relay);
+            return -1;
+        }
+        memcpy(M.relay_host, relay, (size_t)(colon - relay));
+        M.relay_port = atoi(colon + 1);
+    }
+    M.mx_port = (int)config_int(cfg, "smtp_port");
+    M.enabled = config_bool(cfg, "delivery_enabled");
+    snprintf(M.lease, sizeof M.lease, "%lld", (long long)config_int(cfg, "delivery_lease_s"));
+    snprintf(M.resolver, sizeof M.resolver, "%s", config_str(cfg, "dns_resolver"));
+    M.signer = dkim_signer_new(err);
+    return M.signer ? 0 : -1;
+}
+
+void mailer_shutdown(void)
+{
+    dkim_signer_destroy(&M.signer);
+}
+
+/* Columns of a claimed row, in order. */
+#define CLAIMED                                                                                    \
+    " RETURNING m.id, m.organization_id, m.from_addr, m.from_name, to_json(m.reply_to)::text,"    \
+    " m.recipient, to_json(m.to_addrs)::text, to_json(m.cc_addrs)::text, m.subject, m.html,"      \
+    " m.text, m.headers::text, m.message_id, m.send_id, m.attempts"
+
+static const char *const SQL_CLAIM_ONE =
+    "UPDATE messages m SET status = 'sending', attempts = attempts + 1, updated_at = now(),"
+    " lease_until = now() + make_interval(secs => $3::int)"
+    " WHERE m.id = $1::uuid AND m.recipient_domain = $2 AND m.status IN ('queued', 'deferred')"
+    " AND m.next_attempt_at <= now()" CLAIMED;
+
+static const char *const SQL_CLAIM_DUE =
+    "UPDATE messages m SET status = 'sending', attempts = attempts + 1, updated_at = now(),"
+    " lease_until = now() + make_interval(secs => $2::int)"
+    " WHERE m.id IN (SELECT id FROM messages WHERE recipient_domain = $1"
+    " AND status IN ('queued', 'deferred') AND next_attempt_at <= now()"
+    " ORDER BY next_attempt_at LIMIT 200 FOR UPDATE SKIP LOCKED)" CLAIMED;
+
+static const char *const SQL_KEYS =
+    "SELECT name, return_path, dkim_ed25519_selector, dkim_ed25519_private,"
+    " dkim_rsa_selector, dkim_rsa_private FROM domains"
+    " WHERE organization_id = $1 AND name = lower(split_part($2, '@', 2))"
+    " AND status = 'verified'";
+
+static const char *const SQL_ATTACHMENTS =
+    "SELECT filename, content_type, content_id, data FROM message_attachments"
+    " WHERE organization_id = $1 AND send_id = $2 ORDER BY idx";
+
+static const char *const SQL_FAIL =
+    "WITH m AS (UPDATE messages SET status = 'failed', lease_until = NULL, last_response = $2,"
+    " updated_at = now() WHERE id = $1 AND status = 'sending' RETURNING id, organization_id)"
+    " INSERT INTO message_events (organization_id, message_id, type, detail)"
+    " SELECT organization_id, id, 'failed', jsonb_build_object('reason', $2::text) FROM m";
+
+/* DNS trouble: try again later (the engine's back-off is for SMTP
+ * answers; a resolver hiccup gets a flat five minutes). */
+static const char *const SQL_TEMPFAIL =
+    "WITH m AS (UPDATE messages SET status = 'deferred', lease_until = NULL, last_response = $2,"
+    " next_attempt_at = now() + interval '5 minutes', updated_at = now()"
+    " WHERE id = $1 AND status = 'sending' RETURNING id, organization_id)"
+    " INSERT INTO message_events (organization_id, message_id, type, detail)"
+    " SELECT organization_id, id, 'deferred', jsonb_build_object('reason', $2::text) FROM m";
+
+/* PostgreSQL bytea text ("\x0a1b...") to bytes in out. 0 or -1. */
+static int s_bytea(const char *hex, sbuf_t *out)
+{
+    if (!hex || hex[0] != '\\' || hex[1] != 'x')
+        return -1;
+    for (const char *p = hex + 2; p[0] && p[1]; p += 2) {
+        char b[3] = {p[0], p[1], 0};
+        unsigned char c = (unsigned char)strtoul(b, NULL, 16);
+        if (sbuf_append(out, &c, 1) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* A JSON array of strings as a C array (pointers into arr). */
+static size_t s_strings(json_t *arr, const char **out, size_t max)
+{
+    size_t n = 0, i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        if (n < max && json_is_string(v))
+            out[n++] = json_string_value(v);
+    }
+    return n;
+}
+
+static void s_fail(db_t *db, const char *id, const char *why)
+{
+    const char *p[] = {id, why};
+    db_exec(db, SQL_FAIL, 2, p, NULL);
+    log_warn("message not sendable message=%s: %s", id, why);
+}
+
+/* Build, sign and hand one claimed row (row i of res) to the engine. */
+static void s_send_row(actor_ctx_t *ctx, db_t *db, db_result_t *res, int i)
+{
+    const char *id = db_result_get(res, i, 0), *org = db_result_get(res, i, 1);
+    const char *from = db_result_get(res, i, 2), *rcpt = db_result_get(res, i, 5);
+    sbuf_t *err = sbuf_new(128), *msg = sbuf_new(4096), *sig = sbuf_new(1024);
+    sbuf_t *ed = sbuf_new(256), *rsa = sbuf_new(2048), *raw = sbuf_new(256);
+    json_t *to = json_loads(db_result_get(res, i, 6), 0, NULL);
+    json_t *cc = json_loads(db_result_get(res, i, 7), 0, NULL);
+    json_t *reply = json_loads(db_result_get(res, i, 4), 0, NULL);
+    json_t *hdrs = json_loads(db_result_get(res, i, 11), 0, NULL);
+    db_result_t *keys = NULL, *att = NULL;
+    char *verp = NULL;
+    mime_part_t *parts = NULL;
+    mime_header_t *hv = NULL;
+    delivery_job_t *job = NULL;
+    if (!err || !msg || !sig || !ed || !rsa || !raw)
+        goto done;
+
+    const char *kp[] = {org, from};
+    keys = db_query_prepared(db, SQL_KEYS, 2, kp, err);
+    if (!keys || db_result_rows(keys) != 1) {
+        s_fail(db, id, "the sending domain is not verified (or was deleted)");
+        goto done;
+    }
+    if (!M.have_key || s_bytea(db_result_get(keys, 0, 3), raw) != 0 ||
+        secretbox_open(M.key, sbuf_data(raw), sbuf_len(raw), ed) != 0) {
+        s_fail(db, id, "the domain's Ed25519 key cannot be opened with secret_key");
+        goto done;
+    }
+    sbuf_reset(raw);
+    if (s_bytea(db_result_get(keys, 0, 5), raw) != 0 ||
+        secretbox_open(M.key, sbuf_data(raw), sbuf_len(raw), rsa) != 0) {
+        s_fail(db, id, "the domain's RSA key cannot be opened with secret_key");
+        goto done;
+    }
+    const char *ap[] = {org, db_result_get(res, i, 13)};
+    att = db_query_prepared(db, SQL_ATTACHMENTS, 2, ap, err);
+    int natt = att ? db_result_rows(att) : 0;
+    sbuf_t *blobs = sbuf_new(1024);
+    size_t *offs = natt ? calloc((size_t)natt * 2, sizeof *offs) : NULL;
+    parts = natt ? calloc((size_t)natt, sizeof *parts) : NULL;
+    for (int a = 0; a < natt && blobs && offs && parts; a++) {
+        offs[2 * a] = sbuf_len(blobs);
+        s_bytea(db_result_get(att, a, 3), blobs);
+        offs[2 * a + 1] = sbuf_len(blobs) - offs[2 * a];
+    }
+    for (int a = 0; a < natt && blobs && offs && parts; a++) {
+        parts[a].filename = db_result_get(att, a, 0);
+        parts[a].content_type = db_result_get(att, a, 1);
+        parts[a].content_id = db_result_get(att, a, 2);
+        parts[a].data = sbuf_data(blobs) + offs[2 * a];
+        parts[a].len = offs[2 * a + 1];
+    }
+    size_t nh = json_object_size(hdrs), k = 0;
+    hv = nh ? calloc(nh, sizeof *hv) : NULL;
+    const char *hk;
+    json_t *hval;
+    json_object_foreach(hdrs, hk, hval)
+    {
+        if (hv && json_is_string(hval)) {
+            hv[k].name = hk;
+            hv[k].value = json_string_value(hval);
+            k++;
+        }
+    }
+    const char *tov[100], *ccv[100], *rtv[4];
+    size_t nto = s_strings(to, tov, 100), ncc = s_strings(cc, ccv, 100);
+    size_t nrt = s_strings(reply, rtv, 4);
+    mime_msg_t m = {
+        .from_name = db_result_get(res, i, 3),
+        .from_addr = from,
+        .to = tov,
+        .nto = nto,
+        .cc = ccv,
+        .ncc = ncc,
+        .reply_to = nrt ? rtv[0] : NULL,
+        .subject = db_result_get(res, i, 8),
+        .html = db_result_get(res, i, 9),
+        .text = db_result_get(res, i, 10),
+        .headers = hv,
+        .nheaders = k,
+        .attachments = parts,
+        .nattachments = (size_t)natt,
+        .message_id = db_result_get(res, i, 12),
+        .date = (int64_t)time(NULL),
+    };
+    int built = mime_build(&m, msg, NULL, err);
+    sbuf_destroy(&blobs);
+    free(offs);
+    if (built != 0) {
+        char why[300];
+        snprintf(why, sizeof why, "the message cannot be built: %s", sbuf_data(err));
+        s_fail(db, id, why);
+        goto done;
+    }
+    const char *domain = db_result_get(keys, 0, 0);
+    dkim_sign_key_t dk[2] = {
+        {domain, db_result_get(keys, 0, 2), sbuf_data(ed), 1},
+        {domain, db_result_get(keys, 0, 4), sbuf_data(rsa), 0},
+    };
+    if (dkim_signer_sign(M.signer, dk, 2, sbuf_data(msg), sbuf_len(msg), sig, err) != 0) {
+        char why[300];
+        snprintf(why, sizeof why, "the message cannot be signed: %s", sbuf_data(err));
+        s_fail(db, id, why);
+        goto done;
+    }
+    /* VERP: bounces come back to bounces+<row id without dashes>@<return path>. */
+    char token[40];
+    size_t t = 0;
+    for (const char *p = id; *p && t + 1 < sizeof token; p++)
+        if (*p != '-')
+            token[t++] = *p;
+    token[t] = 0;
+    verp = mime_verp("bounces", token, db_result_get(keys, 0, 1));
+    job = calloc(1, sizeof *job);
+    if (!job || !verp)
+        goto done;
+    snprintf(job->id, sizeof job->id, "%s", id);
+    if (M.relay_host[0]) {
+        snprintf(job->host, sizeof job->host, "%s", M.relay_host);
+        job->port = M.relay_port;
+    } else {
+        mx_host_t hosts[4];
+        size_t n = 0;
+        const char *rdomain = strrchr(rcpt, '@') ? strrchr(rcpt, '@') + 1 : rcpt;
+        sbuf_reset(err);
+        int st = mx_resolve(rdomain, M.resolver[0] ? M.resolver : NULL, 5000, hosts, 4, &n, err);
+        if (st == MX_PERMFAIL) {
+            char why[300];
+            snprintf(why, sizeof why, "the recipient domain takes no mail: %s", sbuf_data(err));
+            s_fail(db, id, why);
+            goto done;
+        }
+        if (st != MX_OK || n == 0 || hosts[0].naddrs == 0) {
+            const char *p[] = {id, sbuf_len(err) ? sbuf_data(err) : "no MX host answered"};
+            db_exec(db, SQL_TEMPFAIL, 2, p, NULL);
+            goto done;
+        }
+        snprintf(job->host, sizeof job->host, "%s", hosts[0].addrs[0]);
+        job->port = M.mx_port;
+    }
+    /* One buffer: signatures first, then the message. */
+    size_t len = sbuf_len(sig) + sbuf_len(msg);
+    job->data = malloc(len + 1);
+    job->rcpt = strdup(rcpt);
+    job->mail_from = verp;
+    verp = NULL;
+    if (!job->data || !job->rcpt)
+        goto done;
+    memcpy(job->data, sbuf_data(sig), sbuf_len(sig));
+    memcpy(job->data + sbuf_len(sig), sbuf_data(msg), sbuf_len(msg));
+    job->data[len] = 0;
+    job->len = len;
+    /* Bodies are MIME-encoded to 7 bits; the SMTP client asks for SMTPUTF8
+     * by itself when an address needs it. */
+    job->smtputf8 = 0;
+    if (delivery_submit(delivery_instance(), &job) != 0)
+        log_warn("delivery engine stopping; message=%s stays leased and is re-driven", id);
+    (void)ctx;
+done:
+    delivery_job_free(&job);
+    free(verp);
+    free(parts);
+    free(hv);
+    json_decref(to);
+    json_decref(cc);
+    json_decref(reply);
+    json_decref(hdrs);
+    db_result_free(&keys);
+    db_result_free(&att);
+    /* Private keys do not outlive the message they signed. */
+    if (ed)
+        OPENSSL_cleanse((void *)sbuf_data(ed), sbuf_len(ed));
+    if (rsa)
+        OPENSSL_cleanse((void *)sbuf_data(rsa), sbuf_len(rsa));
+    sbuf_destroy(&err);
+    sbuf_destroy(&msg);
+    sbuf_destroy(&sig);
+    sbuf_destroy(&ed);
+    sbuf_destroy(&rsa);
+    sbuf_destroy(&raw);
+}
+
+static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
+{
+    (void)state;
+    if (msg->type != MSG_SEND || !M.enabled)
+        return 0; /* paused: rows stay queued, the sweeper wakes us later */
+    if (!delivery_instance())
+        return -1;
+    db_t *db = actor_db(ctx);
+    if (!db)
+        return -1; /* nothing claimed: the sweeper re-drives */
+    const char *domain = actor_key(ctx);
+    db_result_t *res = NULL;
+    if (msg->name_len == 7 && memcmp(msg->name, "deliver", 7) == 0) {
+        json_t *b = json_loadb(msg->body, msg->body_len, 0, NULL);
+        const char *id = json_string_value(json_object_get(b, "message_id"));
+        if (id) {
+            const char *p[] = {id, domain, M.lease};
+            res = db_query_prepared(db, SQL_CLAIM_ONE, 3, p, NULL);
+        }
+        json_decref(b);
+    } else if (msg->name_len == 4 && memcmp(msg->name, "wake", 4) == 0) {
+        const char *p[] = {domain, M.lease};
+        res = db_query_prepared(db, SQL_CLAIM_DUE, 2, p, NULL);
+    } else {
+        return -1;
+    }
+    if (!res)
+        return 0; /* a bad id or a failed claim: nothing is leased */
+    for (int i = 0; i < db_result_rows(res); i++)
+        s_send_row(ctx, db, res, i);
+    db_result_free(&res);
+    return 0;
+}
+
+const actor_kind_t actor_kind_mailer = {"mailer", NULL, s_receive, NULL};

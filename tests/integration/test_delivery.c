@@ -1,0 +1,268 @@
+/*
+ * test_delivery - a message from the API to a real SMTP server: POST
+ * /messages commits the outbox row, the mailer actor claims it, builds and
+ * DKIM-signs it (Ed25519 and RSA-2048), the worker's delivery engine sends
+ * it through the relay (Postfix's smtp-sink, dumping what it receives), and
+ * the outcome lands in messages / message_events. Both signatures are then
+ * checked by an independent verifier (dkimpy) against the domain's public
+ * keys. With the relay down the message is deferred with a back-off, and
+ * once the relay is back the sweeper's re-drive delivers it.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api_util.h"
+#include "dkim_verify_py.h"
+
+#define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+static api_env_t E;
+static harness_proc_t *s_sink;
+static int s_sink_port;
+static char s_dump[64] = "/tmp/postchi-sink-XXXXXX";
+
+static int s_start_sink(void)
+{
+    char listen[64], tmpl[128];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", s_sink_port);
+    snprintf(tmpl, sizeof tmpl, "%s/%%M.", s_dump);
+    char *argv[] = {"/usr/sbin/smtp-sink", "-u", "nobody", "-d", tmpl, listen, "100", NULL};
+    s_sink = harness_spawn("smtp-sink", argv, NULL);
+    if (!s_sink)
+        return -1;
+    usleep(300 * 1000);
+    return 0;
+}
+
+static int s_setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(s_dump))
+        return -1;
+    chmod(s_dump, 0777); /* smtp-sink writes as nobody */
+    s_sink_port = harness_free_port();
+    if (s_start_sink() != 0)
+        return -1;
+    static char relay[64];
+    snprintf(relay, sizeof relay, "127.0.0.1:%d", s_sink_port);
+    /* Workers inherit these (the harness passes the environment on). */
+    setenv("POSTCHI_SMTP_RELAY", relay, 1);
+    setenv("POSTCHI_SECRET_KEY", TEST_SECRET_KEY, 1);
+    return api_env_start(&E, NULL);
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    int bad = api_env_stop(&E);
+    if (s_sink)
+        harness_stop(s_sink, SIGTERM, 5000);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_dump);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", s_dump);
+    return bad;
+}
+
+static char *s_status(const char *id)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT status FROM messages WHERE id = '%s'", id);
+    return api_sql(&E, sql);
+}
+
+/* Wait for the row to reach want; returns the last status seen. */
+static char *s_wait_status(const char *id, const char *want, int ms)
+{
+    int64_t deadline = harness_now_ms() + ms;
+    char *st = NULL;
+    while (harness_now_ms() < deadline) {
+        free(st);
+        st = s_status(id);
+        if (st && strcmp(st, want) == 0)
+            break;
+        usleep(100 * 1000);
+    }
+    return st;
+}
+
+/* The newest dump file's contents with CRLF line ends, or NULL. */
+static sbuf_t *s_received(const char *needle)
+{
+    DIR *d = opendir(s_dump);
+    struct dirent *e;
+    sbuf_t *found = NULL;
+    while (d && (e = readdir(d)) != NULL && !found) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", s_dump, e->d_name);
+        FILE *f = fopen(path, "rb");
+        if (!f)
+            continue;
+        sbuf_t *b = sbuf_new(4096);
+        char line[8192];
+        while (fgets(line, sizeof line, f)) {
+            size_t n = strcspn(line, "\r\n");
+            sbuf_append(b, line, n);
+            sbuf_append_str(b, "\r\n");
+        }
+        fclose(f);
+        if (strstr(sbuf_data(b), needle))
+            found = b;
+        else
+            sbuf_destroy(&b);
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static char s_domain_id[64];
+
+static void s_verified_domain(void)
+{
+    api_resp_t r;
+    api_call(&E, "POST", "/api/v1/domains", E.key_full, "{\"name\":\"send.example\"}", NULL, &r);
+    assert_int_equal(r.status, 201);
+    snprintf(s_domain_id, sizeof s_domain_id, "%s",
+             json_string_value(json_object_get(r.json, "id")));
+    api_resp_free(&r);
+    char sql[160];
+    snprintf(sql, sizeof sql, "UPDATE domains SET status = 'verified' WHERE id = '%s'", s_domain_id);
+    free(api_sql(&E, sql));
+}
+
+static void test_send_signed_through_relay(void **state)
+{
+    (void)state;
+    s_verified_domain();
+    api_resp_t r;
+    api_call(&E, "POST", "/api/v1/messages", E.key_send,
+             "{\"from\":{\"email\":\"hello@send.example\",\"name\":\"Héllo Team\"},"
+             "\"to\":[\"ada@dest.example\"],\"subject\":\"Welcome, Ada — day one\","
+             "\"html\":\"<p>Hi Ada</p>\",\"text\":\"Hi Ada\",\"headers\":{\"X-Campaign\":\"c1\"}}",
+             NULL, &r);
+    assert_int_equal(r.status, 202);
+    const char *id =
+        json_string_value(json_object_get(json_array_get(json_object_get(r.json, "messages"), 0), "id"));
+    assert_non_null(id);
+    char mid[64];
+    snprintf(mid, sizeof mid, "%s", id);
+    api_resp_free(&r);
+
+    char *st = s_wait_status(mid, "sent", 15000);
+    assert_string_equal(st, "sent");
+    free(st);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT string_agg(type, ',' ORDER BY id) FROM message_events WHERE message_id = '%s'",
+             mid);
+    char *events = api_sql(&E, sql);
+    assert_non_null(strstr(events, "sent"));
+    free(events);
+
+    /* What the server received: both signatures verify independently. */
+    sbuf_t *msg = s_received("Hi Ada");
+    assert_non_null(msg);
+    const char *text = sbuf_data(msg);
+    assert_non_null(strstr(text, "X-Campaign: c1"));
+    /* The sink's own headers come first and are not signed: start the
+     * message at the first DKIM-Signature. */
+    const char *start = strstr(text, "DKIM-Signature:");
+    assert_non_null(start);
+    snprintf(sql, sizeof sql,
+             "SELECT dkim_ed25519_selector || '|' || dkim_ed25519_public || '|' ||"
+             " dkim_rsa_selector || '|' || dkim_rsa_public FROM domains WHERE id = '%s'",
+             s_domain_id);
+    char *keys = api_sql(&E, sql);
+    assert_non_null(keys);
+    char *sel_e = strtok(keys, "|"), *pub_e = strtok(NULL, "|"), *sel_r = strtok(NULL, "|"),
+         *pub_r = strtok(NULL, "|");
+    char name_e[128], name_r[128], val_e[256], val_r[1024];
+    snprintf(name_e, sizeof name_e, "%s._domainkey.send.example", sel_e);
+    snprintf(name_r, sizeof name_r, "%s._domainkey.send.example", sel_r);
+    snprintf(val_e, sizeof val_e, "v=DKIM1; k=ed25519; p=%s", pub_e);
+    snprintf(val_r, sizeof val_r, "v=DKIM1; k=rsa; p=%s", pub_r);
+    const char *names[] = {name_e, name_r}, *values[] = {val_e, val_r};
+    const char *msgs[] = {start};
+    size_t lens[] = {strlen(start)};
+    int want[] = {2};
+    sbuf_t *out = sbuf_new(256);
+    int ok = dkim_verify_py(msgs, lens, want, 1, names, values, 2, 0, out);
+    if (ok != 1)
+        fail_msg("dkimpy did not verify both signatures: %s", sbuf_data(out));
+    sbuf_destroy(&out);
+    free(keys);
+    sbuf_destroy(&msg);
+
+    sbuf_t *m = sbuf_new(4096);
+    assert_int_equal(harness_http_get(E.mesh.worker_metrics[0], "/metrics", m), 200);
+    assert_non_null(strstr(sbuf_data(m), "postchi_delivery_messages_total{outcome=\"sent\"} "));
+    sbuf_destroy(&m);
+}
+
+static void test_relay_down_defers_then_retry_delivers(void **state)
+{
+    (void)state;
+    harness_stop(s_sink, SIGTERM, 5000);
+    s_sink = NULL;
+    api_resp_t r;
+    api_call(&E, "POST", "/api/v1/messages", E.key_send,
+             "{\"from\":{\"email\":\"hello@send.example\"},\"to\":\"bob@dest.example\","
+             "\"subject\":\"Retry me\",\"text\":\"Hello again Bob\"}",
+             NULL, &r);
+    assert_int_equal(r.status, 202);
+    char mid[64];
+    snprintf(mid, sizeof mid, "%s",
+             json_string_value(
+                 json_object_get(json_array_get(json_object_get(r.json, "messages"), 0), "id")));
+    api_resp_free(&r);
+    char *st = s_wait_status(mid, "deferred", 15000);
+    assert_string_equal(st, "deferred");
+    free(st);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT (next_attempt_at > now())::text || '|' || attempts FROM messages WHERE id = '%s'",
+             mid);
+    char *v = api_sql(&E, sql);
+    assert_string_equal(v, "true|1"); /* backed off, one attempt so far */
+    free(v);
+
+    /* The relay is back; make the retry due now rather than in a minute. */
+    assert_int_equal(s_start_sink(), 0);
+    snprintf(sql, sizeof sql, "UPDATE messages SET next_attempt_at = now() WHERE id = '%s'", mid);
+    free(api_sql(&E, sql));
+    st = s_wait_status(mid, "sent", 20000);
+    assert_string_equal(st, "sent");
+    free(st);
+    snprintf(sql, sizeof sql,
+             "SELECT string_agg(type, ',' ORDER BY id) FROM message_events WHERE message_id = '%s'",
+             mid);
+    v = api_sql(&E, sql);
+    assert_non_null(strstr(v, "deferred"));
+    assert_non_null(strstr(v, "sent"));
+    free(v);
+    sbuf_t *msg = s_received("Hello again Bob");
+    assert_non_null(msg);
+    sbuf_destroy(&msg);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_send_signed_through_relay),
+        cmocka_unit_test(test_relay_down_defers_then_retry_delivers),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
