@@ -36,7 +36,7 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT INT TERM
-POSTCHI_SERVERS_DURABLE=1 POSTCHI_BIN=$BIN tests/integration/servers.sh start "$S" >/dev/null
+SERVERS_DURABLE=1 POSTCHI_BIN=$BIN tests/integration/servers.sh start "$S" >/dev/null
 
 # servers.env is KEY=VALUE lines.
 . "$S/servers.env"

@@ -31,7 +31,7 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT INT TERM
-POSTCHI_SERVERS_DURABLE=1 POSTCHI_BIN=$BIN tests/integration/servers.sh start "$S" >/dev/null
+SERVERS_DURABLE=1 POSTCHI_BIN=$BIN tests/integration/servers.sh start "$S" >/dev/null
 . "$S/servers.env"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

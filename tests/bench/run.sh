@@ -8,7 +8,7 @@ B=${1:-build-bench}
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$B" -j2 >/dev/null
 S="$PWD/$B/test-servers"
-POSTCHI_SERVERS_DURABLE=1 POSTCHI_BIN="$PWD/$B/postchi" tests/integration/servers.sh start "$S"
+SERVERS_DURABLE=1 POSTCHI_BIN="$PWD/$B/postchi" tests/integration/servers.sh start "$S"
 trap 'POSTCHI_BIN="$PWD/$B/postchi" tests/integration/servers.sh stop "$S"' EXIT
 echo "== broker throughput (1,000,000 messages x 5 rounds)"
 "$B"/tests/bench_broker 1000000 5

@@ -42,9 +42,9 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))'
 }
 
 # Tests run PostgreSQL without fsync (throwaway clusters); benchmarks set
-# POSTCHI_SERVERS_DURABLE=1 so their figures include real commits.
+# SERVERS_DURABLE=1 so their figures include real commits.
 sync_flag=--no-sync
-[ "${POSTCHI_SERVERS_DURABLE:-0}" = 1 ] && sync_flag=
+[ "${SERVERS_DURABLE:-0}" = 1 ] && sync_flag=
 
 case $action in
 start)
