@@ -98,7 +98,7 @@ static const char *const SQL_CLAIM_DUE =
 
 static const char *const SQL_KEYS =
     "SELECT name, return_path, dkim_ed25519_selector, dkim_ed25519_private,"
-    " dkim_rsa_selector, dkim_rsa_private FROM domains"
+    " dkim_rsa_selector, dkim_rsa_private, signing FROM domains"
     " WHERE organization_id = $1 AND name = lower(split_part($2, '@', 2))"
     " AND status = 'verified'";
 
@@ -256,7 +256,9 @@ static void s_send_row(actor_ctx_t *ctx, db_t *db, db_result_t *res, int i)
         {domain, db_result_get(keys, 0, 2), sbuf_data(ed), 1},
         {domain, db_result_get(keys, 0, 4), sbuf_data(rsa), 0},
     };
-    if (dkim_signer_sign(M.signer, dk, 2, sbuf_data(msg), sbuf_len(msg), sig, err) != 0) {
+    /* "ed25519": the domain asked to skip the RSA signature (and its cost). */
+    size_t nkeys = strcmp(db_result_get(keys, 0, 6), "ed25519") == 0 ? 1 : 2;
+    if (dkim_signer_sign(M.signer, dk, nkeys, sbuf_data(msg), sbuf_len(msg), sig, err) != 0) {
         char why[300];
         snprintf(why, sizeof why, "the message cannot be signed: %s", sbuf_data(err));
         s_fail(db, id, why);

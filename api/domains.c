@@ -55,7 +55,7 @@
 #define DOMAIN_COLS                                                                        \
     "id, name, status, return_path, dkim_ed25519_selector, dkim_ed25519_public, "         \
     "dkim_rsa_selector, dkim_rsa_public, checks::text, " TS("created_at") ", "             \
-    TS("updated_at") ", " TS("verified_at")
+    TS("updated_at") ", " TS("verified_at") ", signing"
 enum {
     C_ID,
     C_NAME,
@@ -68,7 +68,8 @@ enum {
     C_CHECKS,
     C_CREATED,
     C_UPDATED,
-    C_VERIFIED
+    C_VERIFIED,
+    C_SIGNING
 };
 
 static unsigned char s_key[SECRETBOX_KEY_LEN]; /* seals DKIM private keys */
@@ -261,12 +262,12 @@ static json_t *s_domain_json(const db_result_t *res, int row)
             json_object_set_new(rec, "zone_value", json_string(sbuf_data(r[i].zone)));
         json_array_append_new(records, rec);
     }
-    out = json_pack("{s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:s, s:s, s:s?, s:o}", "id",
+    out = json_pack("{s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:s, s:s, s:s, s:s?, s:o}", "id",
                     db_result_get(res, row, C_ID), "name", db_result_get(res, row, C_NAME),
                     "status", db_result_get(res, row, C_STATUS), "return_path",
                     db_result_get(res, row, C_RETURN_PATH), "dkim_selectors", "ed25519",
                     db_result_get(res, row, C_ED_SEL), "rsa", db_result_get(res, row, C_RSA_SEL),
-                    "created_at", db_result_get(res, row, C_CREATED), "updated_at",
+                    "signing", db_result_get(res, row, C_SIGNING), "created_at", db_result_get(res, row, C_CREATED), "updated_at",
                     db_result_get(res, row, C_UPDATED), "verified_at",
                     db_result_get(res, row, C_VERIFIED), "records", records);
     records = NULL; /* stolen by "o", even on failure */
@@ -328,10 +329,11 @@ static int s_seal_pem(const dkim_key_t *key, sbuf_t *out)
 
 static int s_create(api_req_t *req)
 {
-    static const char *const allowed[] = {"name", NULL};
+    static const char *const allowed[] = {"name", "signing", NULL};
+    static const char *const signings[] = {"both", "ed25519", NULL};
     json_t *body = api_body(req);
     json_t *empty = NULL;
-    const char *name_in = NULL;
+    const char *name_in = NULL, *signing = "both";
     if (!json_is_object(body)) {
         if (body) {
             api_error_add(api_errors(req), "body", "must be a JSON object");
@@ -341,6 +343,7 @@ static int s_create(api_req_t *req)
     }
     api_field_only(req, body, allowed);
     int got = api_field_string(req, body, "name", 1, 253, &name_in);
+    api_field_enum(req, body, "signing", 0, signings, &signing);
     char *name = got == 0 ? strdup(name_in) : NULL;
     json_decref(empty);
     if (got == 0 && !name)
@@ -387,13 +390,13 @@ static int s_create(api_req_t *req)
                             sbuf_data(rp),       sbuf_data(ed_sel),
                             sbuf_data(ed_pub),   sbuf_data(ed_priv),
                             sbuf_data(rsa_sel),  sbuf_data(rsa_pub),
-                            sbuf_data(rsa_priv)};
+                            sbuf_data(rsa_priv), signing};
     res = s_query(req,
                   "INSERT INTO domains (organization_id, name, return_path, "
                   "dkim_ed25519_selector, dkim_ed25519_public, dkim_ed25519_private, "
-                  "dkim_rsa_selector, dkim_rsa_public, dkim_rsa_private) "
-                  "VALUES ($1, $2, $3, $4, $5, $6::bytea, $7, $8, $9::bytea) RETURNING " DOMAIN_COLS,
-                  9, params, &status);
+                  "dkim_rsa_selector, dkim_rsa_public, dkim_rsa_private, signing) "
+                  "VALUES ($1, $2, $3, $4, $5, $6::bytea, $7, $8, $9::bytea, $10) RETURNING " DOMAIN_COLS,
+                  10, params, &status);
     if (!res) {
         api_tx_rollback(req);
         goto done;

@@ -258,11 +258,67 @@ static void test_relay_down_defers_then_retry_delivers(void **state)
     sbuf_destroy(&msg);
 }
 
+static void test_ed25519_only_domain_signs_once(void **state)
+{
+    (void)state;
+    api_resp_t r;
+    api_call(&E, "POST", "/api/v1/domains", E.key_full,
+             "{\"name\":\"fast.example\",\"signing\":\"rsa-only\"}", NULL, &r);
+    assert_int_equal(r.status, 422); /* only "both" or "ed25519" */
+    api_resp_free(&r);
+    api_call(&E, "POST", "/api/v1/domains", E.key_full,
+             "{\"name\":\"fast.example\",\"signing\":\"ed25519\"}", NULL, &r);
+    assert_int_equal(r.status, 201);
+    assert_string_equal(json_string_value(json_object_get(r.json, "signing")), "ed25519");
+    char did[64], sql[256];
+    snprintf(did, sizeof did, "%s", json_string_value(json_object_get(r.json, "id")));
+    api_resp_free(&r);
+    snprintf(sql, sizeof sql, "UPDATE domains SET status = 'verified' WHERE id = '%s'", did);
+    free(api_sql(&E, sql));
+    api_call(&E, "POST", "/api/v1/messages", E.key_send,
+             "{\"from\":{\"email\":\"hi@fast.example\"},\"to\":\"eve@dest.example\","
+             "\"subject\":\"Quick\",\"text\":\"Signed once, with Ed25519\"}",
+             NULL, &r);
+    assert_int_equal(r.status, 202);
+    char mid[64];
+    snprintf(mid, sizeof mid, "%s",
+             json_string_value(
+                 json_object_get(json_array_get(json_object_get(r.json, "messages"), 0), "id")));
+    api_resp_free(&r);
+    char *st = s_wait_status(mid, "sent", 15000);
+    assert_string_equal(st, "sent");
+    free(st);
+    sbuf_t *msg = s_received("Signed once, with Ed25519");
+    assert_non_null(msg);
+    const char *start = strstr(sbuf_data(msg), "DKIM-Signature:");
+    assert_non_null(start);
+    assert_null(strstr(start + 1, "DKIM-Signature:")); /* exactly one */
+    assert_non_null(strstr(start, "a=ed25519-sha256"));
+    snprintf(sql, sizeof sql,
+             "SELECT dkim_ed25519_selector || '|' || dkim_ed25519_public FROM domains WHERE id = '%s'",
+             did);
+    char *keys = api_sql(&E, sql);
+    char *sel = strtok(keys, "|"), *pub = strtok(NULL, "|");
+    char name[128], val[256];
+    snprintf(name, sizeof name, "%s._domainkey.fast.example", sel);
+    snprintf(val, sizeof val, "v=DKIM1; k=ed25519; p=%s", pub);
+    const char *names[] = {name}, *values[] = {val}, *msgs[] = {start};
+    size_t lens[] = {strlen(start)};
+    int want[] = {1};
+    sbuf_t *out = sbuf_new(256);
+    if (dkim_verify_py(msgs, lens, want, 1, names, values, 1, 0, out) != 1)
+        fail_msg("dkimpy did not verify the Ed25519 signature: %s", sbuf_data(out));
+    sbuf_destroy(&out);
+    free(keys);
+    sbuf_destroy(&msg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_send_signed_through_relay),
         cmocka_unit_test(test_relay_down_defers_then_retry_delivers),
+        cmocka_unit_test(test_ed25519_only_domain_signs_once),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
