@@ -95,6 +95,7 @@ static const char *const SQL_CLAIM_DUE =
     " WHERE m.id IN (SELECT id FROM messages WHERE recipient_domain = $1"
     " AND status IN ('queued', 'deferred') AND next_attempt_at <= now()"
     " ORDER BY next_attempt_at LIMIT 200 FOR UPDATE SKIP LOCKED)" CLAIMED;
+#define CLAIM_BATCH 200 /* the LIMIT above */
 
 static const char *const SQL_KEYS =
     "SELECT name, return_path, dkim_ed25519_selector, dkim_ed25519_private,"
@@ -369,9 +370,18 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
     }
     if (!res)
         return 0; /* a bad id or a failed claim: nothing is leased */
-    for (int i = 0; i < db_result_rows(res); i++)
+    int rows = db_result_rows(res);
+    for (int i = 0; i < rows; i++)
         s_send_row(ctx, db, res, i);
     db_result_free(&res);
+    /* A full batch means more may be due: keep draining through our own
+     * mailbox (other actors get their turn in between) instead of waiting
+     * for the sweeper's next round. */
+    if (rows == CLAIM_BATCH) {
+        char self[300];
+        snprintf(self, sizeof self, "mailer/%s", domain);
+        actor_send(ctx, self, "wake", "{}", 2);
+    }
     return 0;
 }
 
