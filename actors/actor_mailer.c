@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -30,6 +31,7 @@
 #include "delivery.h"
 #include "dkim_sign.h"
 #include "log.h"
+#include "mailer_shard.h"
 #include "mime.h"
 #include "mx.h"
 #include "secretbox.h"
@@ -81,7 +83,8 @@ void mailer_shutdown(void)
 #define CLAIMED                                                                                    \
     " RETURNING m.id, m.organization_id, m.from_addr, m.from_name, to_json(m.reply_to)::text,"    \
     " m.recipient, to_json(m.to_addrs)::text, to_json(m.cc_addrs)::text, m.subject, m.html,"      \
-    " m.text, m.headers::text, m.message_id, m.send_id, m.attempts"
+    " m.text, m.headers::text, m.message_id, m.send_id, m.attempts,"                             \
+    " EXISTS (SELECT 1 FROM message_attachments a WHERE a.send_id = m.send_id)"
 
 static const char *const SQL_CLAIM_ONE =
     "UPDATE messages m SET status = 'sending', attempts = attempts + 1, updated_at = now(),"
@@ -94,6 +97,7 @@ static const char *const SQL_CLAIM_DUE =
     " lease_until = now() + make_interval(secs => $2::int)"
     " WHERE m.id IN (SELECT id FROM messages WHERE recipient_domain = $1"
     " AND status IN ('queued', 'deferred') AND next_attempt_at <= now()"
+    " AND ($3::int < 0 OR " MAILER_SHARD_SQL("id") " = $3::int)"
     " ORDER BY next_attempt_at LIMIT 200 FOR UPDATE SKIP LOCKED)" CLAIMED;
 #define CLAIM_BATCH 200 /* the LIMIT above */
 
@@ -121,6 +125,52 @@ static const char *const SQL_TEMPFAIL =
     " WHERE id = $1 AND status = 'sending' RETURNING id, organization_id)"
     " INSERT INTO message_events (organization_id, message_id, type, detail)"
     " SELECT organization_id, id, 'deferred', jsonb_build_object('reason', $2::text) FROM m";
+
+#define KEY_CACHE 8          /* sending domains remembered per activation */
+#define KEY_CACHE_MS 60000   /* then read again: rotation and deletion show */
+
+typedef struct {
+    char org[40];            /* organization id */
+    char domain[256];        /* sending domain */
+    char ed_sel[64], rsa_sel[64]; /* selectors */
+    char return_path[300];   /* VERP domain */
+    int ed_only;             /* signing = 'ed25519' */
+    char *ed_pem, *rsa_pem;  /* opened private keys (wiped when dropped) */
+    int64_t loaded;          /* when read; 0 = empty slot */
+} key_entry_t;
+
+typedef struct {
+    key_entry_t keys[KEY_CACHE]; /* recently used sending domains */
+    int next;                    /* slot to reuse next */
+} mailer_state_t;
+
+static void s_key_drop(key_entry_t *k)
+{
+    if (k->ed_pem) {
+        OPENSSL_cleanse(k->ed_pem, strlen(k->ed_pem));
+        free(k->ed_pem);
+    }
+    if (k->rsa_pem) {
+        OPENSSL_cleanse(k->rsa_pem, strlen(k->rsa_pem));
+        free(k->rsa_pem);
+    }
+    memset(k, 0, sizeof *k);
+}
+
+static int s_activate(actor_ctx_t *ctx, void **state_p)
+{
+    (void)ctx;
+    *state_p = calloc(1, sizeof(mailer_state_t));
+    return *state_p ? 0 : -1;
+}
+
+static void s_passivate(void *state)
+{
+    mailer_state_t *st = state;
+    for (int i = 0; st && i < KEY_CACHE; i++)
+        s_key_drop(&st->keys[i]);
+    free(st);
+}
 
 /* PostgreSQL bytea text ("\x0a1b...") to bytes in out. 0 or -1. */
 static int s_bytea(const char *hex, sbuf_t *out)
@@ -156,44 +206,101 @@ static void s_fail(db_t *db, const char *id, const char *why)
     log_warn("message not sendable message=%s: %s", id, why);
 }
 
+static int64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The sending domain's opened keys, from the cache or the database.
+ * NULL with *why set when the domain is not verified or its keys do not
+ * open. */
+static key_entry_t *s_keys(mailer_state_t *st, db_t *db, const char *org, const char *from,
+                           const char **why)
+{
+    const char *at = strrchr(from, '@');
+    const char *dom = at ? at + 1 : from;
+    int64_t now = s_now_ms();
+    for (int i = 0; i < KEY_CACHE; i++) {
+        key_entry_t *k = &st->keys[i];
+        if (k->loaded && now - k->loaded < KEY_CACHE_MS && strcmp(k->org, org) == 0 &&
+            strcasecmp(k->domain, dom) == 0)
+            return k;
+    }
+    key_entry_t *k = &st->keys[st->next];
+    st->next = (st->next + 1) % KEY_CACHE;
+    s_key_drop(k);
+    *why = "the sending domain is not verified (or was deleted)";
+    const char *kp[] = {org, from};
+    db_result_t *keys = db_query_prepared(db, SQL_KEYS, 2, kp, NULL);
+    sbuf_t *raw = sbuf_new(256), *ed = sbuf_new(256), *rsa = sbuf_new(2048);
+    key_entry_t *out = NULL;
+    if (!keys || db_result_rows(keys) != 1 || !raw || !ed || !rsa)
+        goto done;
+    *why = "the domain's keys cannot be opened with secret_key";
+    if (!M.have_key || s_bytea(db_result_get(keys, 0, 3), raw) != 0 ||
+        secretbox_open(M.key, sbuf_data(raw), sbuf_len(raw), ed) != 0)
+        goto done;
+    sbuf_reset(raw);
+    if (s_bytea(db_result_get(keys, 0, 5), raw) != 0 ||
+        secretbox_open(M.key, sbuf_data(raw), sbuf_len(raw), rsa) != 0)
+        goto done;
+    snprintf(k->org, sizeof k->org, "%s", org);
+    snprintf(k->domain, sizeof k->domain, "%s", db_result_get(keys, 0, 0));
+    snprintf(k->return_path, sizeof k->return_path, "%s", db_result_get(keys, 0, 1));
+    snprintf(k->ed_sel, sizeof k->ed_sel, "%s", db_result_get(keys, 0, 2));
+    snprintf(k->rsa_sel, sizeof k->rsa_sel, "%s", db_result_get(keys, 0, 4));
+    k->ed_only = strcmp(db_result_get(keys, 0, 6), "ed25519") == 0;
+    k->ed_pem = strndup(sbuf_data(ed), sbuf_len(ed));
+    k->rsa_pem = strndup(sbuf_data(rsa), sbuf_len(rsa));
+    if (!k->ed_pem || !k->rsa_pem) {
+        s_key_drop(k);
+        goto done;
+    }
+    k->loaded = now;
+    out = k;
+done:
+    if (ed)
+        OPENSSL_cleanse((void *)sbuf_data(ed), sbuf_len(ed));
+    if (rsa)
+        OPENSSL_cleanse((void *)sbuf_data(rsa), sbuf_len(rsa));
+    sbuf_destroy(&raw);
+    sbuf_destroy(&ed);
+    sbuf_destroy(&rsa);
+    db_result_free(&keys);
+    return out;
+}
+
 /* Build, sign and hand one claimed row (row i of res) to the engine. */
-static void s_send_row(actor_ctx_t *ctx, db_t *db, db_result_t *res, int i)
+static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result_t *res, int i)
 {
     const char *id = db_result_get(res, i, 0), *org = db_result_get(res, i, 1);
     const char *from = db_result_get(res, i, 2), *rcpt = db_result_get(res, i, 5);
     sbuf_t *err = sbuf_new(128), *msg = sbuf_new(4096), *sig = sbuf_new(1024);
-    sbuf_t *ed = sbuf_new(256), *rsa = sbuf_new(2048), *raw = sbuf_new(256);
     json_t *to = json_loads(db_result_get(res, i, 6), 0, NULL);
     json_t *cc = json_loads(db_result_get(res, i, 7), 0, NULL);
     json_t *reply = json_loads(db_result_get(res, i, 4), 0, NULL);
     json_t *hdrs = json_loads(db_result_get(res, i, 11), 0, NULL);
-    db_result_t *keys = NULL, *att = NULL;
+    db_result_t *att = NULL;
     char *verp = NULL;
     mime_part_t *parts = NULL;
     mime_header_t *hv = NULL;
     delivery_job_t *job = NULL;
-    if (!err || !msg || !sig || !ed || !rsa || !raw)
+    if (!err || !msg || !sig)
         goto done;
 
-    const char *kp[] = {org, from};
-    keys = db_query_prepared(db, SQL_KEYS, 2, kp, err);
-    if (!keys || db_result_rows(keys) != 1) {
-        s_fail(db, id, "the sending domain is not verified (or was deleted)");
+    const char *why = NULL;
+    key_entry_t *keys = s_keys(st, db, org, from, &why);
+    if (!keys) {
+        s_fail(db, id, why);
         goto done;
     }
-    if (!M.have_key || s_bytea(db_result_get(keys, 0, 3), raw) != 0 ||
-        secretbox_open(M.key, sbuf_data(raw), sbuf_len(raw), ed) != 0) {
-        s_fail(db, id, "the domain's Ed25519 key cannot be opened with secret_key");
-        goto done;
+    /* Most sends have no attachments: ask only when the claim said so. */
+    if (strcmp(db_result_get(res, i, 15), "t") == 0) {
+        const char *ap[] = {org, db_result_get(res, i, 13)};
+        att = db_query_prepared(db, SQL_ATTACHMENTS, 2, ap, err);
     }
-    sbuf_reset(raw);
-    if (s_bytea(db_result_get(keys, 0, 5), raw) != 0 ||
-        secretbox_open(M.key, sbuf_data(raw), sbuf_len(raw), rsa) != 0) {
-        s_fail(db, id, "the domain's RSA key cannot be opened with secret_key");
-        goto done;
-    }
-    const char *ap[] = {org, db_result_get(res, i, 13)};
-    att = db_query_prepared(db, SQL_ATTACHMENTS, 2, ap, err);
     int natt = att ? db_result_rows(att) : 0;
     sbuf_t *blobs = sbuf_new(1024);
     size_t *offs = natt ? calloc((size_t)natt * 2, sizeof *offs) : NULL;
@@ -247,22 +354,21 @@ static void s_send_row(actor_ctx_t *ctx, db_t *db, db_result_t *res, int i)
     sbuf_destroy(&blobs);
     free(offs);
     if (built != 0) {
-        char why[300];
-        snprintf(why, sizeof why, "the message cannot be built: %s", sbuf_data(err));
-        s_fail(db, id, why);
+        char reason[300];
+        snprintf(reason, sizeof reason, "the message cannot be built: %s", sbuf_data(err));
+        s_fail(db, id, reason);
         goto done;
     }
-    const char *domain = db_result_get(keys, 0, 0);
     dkim_sign_key_t dk[2] = {
-        {domain, db_result_get(keys, 0, 2), sbuf_data(ed), 1},
-        {domain, db_result_get(keys, 0, 4), sbuf_data(rsa), 0},
+        {keys->domain, keys->ed_sel, keys->ed_pem, 1},
+        {keys->domain, keys->rsa_sel, keys->rsa_pem, 0},
     };
     /* "ed25519": the domain asked to skip the RSA signature (and its cost). */
-    size_t nkeys = strcmp(db_result_get(keys, 0, 6), "ed25519") == 0 ? 1 : 2;
+    size_t nkeys = keys->ed_only ? 1 : 2;
     if (dkim_signer_sign(M.signer, dk, nkeys, sbuf_data(msg), sbuf_len(msg), sig, err) != 0) {
-        char why[300];
-        snprintf(why, sizeof why, "the message cannot be signed: %s", sbuf_data(err));
-        s_fail(db, id, why);
+        char reason[300];
+        snprintf(reason, sizeof reason, "the message cannot be signed: %s", sbuf_data(err));
+        s_fail(db, id, reason);
         goto done;
     }
     /* VERP: bounces come back to bounces+<row id without dashes>@<return path>. */
@@ -272,7 +378,7 @@ static void s_send_row(actor_ctx_t *ctx, db_t *db, db_result_t *res, int i)
         if (*p != '-')
             token[t++] = *p;
     token[t] = 0;
-    verp = mime_verp("bounces", token, db_result_get(keys, 0, 1));
+    verp = mime_verp("bounces", token, keys->return_path);
     job = calloc(1, sizeof *job);
     if (!job || !verp)
         goto done;
@@ -285,14 +391,15 @@ static void s_send_row(actor_ctx_t *ctx, db_t *db, db_result_t *res, int i)
         size_t n = 0;
         const char *rdomain = strrchr(rcpt, '@') ? strrchr(rcpt, '@') + 1 : rcpt;
         sbuf_reset(err);
-        int st = mx_resolve(rdomain, M.resolver[0] ? M.resolver : NULL, 5000, hosts, 4, &n, err);
-        if (st == MX_PERMFAIL) {
-            char why[300];
-            snprintf(why, sizeof why, "the recipient domain takes no mail: %s", sbuf_data(err));
-            s_fail(db, id, why);
+        int mx = mx_resolve(rdomain, M.resolver[0] ? M.resolver : NULL, 5000, hosts, 4, &n, err);
+        if (mx == MX_PERMFAIL) {
+            char reason[300];
+            snprintf(reason, sizeof reason, "the recipient domain takes no mail: %s",
+                     sbuf_data(err));
+            s_fail(db, id, reason);
             goto done;
         }
-        if (st != MX_OK || n == 0 || hosts[0].naddrs == 0) {
+        if (mx != MX_OK || n == 0 || hosts[0].naddrs == 0) {
             const char *p[] = {id, sbuf_len(err) ? sbuf_data(err) : "no MX host answered"};
             db_exec(db, SQL_TEMPFAIL, 2, p, NULL);
             goto done;
@@ -327,24 +434,15 @@ done:
     json_decref(cc);
     json_decref(reply);
     json_decref(hdrs);
-    db_result_free(&keys);
     db_result_free(&att);
-    /* Private keys do not outlive the message they signed. */
-    if (ed)
-        OPENSSL_cleanse((void *)sbuf_data(ed), sbuf_len(ed));
-    if (rsa)
-        OPENSSL_cleanse((void *)sbuf_data(rsa), sbuf_len(rsa));
     sbuf_destroy(&err);
     sbuf_destroy(&msg);
     sbuf_destroy(&sig);
-    sbuf_destroy(&ed);
-    sbuf_destroy(&rsa);
-    sbuf_destroy(&raw);
 }
 
 static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
 {
-    (void)state;
+    mailer_state_t *st = state;
     if (msg->type != MSG_SEND || !M.enabled)
         return 0; /* paused: rows stay queued, the sweeper wakes us later */
     if (!delivery_instance())
@@ -352,7 +450,16 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
     db_t *db = actor_db(ctx);
     if (!db)
         return -1; /* nothing claimed: the sweeper re-drives */
-    const char *domain = actor_key(ctx);
+    /* Key "<domain>#<shard>": this actor claims only its shard's rows. */
+    char domain[256], shard[8] = "-1";
+    const char *key = actor_key(ctx), *hash = strrchr(key, '#');
+    size_t dl = hash ? (size_t)(hash - key) : strlen(key);
+    if (dl >= sizeof domain)
+        return -1;
+    memcpy(domain, key, dl);
+    domain[dl] = 0;
+    if (hash)
+        snprintf(shard, sizeof shard, "%d", atoi(hash + 1) % MAILER_SHARDS);
     db_result_t *res = NULL;
     if (msg->name_len == 7 && memcmp(msg->name, "deliver", 7) == 0) {
         json_t *b = json_loadb(msg->body, msg->body_len, 0, NULL);
@@ -363,8 +470,8 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
         }
         json_decref(b);
     } else if (msg->name_len == 4 && memcmp(msg->name, "wake", 4) == 0) {
-        const char *p[] = {domain, M.lease};
-        res = db_query_prepared(db, SQL_CLAIM_DUE, 2, p, NULL);
+        const char *p[] = {domain, M.lease, shard};
+        res = db_query_prepared(db, SQL_CLAIM_DUE, 3, p, NULL);
     } else {
         return -1;
     }
@@ -372,17 +479,17 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
         return 0; /* a bad id or a failed claim: nothing is leased */
     int rows = db_result_rows(res);
     for (int i = 0; i < rows; i++)
-        s_send_row(ctx, db, res, i);
+        s_send_row(ctx, st, db, res, i);
     db_result_free(&res);
     /* A full batch means more may be due: keep draining through our own
      * mailbox (other actors get their turn in between) instead of waiting
      * for the sweeper's next round. */
     if (rows == CLAIM_BATCH) {
         char self[300];
-        snprintf(self, sizeof self, "mailer/%s", domain);
+        snprintf(self, sizeof self, "mailer/%s", key);
         actor_send(ctx, self, "wake", "{}", 2);
     }
     return 0;
 }
 
-const actor_kind_t actor_kind_mailer = {"mailer", NULL, s_receive, NULL};
+const actor_kind_t actor_kind_mailer = {"mailer", s_activate, s_receive, s_passivate};

@@ -31,6 +31,7 @@
 
 #include "db.h"
 #include "log.h"
+#include "mailer_shard.h"
 #include "mesh_client.h"
 #include "mesh_peer.h"
 #include "metrics.h"
@@ -187,11 +188,16 @@ static void s_mail_round(sweeper_t *self)
         goto done;
     }
     for (int i = 0; i < db_result_rows(res); i++) {
-        sbuf_reset(target);
-        sbuf_appendf(target, "mailer/%s", db_result_get(res, i, 0));
-        if (mesh_client_send(self->client, sbuf_data(target), "wake", "{}", 2) != 0)
+        int full = 0;
+        for (int shard = 0; shard < MAILER_SHARDS && !full; shard++) {
+            char addr[300];
+            mailer_address(addr, sizeof addr, db_result_get(res, i, 0), shard);
+            full = mesh_client_send(self->client, addr, "wake", "{}", 2) != 0;
+            if (!full)
+                metric_inc(self->m_woken);
+        }
+        if (full)
             break; /* pipe full: the rest next round */
-        metric_inc(self->m_woken);
     }
 done:
     db_result_free(&res);

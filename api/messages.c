@@ -51,6 +51,7 @@
 #include "tmpl.h"
 
 #include "audience.h"
+#include "mailer_shard.h"
 #include "rest.h"
 
 /* The issue's default message size limit. TODO(lead): a setting
@@ -732,10 +733,15 @@ static int s_render(api_req_t *req, send_t *s, json_t *warnings, int *rc)
 static void s_wake(api_req_t *req, const char *domain, const char *name, const char *key,
                    const char *id)
 {
-    sbuf_t *target = sbuf_new(64);
-    if (target && sbuf_appendf(target, "mailer/%s", domain) == 0)
-        api_mesh_send(req, sbuf_data(target), name, json_pack("{s:s}", key, id));
-    sbuf_destroy(&target);
+    /* One row: the shard that owns it. A batch: every shard of the domain. */
+    char target[300];
+    int single = strcmp(name, "deliver") == 0;
+    for (int shard = 0; shard < MAILER_SHARDS; shard++) {
+        if (single && shard != mailer_shard(id))
+            continue;
+        mailer_address(target, sizeof target, domain, shard);
+        api_mesh_send(req, target, name, json_pack("{s:s}", key, id));
+    }
 }
 
 /* Write a send to explicit recipients and answer 202. */
