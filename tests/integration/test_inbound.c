@@ -298,7 +298,7 @@ static void test_unknown_and_tenancy(void **state)
 {
     (void)state;
     const char *other = "carol@dest.example";
-    char tok2[160], key2[160];
+    char tok2[2048], key2[160];
     assert_int_equal(api_env_other_org(&E, tok2, key2), 0);
     char *org2 = s_sqlf("SELECT id FROM organizations WHERE id <> '%s' LIMIT 1", E.org_id);
     assert_non_null(org2);
@@ -330,6 +330,35 @@ static void test_unknown_and_tenancy(void **state)
                              " AND email = '%s'", org2, other);
     ASSERT_SQL("0", "SELECT count(*) FROM suppressions WHERE organization_id = '%s'", org2);
     free(org2);
+}
+
+/* PostgreSQL drops the listener's connection: the report gets 451 (the
+ * MTA keeps it), and the retry is recorded. Nothing is lost. */
+static void test_database_lost_then_retry(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("erin@dest.example", id, token);
+    free(api_sql(&E, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                     " WHERE datname = current_database() AND pid <> pg_backend_pid()"));
+    usleep(500 * 1000);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt,
+                           "nobody@example.org", "erin@dest.example", NULL};
+    s_fixture("postfix_hard_511.eml", pairs, file);
+    assert_int_equal(s_smtplib(rcpt, file), 451);
+    ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
+    int code = -1;
+    int64_t deadline = harness_now_ms() + 10000;
+    while (code != 250 && harness_now_ms() < deadline) {
+        usleep(300 * 1000); /* the listener waits a second between connects */
+        code = s_smtplib(rcpt, file);
+    }
+    assert_int_equal(code, 250);
+    unlink(file);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("bounce", "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+                         " AND email = 'erin@dest.example'", E.org_id);
 }
 
 /* --- raw SMTP sessions --------------------------------------------------- */
@@ -521,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_complaint),
         cmocka_unit_test(test_unknown_and_tenancy),
         cmocka_unit_test(test_hostile_sessions),
+        cmocka_unit_test(test_database_lost_then_retry),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
