@@ -53,40 +53,40 @@
 typedef enum { ST_CMD, ST_DATA, ST_CLOSING } sess_state_t;
 
 typedef struct {
-    int fd;                 /* the client socket */
-    sess_state_t state;     /* reading commands, DATA, or flushing then closing */
-    sbuf_t *in;             /* bytes read, not yet a complete line */
-    sbuf_t *out;            /* replies not yet written */
-    size_t out_off;         /* how much of out is written */
-    sbuf_t *data;           /* the message being received (unstuffed) */
-    int helo;               /* EHLO/HELO seen */
-    int mail;               /* MAIL FROM seen in this transaction */
-    char **rcpts;           /* accepted recipients (malloc'd strings) */
-    int nrcpts;             /* how many */
-    int skip;               /* discarding the rest of an over-long line */
-    int bol;                /* DATA: at the beginning of a line */
-    int over;               /* DATA: past INBOUND_MAX_MESSAGE, being discarded */
-    int errors;             /* bad commands so far */
-    int64_t last_ms;        /* last byte read */
-    int64_t start_ms;       /* accepted at */
+    int fd;             /* the client socket */
+    sess_state_t state; /* reading commands, DATA, or flushing then closing */
+    sbuf_t *in;         /* bytes read, not yet a complete line */
+    sbuf_t *out;        /* replies not yet written */
+    size_t out_off;     /* how much of out is written */
+    sbuf_t *data;       /* the message being received (unstuffed) */
+    int helo;           /* EHLO/HELO seen */
+    int mail;           /* MAIL FROM seen in this transaction */
+    char **rcpts;       /* accepted recipients (malloc'd strings) */
+    int nrcpts;         /* how many */
+    int skip;           /* discarding the rest of an over-long line */
+    int bol;            /* DATA: at the beginning of a line */
+    int over;           /* DATA: past INBOUND_MAX_MESSAGE, being discarded */
+    int errors;         /* bad commands so far */
+    int64_t last_ms;    /* last byte read */
+    int64_t start_ms;   /* accepted at */
 } sess_t;
 
 struct inbound {
-    pthread_t thread;       /* the poll thread */
-    int running;            /* the thread was started */
-    int lfd;                /* listening socket, -1 when off */
-    int wake[2];            /* self-pipe: inbound_stop writes to wake[1] */
+    pthread_t thread;                /* the poll thread */
+    int running;                     /* the thread was started */
+    int lfd;                         /* listening socket, -1 when off */
+    int wake[2];                     /* self-pipe: inbound_stop writes to wake[1] */
     sess_t *sess[INBOUND_MAX_CONNS]; /* sessions, NULL slots free */
-    int nsess;              /* sessions open */
-    char *conninfo;         /* PostgreSQL connection string */
-    db_t *db;               /* the thread's connection, NULL until needed */
-    int64_t db_failed_ms;   /* when the last connect failed */
-    char host[256];         /* our name in the greeting and EHLO */
-    metric_t *m_hard;       /* reports: DSN failed 5.x.x */
-    metric_t *m_delayed;    /* reports: DSN delayed */
-    metric_t *m_arf;        /* reports: ARF abuse */
-    metric_t *m_unknown;    /* reports: anything else, or no such message */
-    metric_t *m_open;       /* sessions open */
+    int nsess;                       /* sessions open */
+    char *conninfo;                  /* PostgreSQL connection string */
+    db_t *db;                        /* the thread's connection, NULL until needed */
+    int64_t db_failed_ms;            /* when the last connect failed */
+    char host[256];                  /* our name in the greeting and EHLO */
+    metric_t *m_hard;                /* reports: DSN failed 5.x.x */
+    metric_t *m_delayed;             /* reports: DSN delayed */
+    metric_t *m_arf;                 /* reports: ARF abuse */
+    metric_t *m_unknown;             /* reports: anything else, or no such message */
+    metric_t *m_open;                /* sessions open */
 };
 
 /* Hard bounce: the row moves to 'bounced' (only from a state a later
@@ -283,7 +283,8 @@ static int s_record(inbound_t *in, const char *raw, size_t len, const char *rcpt
         sql = SQL_COMPLAINT, m = in->m_arf;
         p[1] = r.feedback_type, p[2] = NULL;
     } else {
-        s_unknown(in, r.kind == REPORT_ARF ? "feedback type not acted on" : "DSN action not acted on",
+        s_unknown(in,
+                  r.kind == REPORT_ARF ? "feedback type not acted on" : "DSN action not acted on",
                   r.verp_token);
         sbuf_destroy(&err);
         return 0;
@@ -375,7 +376,8 @@ static void s_command(inbound_t *in, sess_t *s, char *line)
         for (const char *p = params; p && (p = strchr(p, ' ')) != NULL;) {
             while (*p == ' ')
                 p++;
-            if (strncasecmp(p, "SIZE=", 5) == 0 && strtoull(p + 5, NULL, 10) > INBOUND_MAX_MESSAGE) {
+            if (strncasecmp(p, "SIZE=", 5) == 0 &&
+                strtoull(p + 5, NULL, 10) > INBOUND_MAX_MESSAGE) {
                 s_reply(s, "552 5.3.4 Message size exceeds fixed limit");
                 return;
             }
@@ -438,8 +440,8 @@ static void s_command(inbound_t *in, sess_t *s, char *line)
     } else if (VERB("QUIT")) {
         s_reply(s, "221 2.0.0 Bye");
         s->state = ST_CLOSING;
-    } else if (VERB("VRFY") || VERB("EXPN") || VERB("HELP") || VERB("STARTTLS") ||
-               VERB("AUTH") || VERB("BDAT") || VERB("ETRN") || VERB("TURN")) {
+    } else if (VERB("VRFY") || VERB("EXPN") || VERB("HELP") || VERB("STARTTLS") || VERB("AUTH") ||
+               VERB("BDAT") || VERB("ETRN") || VERB("TURN")) {
         s_bad(s, "502 5.5.1 Error: command not implemented");
     } else {
         s_bad(s, "500 5.5.2 Error: command not recognized");
@@ -619,7 +621,9 @@ static void *s_thread(void *arg)
     for (;;) {
         int n = 0;
         pfd[n++] = (struct pollfd){in->wake[0], POLLIN, 0};
-        pfd[n++] = (struct pollfd){in->lfd, in->nsess < INBOUND_MAX_CONNS ? POLLIN : 0, 0};
+        /* Always: past the limit a client is told 421 at once, not left
+         * waiting in the backlog. */
+        pfd[n++] = (struct pollfd){in->lfd, POLLIN, 0};
         int64_t now = mesh_now_ms();
         for (int i = 0; i < INBOUND_MAX_CONNS; i++) {
             sess_t *s = in->sess[i];
@@ -673,7 +677,8 @@ static void *s_thread(void *arg)
 
 static int s_listen(inbound_t *in, const char *bind_addr, int port, sbuf_t *err)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     char ps[16];
@@ -701,10 +706,10 @@ static int s_listen(inbound_t *in, const char *bind_addr, int port, sbuf_t *err)
 inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
 {
     static const char *const labels[] = {"kind", NULL};
-    metric_family_t *f = metrics_family(
-        METRIC_COUNTER, "postchi_inbound_reports_total",
-        "Messages received on the return path, by what they were (dsn_hard, dsn_delayed, arf, unknown).",
-        labels, NULL, 0);
+    metric_family_t *f = metrics_family(METRIC_COUNTER, "postchi_inbound_reports_total",
+                                        "Messages received on the return path, by what they were "
+                                        "(dsn_hard, dsn_delayed, arf, unknown).",
+                                        labels, NULL, 0);
     inbound_t *in = calloc(1, sizeof *in);
     if (!in) {
         sbuf_append_str(err, "inbound: out of memory");

@@ -23,12 +23,12 @@
 #include "config.h"
 #include "sbuf.h"
 
-#define INBOUND_MAX_CONNS 256                 /* sessions at once; more get 421 */
+#define INBOUND_MAX_CONNS 256                   /* sessions at once; more get 421 */
 #define INBOUND_MAX_MESSAGE (10u * 1024 * 1024) /* DATA bytes after unstuffing (SIZE) */
-#define INBOUND_MAX_LINE 1000                 /* command line, CRLF included (RFC 5321) */
-#define INBOUND_IDLE_MS 60000                 /* silence before a session is closed */
-#define INBOUND_MAX_RCPTS 100                 /* RCPT TO per transaction */
-#define INBOUND_MAX_ERRORS 20                 /* bad commands before 421 and close */
+#define INBOUND_MAX_LINE 1000                   /* command line, CRLF included (RFC 5321) */
+#define INBOUND_IDLE_MS 60000                   /* silence before a session is closed */
+#define INBOUND_MAX_RCPTS 100                   /* RCPT TO per transaction */
+#define INBOUND_MAX_ERRORS 20                   /* bad commands before 421 and close */
 
 typedef struct inbound inbound_t;
 

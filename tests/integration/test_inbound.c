@@ -76,16 +76,16 @@ static char *s_sqlf(const char *fmt, ...)
 }
 
 /* Assert the first column of the query equals want (NULL: no row/NULL). */
-#define ASSERT_SQL(want, ...)                                                                     \
-    do {                                                                                          \
-        char *v_ = s_sqlf(__VA_ARGS__);                                                           \
-        if ((want) == NULL)                                                                       \
-            assert_null(v_);                                                                      \
-        else {                                                                                    \
-            assert_non_null(v_);                                                                  \
-            assert_string_equal(v_, (want));                                                      \
-        }                                                                                         \
-        free(v_);                                                                                 \
+#define ASSERT_SQL(want, ...)                                                                      \
+    do {                                                                                           \
+        char *v_ = s_sqlf(__VA_ARGS__);                                                            \
+        if ((want) == NULL)                                                                        \
+            assert_null(v_);                                                                       \
+        else {                                                                                     \
+            assert_non_null(v_);                                                                   \
+            assert_string_equal(v_, (want));                                                       \
+        }                                                                                          \
+        free(v_);                                                                                  \
     } while (0)
 
 static char *s_wait_sql(const char *want, int ms, const char *sql)
@@ -217,29 +217,37 @@ static void test_hard_bounce(void **state)
     char id[64], token[64], rcpt[160], file[64];
     s_sent_message("ada@dest.example", id, token);
     snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
-    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt,
-                           "nobody@example.org", "ada@dest.example", NULL};
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           "ada@dest.example", NULL};
     s_fixture("postfix_hard_511.eml", pairs, file);
     assert_int_equal(s_smtplib(rcpt, file), 250);
     /* 250 came after the commit: no waiting needed. */
     ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
-    ASSERT_SQL("bounced", "SELECT status FROM contacts WHERE organization_id = '%s'"
-                          " AND email = 'ada@dest.example'", E.org_id);
-    ASSERT_SQL("bounce", "SELECT reason FROM suppressions WHERE organization_id = '%s'"
-                         " AND email = 'ada@dest.example'", E.org_id);
-    ASSERT_SQL("5.1.1|true", "SELECT (detail->>'status') || '|' || (detail->>'async')"
-                             " FROM message_events WHERE message_id = '%s' AND type = 'bounced'",
+    ASSERT_SQL("bounced",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'ada@dest.example'",
+               E.org_id);
+    ASSERT_SQL("bounce",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'ada@dest.example'",
+               E.org_id);
+    ASSERT_SQL("5.1.1|true",
+               "SELECT (detail->>'status') || '|' || (detail->>'async')"
+               " FROM message_events WHERE message_id = '%s' AND type = 'bounced'",
                id);
     char *diag = s_sqlf("SELECT detail->>'diagnostic' FROM message_events"
-                        " WHERE message_id = '%s' AND type = 'bounced'", id);
+                        " WHERE message_id = '%s' AND type = 'bounced'",
+                        id);
     assert_non_null(diag);
     assert_non_null(strstr(diag, "User unknown"));
     free(diag);
 
     /* The MTA retries (or sends it twice): nothing doubles. */
     assert_int_equal(s_smtplib(rcpt, file), 250);
-    ASSERT_SQL("1", "SELECT count(*) FROM message_events WHERE message_id = '%s'"
-                    " AND type = 'bounced'", id);
+    ASSERT_SQL("1",
+               "SELECT count(*) FROM message_events WHERE message_id = '%s'"
+               " AND type = 'bounced'",
+               id);
     ASSERT_SQL("1", "SELECT count(*) FROM suppressions WHERE organization_id = '%s'", E.org_id);
     unlink(file);
 
@@ -260,13 +268,18 @@ static void test_delayed(void **state)
     assert_int_equal(s_smtplib(rcpt, file), 250);
     unlink(file);
     ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
-    ASSERT_SQL("4.4.1|true", "SELECT (detail->>'status') || '|' || (detail->>'async')"
-                             " FROM message_events WHERE message_id = '%s' AND type = 'deferred'",
+    ASSERT_SQL("4.4.1|true",
+               "SELECT (detail->>'status') || '|' || (detail->>'async')"
+               " FROM message_events WHERE message_id = '%s' AND type = 'deferred'",
                id);
-    ASSERT_SQL("subscribed", "SELECT status FROM contacts WHERE organization_id = '%s'"
-                             " AND email = 'slow@dest.example'", E.org_id);
-    ASSERT_SQL(NULL, "SELECT reason FROM suppressions WHERE organization_id = '%s'"
-                     " AND email = 'slow@dest.example'", E.org_id);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'slow@dest.example'",
+               E.org_id);
+    ASSERT_SQL(NULL,
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'slow@dest.example'",
+               E.org_id);
 }
 
 static void test_complaint(void **state)
@@ -275,20 +288,25 @@ static void test_complaint(void **state)
     char id[64], token[64], rcpt[160], file[64];
     s_sent_message("bob@dest.example", id, token);
     snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
-    const char *pairs[] = {"bounces+arf-0042@mail.postchi.test", rcpt,
-                           "user@example.com", "bob@dest.example", NULL};
+    const char *pairs[] = {"bounces+arf-0042@mail.postchi.test", rcpt, "user@example.com",
+                           "bob@dest.example", NULL};
     s_fixture("arf_abuse.eml", pairs, file);
     assert_int_equal(s_smtplib(rcpt, file), 250);
     assert_int_equal(s_smtplib(rcpt, file), 250); /* a repeat adds nothing */
     unlink(file);
     ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
-    ASSERT_SQL("complained", "SELECT status FROM contacts WHERE organization_id = '%s'"
-                             " AND email = 'bob@dest.example'", E.org_id);
-    ASSERT_SQL("complaint", "SELECT reason FROM suppressions WHERE organization_id = '%s'"
-                            " AND email = 'bob@dest.example'", E.org_id);
-    ASSERT_SQL("1|abuse|true", "SELECT count(*) || '|' || min(detail->>'feedback_type') || '|' ||"
-                               " bool_and((detail->>'async')::boolean)"
-                               " FROM message_events WHERE message_id = '%s' AND type = 'complaint'",
+    ASSERT_SQL("complained",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'bob@dest.example'",
+               E.org_id);
+    ASSERT_SQL("complaint",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'bob@dest.example'",
+               E.org_id);
+    ASSERT_SQL("1|abuse|true",
+               "SELECT count(*) || '|' || min(detail->>'feedback_type') || '|' ||"
+               " bool_and((detail->>'async')::boolean)"
+               " FROM message_events WHERE message_id = '%s' AND type = 'complaint'",
                id);
 }
 
@@ -306,28 +324,34 @@ static void test_unknown_and_tenancy(void **state)
 
     char rcpt[160], file[64];
     snprintf(rcpt, sizeof rcpt, "bounces+0123456789abcdef0123456789abcdef@bounces.send.example");
-    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt,
-                           "nobody@example.org", other, NULL};
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           other, NULL};
     s_fixture("postfix_hard_511.eml", pairs, file);
     assert_int_equal(s_smtplib(rcpt, file), 250); /* accepted and dropped */
     unlink(file);
-    ASSERT_SQL("subscribed", "SELECT status FROM contacts WHERE organization_id = '%s'"
-                             " AND email = '%s'", org2, other);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = '%s'",
+               org2, other);
 
     /* A real message of org 1, but the report names org 2's contact. */
     char id[64], token[64];
     s_sent_message("dave@dest.example", id, token);
     snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
-    const char *pairs2[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt,
-                            "nobody@example.org", other, NULL};
+    const char *pairs2[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                            other, NULL};
     s_fixture("postfix_hard_511.eml", pairs2, file);
     assert_int_equal(s_smtplib(rcpt, file), 250);
     unlink(file);
     ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
-    ASSERT_SQL("bounced", "SELECT status FROM contacts WHERE organization_id = '%s'"
-                          " AND email = 'dave@dest.example'", E.org_id);
-    ASSERT_SQL("subscribed", "SELECT status FROM contacts WHERE organization_id = '%s'"
-                             " AND email = '%s'", org2, other);
+    ASSERT_SQL("bounced",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'dave@dest.example'",
+               E.org_id);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = '%s'",
+               org2, other);
     ASSERT_SQL("0", "SELECT count(*) FROM suppressions WHERE organization_id = '%s'", org2);
     free(org2);
 }
@@ -343,8 +367,8 @@ static void test_database_lost_then_retry(void **state)
                      " WHERE datname = current_database() AND pid <> pg_backend_pid()"));
     usleep(500 * 1000);
     snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
-    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt,
-                           "nobody@example.org", "erin@dest.example", NULL};
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           "erin@dest.example", NULL};
     s_fixture("postfix_hard_511.eml", pairs, file);
     assert_int_equal(s_smtplib(rcpt, file), 451);
     ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
@@ -357,16 +381,18 @@ static void test_database_lost_then_retry(void **state)
     assert_int_equal(code, 250);
     unlink(file);
     ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
-    ASSERT_SQL("bounce", "SELECT reason FROM suppressions WHERE organization_id = '%s'"
-                         " AND email = 'erin@dest.example'", E.org_id);
+    ASSERT_SQL("bounce",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'erin@dest.example'",
+               E.org_id);
 }
 
 /* --- raw SMTP sessions --------------------------------------------------- */
 
 typedef struct {
-    int fd;            /* socket */
-    char buf[65536];   /* bytes read, not yet consumed */
-    size_t len;        /* how many */
+    int fd;          /* socket */
+    char buf[65536]; /* bytes read, not yet consumed */
+    size_t len;      /* how many */
 } conn_t;
 
 static void s_conn(conn_t *c)
@@ -542,6 +568,71 @@ static void test_hostile_sessions(void **state)
     free(mid);
 }
 
+/* Random bytes on several sessions, then past the session limit: 421 at
+ * once for the extra clients; a good session works afterwards. */
+static void test_garbage_and_limit(void **state)
+{
+    (void)state;
+    srand(42);
+    char *junk = malloc(200000);
+    for (size_t i = 0; i < 200000; i++)
+        junk[i] = (rand() % 20 == 0) ? '\n' : (char)(rand() % 256);
+    for (int k = 0; k < 4; k++) {
+        conn_t *c = calloc(1, sizeof *c);
+        s_conn(c);
+        if (k % 2)
+            s_puts(c, "EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<bounces+a@b.example>\r\nDATA\r\n");
+        /* The server may hang up (too many errors): stop sending then. */
+        for (size_t off = 0; off < 200000;) {
+            ssize_t n = send(c->fd, junk + off, 200000 - off, MSG_NOSIGNAL);
+            if (n <= 0)
+                break;
+            off += (size_t)n;
+        }
+        close(c->fd);
+        free(c);
+    }
+    free(junk);
+
+    enum { EXTRA = 4, N = 256 + EXTRA };
+    int *fds = calloc(N, sizeof *fds);
+    int ok = 0, busy = 0;
+    for (int i = 0; i < N; i++) {
+        conn_t *c = calloc(1, sizeof *c);
+        s_conn(c);
+        int code = s_reply(c);
+        if (code == 220)
+            ok++;
+        else if (code == 421)
+            busy++;
+        fds[i] = c->fd;
+        free(c);
+    }
+    /* One idle session from test_hostile_sessions may still be open. */
+    assert_true(ok >= 255 && ok <= 256);
+    assert_int_equal(ok + busy, N);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    free(fds);
+
+    conn_t *c = calloc(1, sizeof *c);
+    int64_t deadline = harness_now_ms() + 5000;
+    int code = -1;
+    while (code != 220 && harness_now_ms() < deadline) {
+        s_conn(c);
+        code = s_reply(c);
+        if (code != 220) {
+            close(c->fd);
+            usleep(100 * 1000);
+        }
+    }
+    assert_int_equal(code, 220);
+    assert_int_equal(s_cmd(c, "EHLO good.example\r\n"), 250);
+    assert_int_equal(s_cmd(c, "QUIT\r\n"), 221);
+    close(c->fd);
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -550,6 +641,7 @@ int main(void)
         cmocka_unit_test(test_complaint),
         cmocka_unit_test(test_unknown_and_tenancy),
         cmocka_unit_test(test_hostile_sessions),
+        cmocka_unit_test(test_garbage_and_limit),
         cmocka_unit_test(test_database_lost_then_retry),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
