@@ -32,6 +32,7 @@
 #include "db.h"
 #include "delivery.h"
 #include "dict.h"
+#include "inbound.h"
 #include "kv.h"
 #include "log.h"
 #include "mesh_peer.h"
@@ -529,6 +530,7 @@ int worker_main(const config_t *cfg)
     int status = 1;
     statusd_t *srv = NULL;
     sweeper_t *sweeper = NULL; /* outbox re-sender, its own thread */
+    inbound_t *inbound = NULL; /* return-path SMTP listener, its own thread */
     sbuf_t *err = sbuf_new(128);
     signal(SIGTERM, s_on_signal);
     signal(SIGINT, s_on_signal);
@@ -617,6 +619,11 @@ int worker_main(const config_t *cfg)
         log_error("cannot start the outbox sweeper: %s", sbuf_data(err));
         goto stop_pool;
     }
+    inbound = inbound_start(cfg, err);
+    if (!inbound) {
+        log_error("cannot start the return-path listener: %s", sbuf_data(err));
+        goto stop_pool;
+    }
     log_info("worker started node=%s threads=%d broker=%s metrics_port=%d", w.node_id,
              w.nthreads, po.endpoint, mport);
 
@@ -677,6 +684,7 @@ int worker_main(const config_t *cfg)
     log_info("worker stopping node=%s actors=%zu", w.node_id, dict_size(w.actors));
     status = 0;
 stop_pool:
+    inbound_stop(&inbound);
     sweeper_stop(&sweeper);
     pthread_mutex_lock(&w.lock);
     w.stopping = 1;

@@ -1,0 +1,773 @@
+/*
+ * inbound - the return-path SMTP listener (see inbound.h).
+ *
+ * How: one thread runs poll() over a self-pipe (stop), the listening socket
+ * and up to INBOUND_MAX_CONNS sessions. Each session keeps a small input
+ * buffer (never more than one command line, or one DATA line up to
+ * INBOUND_MAX_LINE, plus one read), an output buffer, and during DATA the
+ * message being received. Commands are handled as soon as their line is
+ * complete, so PIPELINING needs nothing special; a session whose output is
+ * not being read is not read either (back-pressure instead of memory).
+ *
+ * After the final dot each accepted recipient's report is parsed
+ * (core/inbound_report) and, when it is a DSN or an ARF complaint whose VERP
+ * token names a messages row, recorded by one SQL statement that also
+ * updates the contact and the suppressions of that row's organization. The
+ * statements are idempotent where a retry could repeat them (status only
+ * moves from sent/deferred/sending; one complaint event per message;
+ * suppressions ON CONFLICT DO NOTHING), so a 451 followed by a retry does
+ * not double anything but a 'deferred' note.
+ *
+ * What can go wrong: the database work runs on the poll thread, so while
+ * PostgreSQL is slow every session waits (an MTA times out after minutes,
+ * we are well inside). A failed connect is not retried for a second, so a
+ * dead server costs each message one quick 451.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "inbound_report.h"
+#include "log.h"
+#include "mesh_peer.h"
+#include "metrics.h"
+#include "mime.h"
+#include "inbound.h"
+
+#define READ_CHUNK 16384            /* bytes read per readable event */
+#define OUT_HIGH (64u * 1024)       /* stop reading a session whose replies pile up */
+#define SESSION_MAX_MS (30 * 60000) /* a session lives at most this long */
+#define RECONNECT_MS 1000           /* pause after a failed PostgreSQL connect */
+#define VERP_LOCAL "bounces"
+
+typedef enum { ST_CMD, ST_DATA, ST_CLOSING } sess_state_t;
+
+typedef struct {
+    int fd;             /* the client socket */
+    sess_state_t state; /* reading commands, DATA, or flushing then closing */
+    sbuf_t *in;         /* bytes read, not yet a complete line */
+    sbuf_t *out;        /* replies not yet written */
+    size_t out_off;     /* how much of out is written */
+    sbuf_t *data;       /* the message being received (unstuffed) */
+    int helo;           /* EHLO/HELO seen */
+    int mail;           /* MAIL FROM seen in this transaction */
+    char **rcpts;       /* accepted recipients (malloc'd strings) */
+    int nrcpts;         /* how many */
+    int skip;           /* discarding the rest of an over-long line */
+    int bol;            /* DATA: at the beginning of a line */
+    int over;           /* DATA: past INBOUND_MAX_MESSAGE, being discarded */
+    int errors;         /* bad commands so far */
+    int64_t last_ms;    /* last byte read */
+    int64_t start_ms;   /* accepted at */
+} sess_t;
+
+struct inbound {
+    pthread_t thread;                /* the poll thread */
+    int running;                     /* the thread was started */
+    int lfd;                         /* listening socket, -1 when off */
+    int wake[2];                     /* self-pipe: inbound_stop writes to wake[1] */
+    sess_t *sess[INBOUND_MAX_CONNS]; /* sessions, NULL slots free */
+    int nsess;                       /* sessions open */
+    char *conninfo;                  /* PostgreSQL connection string */
+    db_t *db;                        /* the thread's connection, NULL until needed */
+    int64_t db_failed_ms;            /* when the last connect failed */
+    char host[256];                  /* our name in the greeting and EHLO */
+    metric_t *m_hard;                /* reports: DSN failed 5.x.x */
+    metric_t *m_delayed;             /* reports: DSN delayed */
+    metric_t *m_arf;                 /* reports: ARF abuse */
+    metric_t *m_unknown;             /* reports: anything else, or no such message */
+    metric_t *m_open;                /* sessions open */
+};
+
+/* Hard bounce: the row moves to 'bounced' (only from a state a later
+ * bounce can follow), the contact is marked and the address suppressed, all
+ * within the row's own organization. Returns (row exists, event written). */
+static const char *const SQL_HARD =
+    "WITH m AS (UPDATE messages SET status = 'bounced', lease_until = NULL,"
+    " last_response = $2, updated_at = now()"
+    " WHERE id = $1::uuid AND status IN ('sent', 'deferred', 'sending')"
+    " RETURNING id, organization_id, recipient),"
+    " c AS (UPDATE contacts SET status = 'bounced', updated_at = now() FROM m"
+    " WHERE contacts.organization_id = m.organization_id"
+    " AND lower(contacts.email) = lower(m.recipient) RETURNING contacts.id),"
+    " s AS (INSERT INTO suppressions (organization_id, email, reason)"
+    " SELECT organization_id, recipient, 'bounce' FROM m"
+    " ON CONFLICT (organization_id, lower(email)) DO NOTHING RETURNING id),"
+    " e AS (INSERT INTO message_events (organization_id, message_id, type, detail)"
+    " SELECT organization_id, id, 'bounced', jsonb_build_object('status', $3::text,"
+    " 'diagnostic', $2::text, 'async', true) FROM m RETURNING id)"
+    " SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1::uuid), (SELECT count(*) FROM e)";
+
+/* Delayed: a note on the message, nothing else changes. */
+static const char *const SQL_DELAYED =
+    "WITH m AS (SELECT id, organization_id FROM messages WHERE id = $1::uuid),"
+    " e AS (INSERT INTO message_events (organization_id, message_id, type, detail)"
+    " SELECT organization_id, id, 'deferred', jsonb_build_object('status', $3::text,"
+    " 'diagnostic', $2::text, 'async', true) FROM m RETURNING id)"
+    " SELECT EXISTS (SELECT 1 FROM m), (SELECT count(*) FROM e)";
+
+/* Complaint: one event per message, the contact marked, the address
+ * suppressed, within the row's own organization. */
+static const char *const SQL_COMPLAINT =
+    "WITH m AS (SELECT id, organization_id, recipient FROM messages WHERE id = $1::uuid),"
+    " c AS (UPDATE contacts SET status = 'complained', updated_at = now() FROM m"
+    " WHERE contacts.organization_id = m.organization_id"
+    " AND lower(contacts.email) = lower(m.recipient) RETURNING contacts.id),"
+    " s AS (INSERT INTO suppressions (organization_id, email, reason)"
+    " SELECT organization_id, recipient, 'complaint' FROM m"
+    " ON CONFLICT (organization_id, lower(email)) DO NOTHING RETURNING id),"
+    " e AS (INSERT INTO message_events (organization_id, message_id, type, detail)"
+    " SELECT organization_id, id, 'complaint', jsonb_build_object('feedback_type', $2::text,"
+    " 'async', true) FROM m WHERE NOT EXISTS (SELECT 1 FROM message_events x"
+    " WHERE x.message_id = m.id AND x.type = 'complaint') RETURNING id)"
+    " SELECT EXISTS (SELECT 1 FROM m), (SELECT count(*) FROM e)";
+
+static void s_sess_free(sess_t *s)
+{
+    if (!s)
+        return;
+    if (s->fd >= 0)
+        close(s->fd);
+    sbuf_destroy(&s->in);
+    sbuf_destroy(&s->out);
+    sbuf_destroy(&s->data);
+    for (int i = 0; i < s->nrcpts; i++)
+        free(s->rcpts[i]);
+    free(s->rcpts);
+    free(s);
+}
+
+static void s_reset_tx(sess_t *s)
+{
+    s->mail = 0;
+    for (int i = 0; i < s->nrcpts; i++)
+        free(s->rcpts[i]);
+    s->nrcpts = 0;
+    sbuf_destroy(&s->data);
+    s->over = 0;
+}
+
+static void s_reply(sess_t *s, const char *text)
+{
+    sbuf_append_str(s->out, text);
+    sbuf_append_str(s->out, "\r\n");
+}
+
+/* The VERP token of addr ("bounces+<token>@<any domain>", optionally in
+ * angle brackets) into token[size]: 0, or -1 when addr is not one of ours. */
+static int s_rcpt_token(const char *addr, char *token, size_t size)
+{
+    const char *at = strrchr(addr, '@');
+    if (!at || at[1] == '\0')
+        return -1;
+    size_t dlen = strcspn(at + 1, ">");
+    if (dlen == 0 || dlen > 253)
+        return -1;
+    char domain[256];
+    memcpy(domain, at + 1, dlen);
+    domain[dlen] = '\0';
+    return mime_verp_parse(addr, VERP_LOCAL, domain, token, size);
+}
+
+/* The address in "FROM:<addr> params" / "TO:<addr> params" after the colon:
+ * copied (with its brackets stripped) into a malloc'd string, NULL when the
+ * syntax is wrong. *params_p points past the address. */
+static char *s_path(const char *arg, const char **params_p)
+{
+    while (*arg == ' ')
+        arg++;
+    if (*arg != '<')
+        return NULL;
+    const char *end = strchr(arg, '>');
+    if (!end)
+        return NULL;
+    size_t n = (size_t)(end - arg - 1);
+    char *a = malloc(n + 1);
+    if (!a)
+        return NULL;
+    memcpy(a, arg + 1, n);
+    a[n] = '\0';
+    if (params_p)
+        *params_p = end + 1;
+    return a;
+}
+
+static db_t *s_db(inbound_t *in)
+{
+    if (db_usable(in->db))
+        return in->db;
+    db_destroy(&in->db);
+    int64_t now = mesh_now_ms();
+    if (in->db_failed_ms && now - in->db_failed_ms < RECONNECT_MS)
+        return NULL;
+    sbuf_t *err = sbuf_new(64);
+    in->db = db_connect(in->conninfo, 0, err);
+    if (!in->db) {
+        in->db_failed_ms = now;
+        if (log_should("inbound-db", 10, 10000))
+            log_error("%s", err ? sbuf_data(err) : "out of memory");
+    } else {
+        in->db_failed_ms = 0;
+    }
+    sbuf_destroy(&err);
+    return in->db;
+}
+
+/* A 32-hex-digit token as a uuid text in uuid[37]; -1 when it is not one. */
+static int s_token_uuid(const char *token, char *uuid)
+{
+    if (strlen(token) != 32)
+        return -1;
+    size_t j = 0;
+    for (size_t i = 0; i < 32; i++) {
+        if (!isxdigit((unsigned char)token[i]))
+            return -1;
+        if (i == 8 || i == 12 || i == 16 || i == 20)
+            uuid[j++] = '-';
+        uuid[j++] = (char)tolower((unsigned char)token[i]);
+    }
+    uuid[j] = '\0';
+    return 0;
+}
+
+static void s_unknown(inbound_t *in, const char *why, const char *token)
+{
+    metric_inc(in->m_unknown);
+    if (log_should("inbound-unknown", 15, 60000)) {
+        char t[80];
+        log_info("report dropped (%s) token=%s", why,
+                 log_printable(t, sizeof t, token, strlen(token)));
+    }
+}
+
+/* Record one recipient's report. 0 when it is done (recorded, or nothing
+ * to record), -1 when the database could not be reached or refused: the
+ * caller answers 451 and the MTA retries. */
+static int s_record(inbound_t *in, const char *raw, size_t len, const char *rcpt)
+{
+    inbound_report_t r;
+    sbuf_t *err = sbuf_new(64);
+    int prc = inbound_report_parse(raw, len, rcpt, VERP_LOCAL, NULL, &r, err);
+    if (prc != 0 || r.kind == REPORT_NONE) {
+        s_unknown(in, prc != 0 ? sbuf_data(err) : "not a report", "");
+        sbuf_destroy(&err);
+        return 0;
+    }
+    const char *sql = NULL;
+    metric_t *m = NULL;
+    const char *p[3];
+    char uuid[37];
+    if (s_token_uuid(r.verp_token, uuid) != 0) {
+        s_unknown(in, "token is not a message id", r.verp_token);
+        sbuf_destroy(&err);
+        return 0;
+    }
+    p[0] = uuid;
+    if (r.kind == REPORT_DSN && r.hard) {
+        sql = SQL_HARD, m = in->m_hard;
+        p[1] = r.diagnostic, p[2] = r.status;
+    } else if (r.kind == REPORT_DSN && strcasecmp(r.action, "delayed") == 0) {
+        sql = SQL_DELAYED, m = in->m_delayed;
+        p[1] = r.diagnostic, p[2] = r.status;
+    } else if (r.kind == REPORT_ARF && r.hard) {
+        sql = SQL_COMPLAINT, m = in->m_arf;
+        p[1] = r.feedback_type, p[2] = NULL;
+    } else {
+        s_unknown(in,
+                  r.kind == REPORT_ARF ? "feedback type not acted on" : "DSN action not acted on",
+                  r.verp_token);
+        sbuf_destroy(&err);
+        return 0;
+    }
+    int rc = -1;
+    db_t *db = s_db(in);
+    db_result_t *res = db ? db_query(db, sql, sql == SQL_COMPLAINT ? 2 : 3, p, err) : NULL;
+    if (res) {
+        const char *exists = db_result_get(res, 0, 0);
+        if (exists && exists[0] == 't') {
+            metric_inc(m);
+        } else {
+            s_unknown(in, "no such message", r.verp_token);
+        }
+        rc = 0;
+    } else if (db && log_should("inbound-record", 14, 10000)) {
+        log_error("report not recorded message=%s: %s", uuid, sbuf_data(err));
+    }
+    db_result_free(&res);
+    sbuf_destroy(&err);
+    return rc;
+}
+
+/* The final dot: record the message for every recipient, then answer. */
+static void s_end_data(inbound_t *in, sess_t *s)
+{
+    if (s->over) {
+        s_reply(s, "552 5.3.4 Message too big");
+    } else {
+        const char *raw = s->data ? sbuf_data(s->data) : "";
+        size_t len = s->data ? sbuf_len(s->data) : 0;
+        int failed = 0;
+        for (int i = 0; i < s->nrcpts && !failed; i++)
+            failed = s_record(in, raw, len, s->rcpts[i]) != 0;
+        s_reply(s, failed ? "451 4.3.0 Temporary failure, try again later"
+                          : "250 2.0.0 Ok: report received");
+    }
+    s_reset_tx(s);
+    s->state = ST_CMD;
+}
+
+static void s_bad(sess_t *s, const char *reply)
+{
+    s_reply(s, reply);
+    if (++s->errors >= INBOUND_MAX_ERRORS) {
+        s_reply(s, "421 4.7.0 Too many errors, closing connection");
+        s->state = ST_CLOSING;
+    }
+}
+
+/* One command line (without its line end, NUL-free, NUL-terminated). */
+static void s_command(inbound_t *in, sess_t *s, char *line)
+{
+    size_t vlen = strcspn(line, " ");
+    char *arg = line + vlen;
+    while (*arg == ' ')
+        arg++;
+#define VERB(v) (vlen == sizeof(v) - 1 && strncasecmp(line, v, vlen) == 0)
+    if (VERB("EHLO") || VERB("HELO")) {
+        if (!*arg) {
+            s_bad(s, "501 5.5.4 Syntax: EHLO hostname");
+            return;
+        }
+        s_reset_tx(s);
+        s->helo = 1;
+        if (VERB("HELO")) {
+            sbuf_appendf(s->out, "250 %s\r\n", in->host);
+        } else {
+            sbuf_appendf(s->out, "250-%s\r\n250-SIZE %u\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                         in->host, INBOUND_MAX_MESSAGE);
+        }
+    } else if (VERB("MAIL")) {
+        if (!s->helo) {
+            s_bad(s, "503 5.5.1 Error: send HELO/EHLO first");
+            return;
+        }
+        if (s->mail) {
+            s_bad(s, "503 5.5.1 Error: nested MAIL command");
+            return;
+        }
+        const char *params = NULL;
+        char *from = strncasecmp(arg, "FROM:", 5) == 0 ? s_path(arg + 5, &params) : NULL;
+        if (!from) {
+            s_bad(s, "501 5.5.4 Syntax: MAIL FROM:<address>");
+            return;
+        }
+        free(from);
+        /* SIZE=n: refuse at once what DATA would refuse at the end. */
+        for (const char *p = params; p && (p = strchr(p, ' ')) != NULL;) {
+            while (*p == ' ')
+                p++;
+            if (strncasecmp(p, "SIZE=", 5) == 0 &&
+                strtoull(p + 5, NULL, 10) > INBOUND_MAX_MESSAGE) {
+                s_reply(s, "552 5.3.4 Message size exceeds fixed limit");
+                return;
+            }
+        }
+        s->mail = 1;
+        s_reply(s, "250 2.1.0 Ok");
+    } else if (VERB("RCPT")) {
+        if (!s->mail) {
+            s_bad(s, "503 5.5.1 Error: need MAIL command");
+            return;
+        }
+        char *to = strncasecmp(arg, "TO:", 3) == 0 ? s_path(arg + 3, NULL) : NULL;
+        if (!to) {
+            s_bad(s, "501 5.5.4 Syntax: RCPT TO:<address>");
+            return;
+        }
+        char token[128];
+        if (s_rcpt_token(to, token, sizeof token) != 0) {
+            free(to);
+            s_bad(s, "550 5.1.1 Recipient address rejected: not a return path here");
+            return;
+        }
+        if (s->nrcpts >= INBOUND_MAX_RCPTS) {
+            free(to);
+            s_reply(s, "452 4.5.3 Error: too many recipients");
+            return;
+        }
+        char **r = realloc(s->rcpts, (size_t)(s->nrcpts + 1) * sizeof *r);
+        if (!r) {
+            free(to);
+            s_reply(s, "452 4.3.1 Insufficient system storage");
+            return;
+        }
+        s->rcpts = r;
+        s->rcpts[s->nrcpts++] = to;
+        s_reply(s, "250 2.1.5 Ok");
+    } else if (VERB("DATA")) {
+        if (!s->mail) {
+            s_bad(s, "503 5.5.1 Error: need MAIL command");
+            return;
+        }
+        if (s->nrcpts == 0) {
+            s_bad(s, "554 5.5.1 Error: no valid recipients");
+            return;
+        }
+        s->data = sbuf_new(4096);
+        if (!s->data) {
+            s_reply(s, "451 4.3.1 Insufficient system storage");
+            return;
+        }
+        s->state = ST_DATA;
+        s->bol = 1;
+        s->over = 0;
+        s_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+    } else if (VERB("RSET")) {
+        s_reset_tx(s);
+        s_reply(s, "250 2.0.0 Ok");
+    } else if (VERB("NOOP")) {
+        s_reply(s, "250 2.0.0 Ok");
+    } else if (VERB("QUIT")) {
+        s_reply(s, "221 2.0.0 Bye");
+        s->state = ST_CLOSING;
+    } else if (VERB("VRFY") || VERB("EXPN") || VERB("HELP") || VERB("STARTTLS") || VERB("AUTH") ||
+               VERB("BDAT") || VERB("ETRN") || VERB("TURN")) {
+        s_bad(s, "502 5.5.1 Error: command not implemented");
+    } else {
+        s_bad(s, "500 5.5.2 Error: command not recognized");
+    }
+#undef VERB
+}
+
+/* Append one DATA chunk (dot-unstuffed when it starts a line) unless the
+ * message is already over its limit. */
+static void s_data_append(sess_t *s, const char *p, size_t n)
+{
+    if (s->bol && n > 0 && p[0] == '.')
+        p++, n--;
+    if (s->over)
+        return;
+    if (sbuf_len(s->data) + n > INBOUND_MAX_MESSAGE) {
+        s->over = 1;
+        sbuf_destroy(&s->data);
+        s->data = sbuf_new(16);
+        return;
+    }
+    if (sbuf_append(s->data, p, n) != 0)
+        s->over = 1; /* out of memory: refused like an oversized message */
+}
+
+/* Handle every complete line in s->in; keep a partial one for later unless
+ * it is already too long to be a command or the end of data. */
+static void s_process(inbound_t *in, sess_t *s)
+{
+    const char *buf = sbuf_data(s->in);
+    size_t len = sbuf_len(s->in), pos = 0;
+    while (pos < len && s->state != ST_CLOSING) {
+        const char *nl = memchr(buf + pos, '\n', len - pos);
+        if (!nl) {
+            size_t rest = len - pos;
+            if (rest >= INBOUND_MAX_LINE) {
+                if (s->state == ST_DATA) {
+                    s_data_append(s, buf + pos, rest);
+                    s->bol = 0;
+                } else {
+                    s->skip = 1;
+                }
+                pos = len;
+            }
+            break;
+        }
+        size_t n = (size_t)(nl - (buf + pos)) + 1; /* with the LF */
+        const char *line = buf + pos;
+        pos += n;
+        if (s->state == ST_DATA) {
+            if (s->bol && ((n == 3 && memcmp(line, ".\r\n", 3) == 0) ||
+                           (n == 2 && memcmp(line, ".\n", 2) == 0))) {
+                s_end_data(in, s);
+                continue;
+            }
+            s_data_append(s, line, n);
+            s->bol = 1;
+            continue;
+        }
+        if (s->skip) {
+            s->skip = 0;
+            s_bad(s, "500 5.5.0 Error: line too long");
+            continue;
+        }
+        size_t clen = n - 1;
+        if (clen > 0 && line[clen - 1] == '\r')
+            clen--;
+        if (n > INBOUND_MAX_LINE || memchr(line, '\0', clen)) {
+            s_bad(s, n > INBOUND_MAX_LINE ? "500 5.5.0 Error: line too long"
+                                          : "500 5.5.2 Error: bad character in command");
+            continue;
+        }
+        char cmd[INBOUND_MAX_LINE + 1];
+        memcpy(cmd, line, clen);
+        cmd[clen] = '\0';
+        s_command(in, s, cmd);
+    }
+    if (pos >= len || s->state == ST_CLOSING)
+        sbuf_reset(s->in); /* nothing left, or nothing more will be read */
+    else if (pos > 0) {
+        /* Move the partial line to the front (shorter than a line limit). */
+        size_t rest = len - pos;
+        char tmp[INBOUND_MAX_LINE];
+        memcpy(tmp, buf + pos, rest);
+        sbuf_reset(s->in);
+        sbuf_append(s->in, tmp, rest);
+    }
+}
+
+static void s_close(inbound_t *in, int i)
+{
+    s_sess_free(in->sess[i]);
+    in->sess[i] = NULL;
+    in->nsess--;
+    metric_set(in->m_open, in->nsess);
+}
+
+static void s_accept(inbound_t *in)
+{
+    for (int k = 0; k < 64; k++) {
+        int fd = accept4(in->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED && log_should("inbound-accept", 14, 10000))
+                log_warn("accept: %s", strerror(errno));
+            return;
+        }
+        int slot = -1;
+        for (int i = 0; i < INBOUND_MAX_CONNS && slot < 0; i++)
+            if (!in->sess[i])
+                slot = i;
+        sess_t *s = slot >= 0 ? calloc(1, sizeof *s) : NULL;
+        if (s) {
+            s->fd = fd;
+            s->in = sbuf_new(1024);
+            s->out = sbuf_new(512);
+        }
+        if (!s || !s->in || !s->out) {
+            static const char busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+            if (send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+                /* Nothing to do: the client sees the close. */
+            }
+            if (s) {
+                s->fd = -1;
+                s_sess_free(s);
+            }
+            close(fd);
+            continue;
+        }
+        s->start_ms = s->last_ms = mesh_now_ms();
+        sbuf_appendf(s->out, "220 %s ESMTP Postchi return path\r\n", in->host);
+        in->sess[slot] = s;
+        in->nsess++;
+        metric_set(in->m_open, in->nsess);
+    }
+}
+
+/* Read what is there and handle it: 0, or -1 when the session is over. */
+static int s_read(inbound_t *in, sess_t *s)
+{
+    char buf[READ_CHUNK];
+    ssize_t n = recv(s->fd, buf, sizeof buf, 0);
+    if (n == 0)
+        return -1;
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
+    s->last_ms = mesh_now_ms();
+    if (sbuf_append(s->in, buf, (size_t)n) != 0)
+        return -1;
+    s_process(in, s);
+    return 0;
+}
+
+/* Write what is pending: 0, or -1 when the session is over. */
+static int s_write(sess_t *s)
+{
+    size_t len = sbuf_len(s->out);
+    while (s->out_off < len) {
+        ssize_t n = send(s->fd, sbuf_data(s->out) + s->out_off, len - s->out_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0)
+            return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
+        s->out_off += (size_t)n;
+    }
+    sbuf_reset(s->out);
+    s->out_off = 0;
+    return s->state == ST_CLOSING ? -1 : 0;
+}
+
+static void *s_thread(void *arg)
+{
+    inbound_t *in = arg;
+    struct pollfd *pfd = calloc(INBOUND_MAX_CONNS + 2, sizeof *pfd);
+    int *idx = calloc(INBOUND_MAX_CONNS + 2, sizeof *idx);
+    if (!pfd || !idx)
+        log_fatal("out of memory");
+    for (;;) {
+        int n = 0;
+        pfd[n++] = (struct pollfd){in->wake[0], POLLIN, 0};
+        /* Always: past the limit a client is told 421 at once, not left
+         * waiting in the backlog. */
+        pfd[n++] = (struct pollfd){in->lfd, POLLIN, 0};
+        int64_t now = mesh_now_ms();
+        for (int i = 0; i < INBOUND_MAX_CONNS; i++) {
+            sess_t *s = in->sess[i];
+            if (!s)
+                continue;
+            if (now - s->last_ms > INBOUND_IDLE_MS || now - s->start_ms > SESSION_MAX_MS) {
+                static const char bye[] = "421 4.4.2 Timeout, closing connection\r\n";
+                if (send(s->fd, bye, sizeof bye - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+                    /* The client is gone or not reading: closing is all that is left. */
+                }
+                s_close(in, i);
+                continue;
+            }
+            short ev = 0;
+            if (s->state != ST_CLOSING && sbuf_len(s->out) < OUT_HIGH)
+                ev |= POLLIN;
+            if (sbuf_len(s->out) > s->out_off)
+                ev |= POLLOUT;
+            idx[n] = i;
+            pfd[n++] = (struct pollfd){s->fd, ev, 0};
+        }
+        if (poll(pfd, (nfds_t)n, 1000) < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("poll: %s", strerror(errno));
+            break;
+        }
+        if (pfd[0].revents)
+            break;
+        for (int k = 2; k < n; k++) {
+            int i = idx[k];
+            sess_t *s = in->sess[i];
+            short re = pfd[k].revents;
+            int gone = 0;
+            if (re & (POLLIN | POLLHUP | POLLERR))
+                gone = s_read(in, s) != 0;
+            if (!gone && sbuf_len(s->out) > s->out_off)
+                gone = s_write(s) != 0;
+            else if (!gone && s->state == ST_CLOSING)
+                gone = 1;
+            if (gone)
+                s_close(in, i);
+        }
+        if (pfd[1].revents & POLLIN)
+            s_accept(in);
+    }
+    free(pfd);
+    free(idx);
+    return NULL;
+}
+
+static int s_listen(inbound_t *in, const char *bind_addr, int port, sbuf_t *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int rc = getaddrinfo(bind_addr[0] ? bind_addr : NULL, ps, &hints, &res);
+    if (rc != 0) {
+        sbuf_appendf(err, "inbound: cannot resolve %s: %s", bind_addr, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+        sbuf_appendf(err, "inbound: cannot listen on %s:%d: %s", bind_addr, port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    in->lfd = fd;
+    return 0;
+}
+
+inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
+{
+    static const char *const labels[] = {"kind", NULL};
+    metric_family_t *f = metrics_family(METRIC_COUNTER, "postchi_inbound_reports_total",
+                                        "Messages received on the return path, by what they were "
+                                        "(dsn_hard, dsn_delayed, arf, unknown).",
+                                        labels, NULL, 0);
+    inbound_t *in = calloc(1, sizeof *in);
+    if (!in) {
+        sbuf_append_str(err, "inbound: out of memory");
+        return NULL;
+    }
+    in->lfd = in->wake[0] = in->wake[1] = -1;
+    in->m_hard = metrics_series(f, (const char *const[]){"dsn_hard", NULL});
+    in->m_delayed = metrics_series(f, (const char *const[]){"dsn_delayed", NULL});
+    in->m_arf = metrics_series(f, (const char *const[]){"arf", NULL});
+    in->m_unknown = metrics_series(f, (const char *const[]){"unknown", NULL});
+    in->m_open = metrics_gauge("postchi_inbound_connections_open",
+                               "SMTP sessions open on the return-path listener.");
+    int port = (int)config_int(cfg, "inbound_port");
+    if (port <= 0)
+        return in; /* off */
+    if (gethostname(in->host, sizeof in->host - 1) != 0 || !in->host[0])
+        snprintf(in->host, sizeof in->host, "postchi");
+    in->conninfo = db_conninfo_from_config(cfg);
+    if (!in->conninfo || pipe2(in->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        sbuf_append_str(err, "inbound: out of resources");
+        inbound_stop(&in);
+        return NULL;
+    }
+    if (s_listen(in, config_str(cfg, "inbound_bind"), port, err) != 0) {
+        inbound_stop(&in);
+        return NULL;
+    }
+    if (pthread_create(&in->thread, NULL, s_thread, in) != 0) {
+        sbuf_append_str(err, "inbound: cannot start the thread");
+        inbound_stop(&in);
+        return NULL;
+    }
+    in->running = 1;
+    log_info("listening on %s:%d", config_str(cfg, "inbound_bind"), port);
+    return in;
+}
+
+void inbound_stop(inbound_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    inbound_t *in = *self_p;
+    if (in->running) {
+        if (write(in->wake[1], "x", 1) < 0)
+            log_panic("inbound_stop: cannot wake the thread: %s", strerror(errno));
+        pthread_join(in->thread, NULL);
+    }
+    for (int i = 0; i < INBOUND_MAX_CONNS; i++)
+        if (in->sess[i])
+            s_close(in, i);
+    if (in->lfd >= 0)
+        close(in->lfd);
+    if (in->wake[0] >= 0)
+        close(in->wake[0]);
+    if (in->wake[1] >= 0)
+        close(in->wake[1]);
+    db_destroy(&in->db);
+    free(in->conninfo);
+    free(in);
+    *self_p = NULL;
+}

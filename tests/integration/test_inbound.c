@@ -1,0 +1,648 @@
+/*
+ * test_inbound - asynchronous bounces and complaints end to end: a message
+ * is sent through the API to a real SMTP server (smtp-sink), then a DSN or
+ * an ARF report for its VERP return path is delivered to the worker's
+ * return-path listener by an independent SMTP client (python3 smtplib), and
+ * the message, its contact, the suppressions and message_events show it.
+ * Hostile sessions over a raw socket (garbage, non-VERP recipients,
+ * oversized DATA, over-long lines, a client gone mid-DATA, a silent one)
+ * get SMTP errors, and the listener keeps serving a good session after them.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api_util.h"
+
+#define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+#define FIXTURES POSTCHI_SOURCE_DIR "/tests/fixtures/inbound/"
+
+static api_env_t E;
+static harness_proc_t *s_sink;
+static int s_inbound_port;
+
+static int s_setup(void **state)
+{
+    (void)state;
+    int sink_port = harness_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", sink_port);
+    char *argv[] = {"/usr/sbin/smtp-sink", "-u", "nobody", listen, "100", NULL};
+    s_sink = harness_spawn("smtp-sink", argv, NULL);
+    if (!s_sink)
+        return -1;
+    usleep(300 * 1000);
+    s_inbound_port = harness_free_port();
+    static char relay[64], port[16];
+    snprintf(relay, sizeof relay, "127.0.0.1:%d", sink_port);
+    snprintf(port, sizeof port, "%d", s_inbound_port);
+    /* Workers inherit these (the harness passes the environment on). */
+    setenv("POSTCHI_SMTP_RELAY", relay, 1);
+    setenv("POSTCHI_SECRET_KEY", TEST_SECRET_KEY, 1);
+    setenv("POSTCHI_INBOUND_PORT", port, 1);
+    return api_env_start(&E, NULL);
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    int bad = api_env_stop(&E);
+    if (s_sink)
+        harness_stop(s_sink, SIGTERM, 5000);
+    return bad;
+}
+
+static char *s_sqlf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *s_sqlf(const char *fmt, ...)
+{
+    char sql[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    return api_sql(&E, sql);
+}
+
+/* Assert the first column of the query equals want (NULL: no row/NULL). */
+#define ASSERT_SQL(want, ...)                                                                      \
+    do {                                                                                           \
+        char *v_ = s_sqlf(__VA_ARGS__);                                                            \
+        if ((want) == NULL)                                                                        \
+            assert_null(v_);                                                                       \
+        else {                                                                                     \
+            assert_non_null(v_);                                                                   \
+            assert_string_equal(v_, (want));                                                       \
+        }                                                                                          \
+        free(v_);                                                                                  \
+    } while (0)
+
+static char *s_wait_sql(const char *want, int ms, const char *sql)
+{
+    int64_t deadline = harness_now_ms() + ms;
+    char *v = NULL;
+    while (harness_now_ms() < deadline) {
+        free(v);
+        v = api_sql(&E, sql);
+        if (v && strcmp(v, want) == 0)
+            break;
+        usleep(100 * 1000);
+    }
+    return v;
+}
+
+static void s_domain_once(void)
+{
+    static int done;
+    if (done)
+        return;
+    api_resp_t r;
+    api_call(&E, "POST", "/api/v1/domains", E.key_full, "{\"name\":\"send.example\"}", NULL, &r);
+    assert_int_equal(r.status, 201);
+    api_resp_free(&r);
+    free(api_sql(&E, "UPDATE domains SET status = 'verified' WHERE name = 'send.example'"));
+    char *rp = api_sql(&E, "SELECT return_path FROM domains WHERE name = 'send.example'");
+    assert_non_null(rp);
+    assert_string_equal(rp, "bounces.send.example");
+    free(rp);
+    done = 1;
+}
+
+/* Make a contact, send it a message and wait for 'sent'; the message id
+ * into id[64] and its VERP token (id without dashes) into token[64]. */
+static void s_sent_message(const char *to, char *id, char *token)
+{
+    s_domain_once();
+    free(s_sqlf("INSERT INTO contacts (organization_id, email) VALUES ('%s', '%s')", E.org_id, to));
+    api_resp_t r;
+    api_callf(&E, "POST", "/api/v1/messages", E.key_send, &r,
+              "{\"from\":{\"email\":\"hello@send.example\"},\"to\":[\"%s\"],"
+              "\"subject\":\"Hi\",\"text\":\"Hello there\"}",
+              to);
+    assert_int_equal(r.status, 202);
+    const char *mid = json_string_value(
+        json_object_get(json_array_get(json_object_get(r.json, "messages"), 0), "id"));
+    assert_non_null(mid);
+    snprintf(id, 64, "%s", mid);
+    api_resp_free(&r);
+    size_t t = 0;
+    for (const char *p = id; *p; p++)
+        if (*p != '-')
+            token[t++] = *p;
+    token[t] = '\0';
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT status FROM messages WHERE id = '%s'", id);
+    char *st = s_wait_sql("sent", 15000, sql);
+    assert_non_null(st);
+    assert_string_equal(st, "sent");
+    free(st);
+}
+
+/* A fixture with every (from, to) pair replaced, written to a temp file;
+ * the path into path[64]. */
+static void s_fixture(const char *name, const char *const *pairs, char *path)
+{
+    char src[512];
+    snprintf(src, sizeof src, FIXTURES "%s", name);
+    FILE *f = fopen(src, "rb");
+    assert_non_null(f);
+    sbuf_t *b = sbuf_new(8192);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        sbuf_append(b, chunk, n);
+    fclose(f);
+    for (int i = 0; pairs[i]; i += 2) {
+        sbuf_t *o = sbuf_new(sbuf_len(b) + 256);
+        const char *p = sbuf_data(b), *q;
+        while ((q = strstr(p, pairs[i])) != NULL) {
+            sbuf_append(o, p, (size_t)(q - p));
+            sbuf_append_str(o, pairs[i + 1]);
+            p = q + strlen(pairs[i]);
+        }
+        sbuf_append_str(o, p);
+        sbuf_destroy(&b);
+        b = o;
+    }
+    snprintf(path, 64, "/tmp/postchi-inbound-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, sbuf_data(b), sbuf_len(b)), (ssize_t)sbuf_len(b));
+    close(fd);
+    sbuf_destroy(&b);
+}
+
+/* Deliver file to rcpt with python3's smtplib (null reverse path, as MTAs
+ * send bounces). Returns the SMTP code of the final reply (250 when
+ * accepted), or -1. */
+static int s_smtplib(const char *rcpt, const char *file)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c 'import smtplib,sys\n"
+             "s=smtplib.SMTP(\"127.0.0.1\", %d, timeout=20)\n"
+             "try:\n"
+             "    s.sendmail(\"\", [\"%s\"], open(\"%s\",\"rb\").read())\n"
+             "    print(250)\n"
+             "except smtplib.SMTPDataError as e:\n"
+             "    print(e.smtp_code)\n"
+             "except smtplib.SMTPRecipientsRefused as e:\n"
+             "    print(list(e.recipients.values())[0][0])\n"
+             "s.quit()'",
+             s_inbound_port, rcpt, file);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    int code = -1;
+    if (fscanf(p, "%d", &code) != 1)
+        code = -1;
+    pclose(p);
+    return code;
+}
+
+static void test_hard_bounce(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("ada@dest.example", id, token);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           "ada@dest.example", NULL};
+    s_fixture("postfix_hard_511.eml", pairs, file);
+    assert_int_equal(s_smtplib(rcpt, file), 250);
+    /* 250 came after the commit: no waiting needed. */
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("bounced",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'ada@dest.example'",
+               E.org_id);
+    ASSERT_SQL("bounce",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'ada@dest.example'",
+               E.org_id);
+    ASSERT_SQL("5.1.1|true",
+               "SELECT (detail->>'status') || '|' || (detail->>'async')"
+               " FROM message_events WHERE message_id = '%s' AND type = 'bounced'",
+               id);
+    char *diag = s_sqlf("SELECT detail->>'diagnostic' FROM message_events"
+                        " WHERE message_id = '%s' AND type = 'bounced'",
+                        id);
+    assert_non_null(diag);
+    assert_non_null(strstr(diag, "User unknown"));
+    free(diag);
+
+    /* The MTA retries (or sends it twice): nothing doubles. */
+    assert_int_equal(s_smtplib(rcpt, file), 250);
+    ASSERT_SQL("1",
+               "SELECT count(*) FROM message_events WHERE message_id = '%s'"
+               " AND type = 'bounced'",
+               id);
+    ASSERT_SQL("1", "SELECT count(*) FROM suppressions WHERE organization_id = '%s'", E.org_id);
+    unlink(file);
+
+    sbuf_t *m = sbuf_new(8192);
+    assert_int_equal(harness_http_get(E.mesh.worker_metrics[0], "/metrics", m), 200);
+    assert_non_null(strstr(sbuf_data(m), "postchi_inbound_reports_total{kind=\"dsn_hard\"} 2"));
+    sbuf_destroy(&m);
+}
+
+static void test_delayed(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("slow@dest.example", id, token);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+d4lay3d@mail.postchi.test", rcpt, NULL};
+    s_fixture("postfix_delayed_441.eml", pairs, file);
+    assert_int_equal(s_smtplib(rcpt, file), 250);
+    unlink(file);
+    ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("4.4.1|true",
+               "SELECT (detail->>'status') || '|' || (detail->>'async')"
+               " FROM message_events WHERE message_id = '%s' AND type = 'deferred'",
+               id);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'slow@dest.example'",
+               E.org_id);
+    ASSERT_SQL(NULL,
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'slow@dest.example'",
+               E.org_id);
+}
+
+static void test_complaint(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("bob@dest.example", id, token);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+arf-0042@mail.postchi.test", rcpt, "user@example.com",
+                           "bob@dest.example", NULL};
+    s_fixture("arf_abuse.eml", pairs, file);
+    assert_int_equal(s_smtplib(rcpt, file), 250);
+    assert_int_equal(s_smtplib(rcpt, file), 250); /* a repeat adds nothing */
+    unlink(file);
+    ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("complained",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'bob@dest.example'",
+               E.org_id);
+    ASSERT_SQL("complaint",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'bob@dest.example'",
+               E.org_id);
+    ASSERT_SQL("1|abuse|true",
+               "SELECT count(*) || '|' || min(detail->>'feedback_type') || '|' ||"
+               " bool_and((detail->>'async')::boolean)"
+               " FROM message_events WHERE message_id = '%s' AND type = 'complaint'",
+               id);
+}
+
+/* A token that is no message, and a report for one organization's message
+ * must not touch another organization's contact with the same address. */
+static void test_unknown_and_tenancy(void **state)
+{
+    (void)state;
+    const char *other = "carol@dest.example";
+    char tok2[2048], key2[160];
+    assert_int_equal(api_env_other_org(&E, tok2, key2), 0);
+    char *org2 = s_sqlf("SELECT id FROM organizations WHERE id <> '%s' LIMIT 1", E.org_id);
+    assert_non_null(org2);
+    free(s_sqlf("INSERT INTO contacts (organization_id, email) VALUES ('%s', '%s')", org2, other));
+
+    char rcpt[160], file[64];
+    snprintf(rcpt, sizeof rcpt, "bounces+0123456789abcdef0123456789abcdef@bounces.send.example");
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           other, NULL};
+    s_fixture("postfix_hard_511.eml", pairs, file);
+    assert_int_equal(s_smtplib(rcpt, file), 250); /* accepted and dropped */
+    unlink(file);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = '%s'",
+               org2, other);
+
+    /* A real message of org 1, but the report names org 2's contact. */
+    char id[64], token[64];
+    s_sent_message("dave@dest.example", id, token);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs2[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                            other, NULL};
+    s_fixture("postfix_hard_511.eml", pairs2, file);
+    assert_int_equal(s_smtplib(rcpt, file), 250);
+    unlink(file);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("bounced",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'dave@dest.example'",
+               E.org_id);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = '%s'",
+               org2, other);
+    ASSERT_SQL("0", "SELECT count(*) FROM suppressions WHERE organization_id = '%s'", org2);
+    free(org2);
+}
+
+/* PostgreSQL drops the listener's connection: the report gets 451 (the
+ * MTA keeps it), and the retry is recorded. Nothing is lost. */
+static void test_database_lost_then_retry(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("erin@dest.example", id, token);
+    free(api_sql(&E, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                     " WHERE datname = current_database() AND pid <> pg_backend_pid()"));
+    usleep(500 * 1000);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           "erin@dest.example", NULL};
+    s_fixture("postfix_hard_511.eml", pairs, file);
+    assert_int_equal(s_smtplib(rcpt, file), 451);
+    ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
+    int code = -1;
+    int64_t deadline = harness_now_ms() + 10000;
+    while (code != 250 && harness_now_ms() < deadline) {
+        usleep(300 * 1000); /* the listener waits a second between connects */
+        code = s_smtplib(rcpt, file);
+    }
+    assert_int_equal(code, 250);
+    unlink(file);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("bounce",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'erin@dest.example'",
+               E.org_id);
+}
+
+/* --- raw SMTP sessions --------------------------------------------------- */
+
+typedef struct {
+    int fd;          /* socket */
+    char buf[65536]; /* bytes read, not yet consumed */
+    size_t len;      /* how many */
+} conn_t;
+
+static void s_conn(conn_t *c)
+{
+    c->len = 0;
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(c->fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s_inbound_port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0);
+}
+
+static void s_put(conn_t *c, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len > 0) {
+        ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
+        assert_true(n > 0);
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void s_puts(conn_t *c, const char *s)
+{
+    s_put(c, s, strlen(s));
+}
+
+/* The code of the next complete reply (its last line), or -1 on EOF or
+ * after 10 s. */
+static int s_reply(conn_t *c)
+{
+    int64_t deadline = harness_now_ms() + 10000;
+    for (;;) {
+        char *nl;
+        while ((nl = memchr(c->buf, '\n', c->len)) != NULL) {
+            size_t n = (size_t)(nl - c->buf) + 1;
+            int last = n >= 4 && c->buf[3] == ' ';
+            int code = atoi(c->buf);
+            memmove(c->buf, c->buf + n, c->len - n);
+            c->len -= n;
+            if (last)
+                return code;
+        }
+        int left = (int)(deadline - harness_now_ms());
+        struct pollfd p = {c->fd, POLLIN, 0};
+        if (left <= 0 || poll(&p, 1, left) <= 0)
+            return -1;
+        ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+        if (n <= 0)
+            return -1;
+        c->len += (size_t)n;
+    }
+}
+
+static int s_cmd(conn_t *c, const char *line)
+{
+    s_puts(c, line);
+    return s_reply(c);
+}
+
+static void test_hostile_sessions(void **state)
+{
+    (void)state;
+    conn_t *c = calloc(1, sizeof *c), *idle = calloc(1, sizeof *idle),
+           *mid = calloc(1, sizeof *mid);
+    assert_non_null(c);
+
+    /* A client that connects and says nothing holds one slot, no more. */
+    s_conn(idle);
+
+    /* Garbage and protocol errors. */
+    s_conn(c);
+    assert_int_equal(s_reply(c), 220);
+    s_put(c, "\x01\xff\x00zz\r\n", 7);
+    assert_int_equal(s_reply(c), 500);
+    assert_int_equal(s_cmd(c, "MAIL FROM:<>\r\n"), 503);
+    assert_int_equal(s_cmd(c, "EHLO\r\n"), 501);
+    assert_int_equal(s_cmd(c, "EHLO tester\r\n"), 250);
+    assert_int_equal(s_cmd(c, "VRFY root\r\n"), 502);
+    assert_int_equal(s_cmd(c, "RCPT TO:<bounces+abc@x.example>\r\n"), 503);
+    assert_int_equal(s_cmd(c, "MAIL FROM:<> SIZE=99999999999\r\n"), 552);
+    assert_int_equal(s_cmd(c, "MAIL FROM:<>\r\n"), 250);
+    assert_int_equal(s_cmd(c, "RCPT TO:<postmaster@x.example>\r\n"), 550);
+    assert_int_equal(s_cmd(c, "RCPT TO:<bounces@x.example>\r\n"), 550);
+    assert_int_equal(s_cmd(c, "RCPT TO:<bounces+bad token@x.example>\r\n"), 550);
+    assert_int_equal(s_cmd(c, "RCPT TO:bounces+abc@x.example\r\n"), 501);
+    assert_int_equal(s_cmd(c, "RCPT TO:<BOUNCES+abc@X.Example>\r\n"), 250);
+    /* An over-long command line, in pieces. */
+    char big[3000];
+    memset(big, 'A', sizeof big);
+    s_put(c, big, sizeof big);
+    s_put(c, big, sizeof big);
+    s_puts(c, "\r\n");
+    assert_int_equal(s_reply(c), 500);
+    /* Pipelined commands get their replies in order. */
+    s_puts(c, "NOOP\r\nRSET\r\nNOOP\r\n");
+    assert_int_equal(s_reply(c), 250);
+    assert_int_equal(s_reply(c), 250);
+    assert_int_equal(s_reply(c), 250);
+    assert_int_equal(s_cmd(c, "DATA\r\n"), 503); /* RSET ended the transaction */
+    assert_int_equal(s_cmd(c, "MAIL FROM:<>\r\n"), 250);
+    assert_int_equal(s_cmd(c, "DATA\r\n"), 554); /* no recipients */
+    assert_int_equal(s_cmd(c, "RCPT TO:<bounces+abc@x.example>\r\n"), 250);
+    assert_int_equal(s_cmd(c, "DATA\r\n"), 354);
+    /* Over 10 MB, in long and short lines: refused at the dot. */
+    char *line = malloc(65536);
+    memset(line, 'x', 65534);
+    line[65534] = '\r';
+    line[65535] = '\n';
+    for (int i = 0; i < 170; i++)
+        s_put(c, line, 65536);
+    for (int i = 0; i < 100; i++)
+        s_puts(c, "short line\r\n");
+    free(line);
+    assert_int_equal(s_cmd(c, ".\r\n"), 552);
+    /* The session goes on after it. */
+    assert_int_equal(s_cmd(c, "NOOP\r\n"), 250);
+    assert_int_equal(s_cmd(c, "QUIT\r\n"), 221);
+    assert_int_equal(s_reply(c), -1); /* closed */
+    close(c->fd);
+
+    /* A client that stops mid-DATA and goes away. */
+    s_conn(mid);
+    assert_int_equal(s_reply(mid), 220);
+    s_puts(mid, "HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<bounces+abc@x.example>\r\nDATA\r\n");
+    assert_int_equal(s_reply(mid), 250);
+    assert_int_equal(s_reply(mid), 250);
+    assert_int_equal(s_reply(mid), 250);
+    assert_int_equal(s_reply(mid), 354);
+    s_puts(mid, "Subject: half\r\n\r\nsome text without an end");
+    close(mid->fd);
+
+    /* Too many errors: the server hangs up. */
+    s_conn(c);
+    assert_int_equal(s_reply(c), 220);
+    int code = 0, i;
+    for (i = 0; i < 100 && code != 421 && code != -1; i++)
+        code = s_cmd(c, "WHAT\r\n");
+    assert_int_equal(code, 421);
+    assert_true(i <= 25);
+    close(c->fd);
+
+    /* And a good session still works: a dot-stuffed message that is not
+     * a report is accepted (and dropped). */
+    s_conn(c);
+    assert_int_equal(s_reply(c), 220);
+    assert_int_equal(s_cmd(c, "EHLO good.example\r\n"), 250);
+    assert_int_equal(s_cmd(c, "MAIL FROM:<> BODY=8BITMIME SIZE=100\r\n"), 250);
+    assert_int_equal(s_cmd(c, "RCPT TO:<bounces+0123456789abcdef0123456789abcdef@b.example>\r\n"),
+                     250);
+    assert_int_equal(s_cmd(c, "DATA\r\n"), 354);
+    assert_int_equal(s_cmd(c, "From: a@b.example\r\nSubject: hi\r\n\r\n..dot\r\n.\r\n"), 250);
+    assert_int_equal(s_cmd(c, "QUIT\r\n"), 221);
+    close(c->fd);
+
+    /* The sessions above are closed; only the idle one is left open. */
+    sbuf_t *m = sbuf_new(8192);
+    int64_t deadline = harness_now_ms() + 5000;
+    const char *want = "postchi_inbound_connections_open 1\n";
+    while (harness_now_ms() < deadline) {
+        sbuf_reset(m);
+        assert_int_equal(harness_http_get(E.mesh.worker_metrics[0], "/metrics", m), 200);
+        if (strstr(sbuf_data(m), want))
+            break;
+        usleep(100 * 1000);
+    }
+    assert_non_null(strstr(sbuf_data(m), want));
+    sbuf_destroy(&m);
+    close(idle->fd);
+    free(c);
+    free(idle);
+    free(mid);
+}
+
+/* Random bytes on several sessions, then past the session limit: 421 at
+ * once for the extra clients; a good session works afterwards. */
+static void test_garbage_and_limit(void **state)
+{
+    (void)state;
+    srand(42);
+    char *junk = malloc(200000);
+    for (size_t i = 0; i < 200000; i++)
+        junk[i] = (rand() % 20 == 0) ? '\n' : (char)(rand() % 256);
+    for (int k = 0; k < 4; k++) {
+        conn_t *c = calloc(1, sizeof *c);
+        s_conn(c);
+        if (k % 2)
+            s_puts(c, "EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<bounces+a@b.example>\r\nDATA\r\n");
+        /* The server may hang up (too many errors): stop sending then. */
+        for (size_t off = 0; off < 200000;) {
+            ssize_t n = send(c->fd, junk + off, 200000 - off, MSG_NOSIGNAL);
+            if (n <= 0)
+                break;
+            off += (size_t)n;
+        }
+        close(c->fd);
+        free(c);
+    }
+    free(junk);
+
+    enum { EXTRA = 4, N = 256 + EXTRA };
+    int *fds = calloc(N, sizeof *fds);
+    int ok = 0, busy = 0;
+    for (int i = 0; i < N; i++) {
+        conn_t *c = calloc(1, sizeof *c);
+        s_conn(c);
+        int code = s_reply(c);
+        if (code == 220)
+            ok++;
+        else if (code == 421)
+            busy++;
+        fds[i] = c->fd;
+        free(c);
+    }
+    /* One idle session from test_hostile_sessions may still be open. */
+    assert_true(ok >= 255 && ok <= 256);
+    assert_int_equal(ok + busy, N);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    free(fds);
+
+    conn_t *c = calloc(1, sizeof *c);
+    int64_t deadline = harness_now_ms() + 5000;
+    int code = -1;
+    while (code != 220 && harness_now_ms() < deadline) {
+        s_conn(c);
+        code = s_reply(c);
+        if (code != 220) {
+            close(c->fd);
+            usleep(100 * 1000);
+        }
+    }
+    assert_int_equal(code, 220);
+    assert_int_equal(s_cmd(c, "EHLO good.example\r\n"), 250);
+    assert_int_equal(s_cmd(c, "QUIT\r\n"), 221);
+    close(c->fd);
+    free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hard_bounce),
+        cmocka_unit_test(test_delayed),
+        cmocka_unit_test(test_complaint),
+        cmocka_unit_test(test_unknown_and_tenancy),
+        cmocka_unit_test(test_hostile_sessions),
+        cmocka_unit_test(test_garbage_and_limit),
+        cmocka_unit_test(test_database_lost_then_retry),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
