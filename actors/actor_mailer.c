@@ -16,7 +16,15 @@
  *
  * Routing: smtp_relay when set (the dev stack's capture sink, or a
  * smarthost), else the domain's MX hosts (core/mx.c, c-ares).
+ *
+ * Shaping key (the MX rollup): "relay:<host:port>" through the relay; else
+ * the shaping_overrides suffix matching the first MX host's name (the
+ * longest one, on a label boundary: "google.com" matches
+ * "aspmx.l.google.com"), so every domain a provider hosts shares that
+ * provider's budget; else the MX host name itself. The budget is the
+ * override's rate/burst or shaping_rate/shaping_burst.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +44,12 @@
 #include "mx.h"
 #include "secretbox.h"
 
+typedef struct {
+    char suffix[256]; /* MX host name suffix, lower case */
+    double rate;      /* messages per second */
+    double burst;     /* burst */
+} shape_override_t;
+
 static struct {
     unsigned char key[SECRETBOX_KEY_LEN]; /* opens DKIM private keys */
     int have_key;                         /* secret_key was valid */
@@ -46,14 +60,109 @@ static struct {
     char resolver[128];                   /* dns_resolver */
     dkim_signer_t *signer;                /* process-wide */
     int enabled;                          /* delivery_enabled */
+    double shape_rate;                    /* shaping_rate */
+    double shape_burst;                   /* shaping_burst */
+    shape_override_t *overrides;          /* shaping_overrides */
+    size_t noverrides;                    /* how many */
 } M;
 
 int mailer_configure(const config_t *cfg, sbuf_t *err);
 void mailer_shutdown(void);
 
+/* Parse shaping_overrides ("suffix=rate/burst,..."; spaces around items
+ * allowed) into M.overrides. 0, or -1 with err saying which item is bad. */
+static int s_parse_overrides(const char *text, sbuf_t *err)
+{
+    size_t cap = 1;
+    for (const char *p = text; *p; p++)
+        cap += *p == ',';
+    M.overrides = calloc(cap, sizeof *M.overrides);
+    if (!M.overrides) {
+        sbuf_appendf(err, "setting 'shaping_overrides': out of memory");
+        return -1;
+    }
+    const char *p = text;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        const char *end = p + len;
+        while (p < end && isspace((unsigned char)*p))
+            p++;
+        const char *e = end;
+        while (e > p && isspace((unsigned char)e[-1]))
+            e--;
+        if (e > p) {
+            const char *eq = memchr(p, '=', (size_t)(e - p));
+            shape_override_t *o = &M.overrides[M.noverrides];
+            char num[64], *stop = NULL;
+            size_t nlen = eq ? (size_t)(e - eq - 1) : 0;
+            int ok = eq && eq > p && eq[-1] != '.' && (size_t)(eq - p) < sizeof o->suffix &&
+                     nlen > 0 && nlen < sizeof num;
+            if (ok) {
+                for (const char *c = p; c < eq; c++)
+                    o->suffix[c - p] = (char)tolower((unsigned char)*c);
+                while (o->suffix[0] == '.') /* ".google.com" means the same */
+                    memmove(o->suffix, o->suffix + 1, strlen(o->suffix));
+                memcpy(num, eq + 1, nlen);
+                num[nlen] = 0;
+                o->rate = strtod(num, &stop);
+                ok = o->suffix[0] && stop != num && *stop == '/' && o->rate > 0 && o->rate <= 1e6;
+            }
+            if (ok) {
+                const char *b = stop + 1;
+                o->burst = strtod(b, &stop);
+                ok = stop != b && *stop == 0 && o->burst >= 1 && o->burst <= 1e7;
+            }
+            if (!ok) {
+                sbuf_appendf(err,
+                             "setting 'shaping_overrides': '%.*s' is not mx-host-suffix=rate/burst"
+                             " (rate > 0, burst >= 1)",
+                             (int)(e - p), p);
+                return -1;
+            }
+            M.noverrides++;
+        }
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+/* The shaping key and budget for an MX host name (see the header). */
+static void s_shape_mx(const char *mx, delivery_job_t *job)
+{
+    const shape_override_t *best = NULL;
+    size_t n = strlen(mx), bestlen = 0;
+    for (size_t i = 0; i < M.noverrides; i++) {
+        const shape_override_t *o = &M.overrides[i];
+        size_t sl = strlen(o->suffix);
+        if (sl > n || sl <= bestlen || strcasecmp(mx + n - sl, o->suffix) != 0)
+            continue;
+        if (sl == n || mx[n - sl - 1] == '.') {
+            best = o;
+            bestlen = sl;
+        }
+    }
+    if (best) {
+        snprintf(job->shape_key, sizeof job->shape_key, "%s", best->suffix);
+        job->shape_rate = best->rate;
+        job->shape_burst = best->burst;
+        return;
+    }
+    size_t i = 0;
+    for (; mx[i] && i + 1 < sizeof job->shape_key; i++)
+        job->shape_key[i] = (char)tolower((unsigned char)mx[i]);
+    job->shape_key[i] = 0;
+    job->shape_rate = M.shape_rate;
+    job->shape_burst = M.shape_burst;
+}
+
 int mailer_configure(const config_t *cfg, sbuf_t *err)
 {
+    free(M.overrides);
     memset(&M, 0, sizeof M);
+    M.shape_rate = (double)config_int(cfg, "shaping_rate");
+    M.shape_burst = (double)config_int(cfg, "shaping_burst");
+    if (s_parse_overrides(config_str(cfg, "shaping_overrides"), err) != 0)
+        return -1;
     M.have_key = secretbox_key_parse(config_str(cfg, "secret_key"), M.key) == 0;
     const char *relay = config_str(cfg, "smtp_relay");
     if (relay[0]) {
@@ -77,6 +186,9 @@ int mailer_configure(const config_t *cfg, sbuf_t *err)
 void mailer_shutdown(void)
 {
     dkim_signer_destroy(&M.signer);
+    free(M.overrides);
+    M.overrides = NULL;
+    M.noverrides = 0;
 }
 
 /* Columns of a claimed row, in order. */
@@ -386,6 +498,10 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
     if (M.relay_host[0]) {
         snprintf(job->host, sizeof job->host, "%s", M.relay_host);
         job->port = M.relay_port;
+        snprintf(job->shape_key, sizeof job->shape_key, "relay:%s:%d", M.relay_host,
+                 M.relay_port);
+        job->shape_rate = M.shape_rate;
+        job->shape_burst = M.shape_burst;
     } else {
         mx_host_t hosts[4];
         size_t n = 0;
@@ -406,6 +522,7 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         }
         snprintf(job->host, sizeof job->host, "%s", hosts[0].addrs[0]);
         job->port = M.mx_port;
+        s_shape_mx(hosts[0].name, job);
     }
     /* One buffer: signatures first, then the message. */
     size_t len = sbuf_len(sig) + sbuf_len(msg);

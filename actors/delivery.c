@@ -12,6 +12,23 @@
  *
  * Recording an outcome is one SQL statement on this thread's own
  * connection; the statements only touch a row that is still 'sending'.
+ *
+ * Shaping (see delivery.h): the head job of a destination goes on an idle
+ * connection only with a token from "shape:<its shape key>" (ratelimit:
+ * a Redis bucket shared by all workers, one ratelimit_t per distinct
+ * budget). Refused, the destination notes when to ask again (one token
+ * interval later) and the poll timeout wakes the loop then, so a held queue
+ * costs one Redis call per token interval, not a spin. New connections go
+ * through a small local bucket per destination. The thread has its own
+ * Redis connection; when Redis fails it is left alone for a second (the
+ * local share decides meanwhile) so a dead Redis costs at most one timeout
+ * a second.
+ *
+ * What can go wrong: a queue longer than the budget drains in half a lease
+ * would outlive the rows' leases and be sent twice; such jobs go back to
+ * the outbox ('queued', due when the queue ahead should have drained)
+ * instead, which is how backpressure reaches the outbox and the API's
+ * queue depth rather than memory.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,16 +42,22 @@
 #include "db.h"
 #include "delivery.h"
 #include "dict.h"
+#include "kv.h"
 #include "log.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "smtp_client.h"
 
 #define MAX_POLL 4096
+#define KV_TIMEOUT_MS 100   /* the engine thread waits this long for Redis at most */
+#define KV_RETRY_MS 1000    /* a failing Redis is tried again this often */
+#define SHAPE_WAIT_MIN_MS 5 /* shortest wait before asking a budget again */
 
 typedef struct job {
     struct job *next;      /* FIFO link */
     delivery_job_t *j;     /* the work */
     int64_t queued_at;     /* when it reached the engine (for latency) */
+    uint64_t seq;          /* arrival number (engine-wide) */
 } job_t;
 
 typedef struct dest dest_t;
@@ -44,6 +67,7 @@ typedef struct conn {
     smtp_conn_t *c;        /* the SMTP state machine */
     job_t *inflight;       /* the job submitted on it, or NULL */
     int idle;              /* ready for a transaction */
+    int ever_idle;         /* the session got as far as IDLE once */
     int64_t started;       /* when inflight was submitted */
 } conn_t;
 
@@ -54,6 +78,12 @@ struct dest {
     job_t *head, *tail;    /* waiting jobs */
     conn_t *conns;         /* open connections */
     int nconns;            /* how many */
+    int njobs;             /* jobs in head..tail */
+    int64_t shape_at;      /* ms: ask the budget again no sooner (0: now) */
+    uint64_t held_upto;    /* jobs up to this seq were held back by the budget */
+    double conn_tokens;    /* connection-rate bucket: tokens at conn_ts */
+    int64_t conn_ts;       /* ms of its last refill */
+    int64_t conn_at;       /* ms: open a connection no sooner (0: now) */
 };
 
 struct delivery {
@@ -69,7 +99,18 @@ struct delivery {
     char *helo;             /* opts.helo_name storage */
     int max_conns;          /* per destination */
     char max_age[32];       /* delivery_max_age_s as text */
+    dict_t *shapers;        /* "rate/burst" -> ratelimit_t (thread only) */
+    double def_rate;        /* shaping_rate, for jobs without a budget */
+    double def_burst;       /* shaping_burst */
+    int64_t hold_ms;        /* a job queued longer goes back to the outbox */
+    char *redis_host;       /* redis_host */
+    int redis_port;         /* redis_port */
+    kv_t *kv;               /* this thread's Redis connection, or NULL */
+    int64_t kv_retry_at;    /* ms: Redis failed; try it again no sooner */
+    int queued;             /* jobs waiting across destinations */
+    uint64_t seq;           /* arrivals so far */
     metric_t *m_sent, *m_deferred, *m_bounced, *m_failed, *m_open, *m_latency;
+    metric_t *m_waits, *m_depth; /* shaping waits, queue depth */
 };
 
 static delivery_t *s_instance;
@@ -235,7 +276,37 @@ static void s_take_incoming(delivery_t *d)
         else
             dst->head = job;
         dst->tail = job;
+        job->seq = ++d->seq;
+        dst->njobs++;
+        d->queued++;
     }
+}
+
+/* Take the head job of dst's queue (NULL when empty). */
+static job_t *s_pop(delivery_t *d, dest_t *dst)
+{
+    job_t *job = dst->head;
+    if (!job)
+        return NULL;
+    dst->head = job->next;
+    if (!dst->head)
+        dst->tail = NULL;
+    job->next = NULL;
+    dst->njobs--;
+    d->queued--;
+    /* Counted once, as it leaves: every job queued when the budget said
+     * no was held back, not only the one at the head. */
+    if (job->seq <= dst->held_upto)
+        metric_inc(d->m_waits);
+    return job;
+}
+
+/* Finish every job waiting for dst with the same outcome. */
+static void s_defer_all(delivery_t *d, dest_t *dst, const char *why)
+{
+    job_t *job;
+    while ((job = s_pop(d, dst)) != NULL)
+        s_job_done(d, job, 0, NULL, why);
 }
 
 static void s_conn_close(delivery_t *d, dest_t *dst, conn_t *cn)
@@ -253,17 +324,140 @@ static void s_conn_close(delivery_t *d, dest_t *dst, conn_t *cn)
     metric_add(d->m_open, -1);
 }
 
+/* ---------------------------------------------------------------- shaping */
+
+/* The Redis connection to use now, or NULL while Redis is left alone. */
+static kv_t *s_kv(delivery_t *d, int64_t now)
+{
+    if (now < d->kv_retry_at)
+        return NULL;
+    if (!d->kv) {
+        sbuf_t *err = sbuf_new(64);
+        d->kv = err ? kv_connect(d->redis_host, d->redis_port, KV_TIMEOUT_MS, 0, err) : NULL;
+        if (!d->kv) {
+            d->kv_retry_at = now + KV_RETRY_MS;
+            if (log_should("delivery-kv", 11, 60000))
+                log_warn("delivery shaping: Redis unavailable, local share applies: %s",
+                         err ? sbuf_data(err) : "out of memory");
+        }
+        sbuf_destroy(&err);
+    }
+    return d->kv;
+}
+
+/* The limiter for a budget, created on first use; NULL when out of memory
+ * or the budget is not a valid one. */
+static ratelimit_t *s_shaper(delivery_t *d, double rate, double burst)
+{
+    char key[80];
+    snprintf(key, sizeof key, "%.17g/%.17g", rate, burst);
+    ratelimit_t *rl = dict_get(d->shapers, key, strlen(key));
+    if (rl)
+        return rl;
+    rl = ratelimit_new(rate, burst);
+    if (rl && dict_put(d->shapers, key, strlen(key), rl) != 0)
+        ratelimit_destroy(&rl);
+    return rl;
+}
+
+/* May dst's head job go now? 1: a token was taken; 0: held back (dst->
+ * shape_at says when to ask again). A budget that cannot be set up does
+ * not hold mail back. */
+static int s_shape_take(delivery_t *d, dest_t *dst, int64_t now)
+{
+    job_t *job = dst->head;
+    if (now < dst->shape_at)
+        goto held;
+    double rate = job->j->shape_rate > 0 ? job->j->shape_rate : d->def_rate;
+    double burst = job->j->shape_burst > 0 ? job->j->shape_burst : d->def_burst;
+    ratelimit_t *rl = s_shaper(d, rate, burst);
+    if (!rl)
+        return 1;
+    char key[320];
+    snprintf(key, sizeof key, "shape:%s", job->j->shape_key[0] ? job->j->shape_key : dst->key);
+    kv_t *kv = s_kv(d, now);
+    ratelimit_result_t r;
+    if (ratelimit_take(rl, kv, key, &r) == 1 && kv)
+        d->kv_retry_at = smtp_now_ms() + KV_RETRY_MS; /* Redis failed: leave it a second */
+    if (r.allowed) {
+        dst->shape_at = 0;
+        return 1;
+    }
+    /* A whole token is at most one token interval away; the bucket keeps
+     * any fraction, so asking a little late loses no throughput. */
+    int64_t wait = (int64_t)(1000.0 / (r.local ? rate / 2 : rate) + 0.5);
+    if (wait > r.retry_after_s * 1000)
+        wait = r.retry_after_s * 1000;
+    if (wait < SHAPE_WAIT_MIN_MS)
+        wait = SHAPE_WAIT_MIN_MS;
+    dst->shape_at = now + wait;
+held:
+    dst->held_upto = dst->tail->seq;
+    return 0;
+}
+
+/* May a new connection to dst open now (the connection-rate bucket)? */
+static int s_conn_take(delivery_t *d, dest_t *dst, int64_t now)
+{
+    double burst = d->max_conns;
+    if (dst->conn_ts == 0) {
+        dst->conn_tokens = burst;
+        dst->conn_ts = now;
+    }
+    if (now > dst->conn_ts) {
+        dst->conn_tokens += (double)(now - dst->conn_ts) * DELIVERY_CONN_RATE / 1000.0;
+        if (dst->conn_tokens > burst)
+            dst->conn_tokens = burst;
+        dst->conn_ts = now;
+    }
+    if (dst->conn_tokens >= 1.0) {
+        dst->conn_tokens -= 1.0;
+        dst->conn_at = 0;
+        return 1;
+    }
+    dst->conn_at = now + (int64_t)((1.0 - dst->conn_tokens) * 1000.0 / DELIVERY_CONN_RATE) + 1;
+    return 0;
+}
+
+/* Outbox re-queue: the row was never tried on this claim, so the attempt
+ * it cost is given back. */
+static const char *const SQL_REQUEUE =
+    "UPDATE messages SET status = 'queued', attempts = greatest(attempts - 1, 0),"
+    " lease_until = NULL, next_attempt_at = now() + make_interval(secs => $2::int),"
+    " updated_at = now() WHERE id = $1 AND status = 'sending'";
+
+/* Jobs held longer than half a lease go back to the outbox, due when the
+ * queue ahead of them should have drained. */
+static void s_requeue_stale(delivery_t *d, dest_t *dst, int64_t now)
+{
+    while (dst->head && now - dst->head->queued_at > d->hold_ms) {
+        double rate = dst->head->j->shape_rate > 0 ? dst->head->j->shape_rate : d->def_rate;
+        char secs[32];
+        snprintf(secs, sizeof secs, "%lld", (long long)(dst->njobs / rate) + 1);
+        job_t *job = s_pop(d, dst);
+        db_t *db = s_db(d);
+        const char *p[] = {job->j->id, secs};
+        /* Not written: the row stays 'sending' until its lease ends and is
+         * re-driven then; dropping the job here is what keeps it single. */
+        if ((!db || db_exec(db, SQL_REQUEUE, 2, p, NULL) != 0) &&
+            log_should("delivery-requeue", 16, 10000))
+            log_error("held message not given back to the outbox message=%s", job->j->id);
+        delivery_job_free(&job->j);
+        free(job);
+    }
+}
+
 /* Hand waiting jobs to idle connections; open more when allowed. */
 static void s_dispatch(delivery_t *d, dest_t *dst)
 {
+    int64_t now = smtp_now_ms();
+    s_requeue_stale(d, dst, now);
     for (conn_t *cn = dst->conns; cn && dst->head; cn = cn->next) {
         if (!cn->idle)
             continue;
-        job_t *job = dst->head;
-        dst->head = job->next;
-        if (!dst->head)
-            dst->tail = NULL;
-        job->next = NULL;
+        if (!s_shape_take(d, dst, now))
+            break;
+        job_t *job = s_pop(d, dst);
         const char *rcpts[] = {job->j->rcpt};
         int rc = smtp_conn_submit(cn->c, job->j->mail_from, rcpts, 1, job->j->data, job->j->len,
                                   job->j->smtputf8);
@@ -281,18 +475,16 @@ static void s_dispatch(delivery_t *d, dest_t *dst)
             cn->started = smtp_now_ms();
         }
     }
-    while (dst->head && dst->nconns < d->max_conns) {
+    /* No new connections while the budget holds the queue: they would sit
+     * idle until the peer timed them out. */
+    while (dst->head && dst->nconns < d->max_conns && now >= dst->shape_at &&
+           s_conn_take(d, dst, now)) {
         sbuf_t *err = sbuf_new(64);
         smtp_conn_t *c = smtp_conn_new(dst->host, dst->port, &d->opts, err);
         conn_t *cn = c ? calloc(1, sizeof *cn) : NULL;
         if (!cn) {
             /* Cannot even start: defer what waits here rather than spin. */
-            while (dst->head) {
-                job_t *job = dst->head;
-                dst->head = job->next;
-                s_job_done(d, job, 0, NULL, err ? sbuf_data(err) : "cannot connect");
-            }
-            dst->tail = NULL;
+            s_defer_all(d, dst, err ? sbuf_data(err) : "cannot connect");
             smtp_conn_destroy(&c);
             sbuf_destroy(&err);
             return;
@@ -325,24 +517,22 @@ static void s_advance(delivery_t *d, dest_t *dst, conn_t *cn, short revents)
         }
         if (rc == SMTP_STEP_IDLE) {
             cn->idle = 1;
+            cn->ever_idle = 1;
             return;
         }
         if (rc == SMTP_STEP_CLOSED) {
-            int never_worked = smtp_conn_messages(cn->c) == 0 && !cn->inflight;
+            /* A session that reached IDLE was not refused, even if the
+             * peer later dropped it unused (shaping can keep it idle). */
+            int never_worked =
+                smtp_conn_messages(cn->c) == 0 && !cn->inflight && !cn->ever_idle;
             const char *why = smtp_conn_error(cn->c);
             char reason[256];
             snprintf(reason, sizeof reason, "%s", why ? why : "connection closed");
             s_conn_close(d, dst, cn);
             /* The destination refused us before any message: the jobs
              * waiting for it wait for their back-off instead. */
-            if (never_worked && dst->nconns == 0) {
-                while (dst->head) {
-                    job_t *job = dst->head;
-                    dst->head = job->next;
-                    s_job_done(d, job, 0, NULL, reason);
-                }
-                dst->tail = NULL;
-            }
+            if (never_worked && dst->nconns == 0)
+                s_defer_all(d, dst, reason);
             return;
         }
         cn->idle = 0;
@@ -366,6 +556,11 @@ static int s_collect(void *arg, const void *key, size_t len, void *value)
     (void)key;
     (void)len;
     s_dispatch(ps->d, dst);
+    /* Held jobs wake the loop when their budget or connection slot is due. */
+    int64_t waits[] = {dst->shape_at, dst->conn_at};
+    for (size_t i = 0; i < 2 && dst->head; i++)
+        if (waits[i] > 0 && (ps->deadline < 0 || waits[i] < ps->deadline))
+            ps->deadline = waits[i];
     for (conn_t *cn = dst->conns; cn && ps->n < MAX_POLL; cn = cn->next) {
         short ev = smtp_conn_events(cn->c);
         int64_t dl = smtp_conn_deadline(cn->c);
@@ -399,6 +594,7 @@ static void *s_thread(void *arg)
         pollset_t ps = {d, fds + 1, who + 1, where + 1, 0, -1};
         size_t cursor = 0;
         dict_sweep(d->dests, &cursor, dict_size(d->dests) + 16, s_collect, &ps);
+        metric_set(d->m_depth, d->queued);
         fds[0].fd = d->wake[0];
         fds[0].events = POLLIN;
         fds[0].revents = 0;
@@ -433,16 +629,23 @@ delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
     pthread_mutex_init(&d->lock, NULL);
     d->wake[0] = d->wake[1] = -1;
     d->dests = dict_new();
+    d->shapers = dict_new();
+    d->redis_host = strdup(config_str(cfg, "redis_host"));
     d->conninfo = db_conninfo_from_config(cfg);
     d->helo = strdup(config_str(cfg, "smtp_helo_name"));
-    if (!d->dests || !d->conninfo || !d->helo || pipe2(d->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
+    if (!d->dests || !d->shapers || !d->redis_host || !d->conninfo || !d->helo || pipe2(d->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
         sbuf_appendf(err, "delivery: cannot set up: %s", strerror(errno));
         delivery_stop(&d);
         return NULL;
     }
     d->opts.helo_name = d->helo;
     d->opts.tls = SMTP_TLS_OPPORTUNISTIC;
+    d->opts.max_messages = DELIVERY_MAX_MESSAGES_PER_CONN;
     d->max_conns = (int)config_int(cfg, "delivery_connections");
+    d->def_rate = (double)config_int(cfg, "shaping_rate");
+    d->def_burst = (double)config_int(cfg, "shaping_burst");
+    d->hold_ms = config_int(cfg, "delivery_lease_s") * 1000 / 2;
+    d->redis_port = (int)config_int(cfg, "redis_port");
     snprintf(d->max_age, sizeof d->max_age, "%lld",
              (long long)config_int(cfg, "delivery_max_age_s"));
     static const char *const labels[] = {"outcome", NULL};
@@ -456,6 +659,10 @@ delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
     d->m_latency = metrics_histogram("postchi_delivery_smtp_seconds",
                                      "Time from handing a message to the engine to its outcome.",
                                      NULL, 0);
+    d->m_waits = metrics_counter("postchi_delivery_shaping_waits_total",
+                                 "Messages held back by a destination's shaping budget.");
+    d->m_depth = metrics_gauge("postchi_delivery_queue_depth",
+                               "Messages waiting in the delivery engine, all destinations.");
     if (pthread_create(&d->thread, NULL, s_thread, d) != 0) {
         sbuf_appendf(err, "delivery: cannot start its thread");
         delivery_stop(&d);
@@ -481,13 +688,22 @@ static int s_free_dest(void *arg, const void *key, size_t len, void *value)
         free(cn);
         metric_add(d->m_open, -1);
     }
-    while (dst->head) {
-        job_t *job = dst->head;
-        dst->head = job->next;
+    job_t *job;
+    while ((job = s_pop(d, dst)) != NULL) {
         delivery_job_free(&job->j);
         free(job);
     }
     free(dst);
+    return 1;
+}
+
+static int s_free_shaper(void *arg, const void *key, size_t len, void *value)
+{
+    ratelimit_t *rl = value;
+    (void)arg;
+    (void)key;
+    (void)len;
+    ratelimit_destroy(&rl);
     return 1;
 }
 
@@ -516,6 +732,15 @@ void delivery_stop(delivery_t **self_p)
         dict_sweep(d->dests, &cursor, dict_size(d->dests) + 16, s_free_dest, d);
         dict_destroy(&d->dests);
     }
+    if (d->shapers) {
+        size_t cursor = 0;
+        dict_sweep(d->shapers, &cursor, dict_size(d->shapers) + 16, s_free_shaper, NULL);
+        dict_destroy(&d->shapers);
+    }
+    if (d->m_depth)
+        metric_set(d->m_depth, 0);
+    kv_destroy(&d->kv);
+    free(d->redis_host);
     if (d->wake[0] >= 0)
         close(d->wake[0]);
     if (d->wake[1] >= 0)

@@ -7,6 +7,17 @@
  * outcome in PostgreSQL itself (sent, deferred with back-off, bounced and
  * suppressed, or failed past delivery_max_age_s), guarded by the row still
  * being 'sending', so a stale outcome never overwrites a newer one.
+ *
+ * Shaping: every job names its shaping key (the MX rollup: jobs with the
+ * same key share one budget whatever their domain) and that key's budget.
+ * Before a job goes on a connection the engine takes a token from the
+ * key's bucket in Redis, shared by every worker; with Redis down each
+ * worker uses a local bucket at half the budget. A refused job waits in its
+ * destination's queue (never dropped); one held longer than half the lease
+ * goes back to the outbox as 'queued' so its lease never runs out under it.
+ * Per destination: at most delivery_connections connections, at most
+ * DELIVERY_CONN_RATE new connections a second (burst: the pool size), at
+ * most DELIVERY_MAX_MESSAGES_PER_CONN messages per connection.
  */
 #ifndef POSTCHI_DELIVERY_H
 #define POSTCHI_DELIVERY_H
@@ -27,7 +38,15 @@ typedef struct {
     char *data;         /* the signed message */
     size_t len;         /* its length */
     int smtputf8;       /* needs SMTPUTF8 */
+    char shape_key[300]; /* shaping budget key (MX rollup); "": host:port */
+    double shape_rate;  /* its messages per second; <= 0: shaping_rate */
+    double shape_burst; /* its burst; <= 0: shaping_burst */
 } delivery_job_t;
+
+/* New connections a second towards one destination (local to a worker). */
+#define DELIVERY_CONN_RATE 5.0
+/* Messages on one connection before QUIT and a fresh connection. */
+#define DELIVERY_MAX_MESSAGES_PER_CONN 100
 
 delivery_t *delivery_start(const config_t *cfg, sbuf_t *err);
 /* Stops the thread; jobs not yet sent stay 'sending' and are re-driven
