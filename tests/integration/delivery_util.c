@@ -17,6 +17,8 @@
 
 #include "delivery_util.h"
 
+#define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
 int dsink_init(dsink_t *s)
 {
     memset(s, 0, sizeof *s);
@@ -203,4 +205,27 @@ char *dl_wait_status(api_env_t *e, const char *id, const char *want, int ms)
         usleep(100 * 1000);
     }
     return st;
+}
+
+int dl_env_start(api_env_t *e, dsink_t *s, int start_sink)
+{
+    if (dsink_init(s) != 0 || (start_sink && dsink_start(s, NULL) != 0))
+        return -1;
+    char relay[64];
+    snprintf(relay, sizeof relay, "127.0.0.1:%d", s->port);
+    /* Workers inherit the environment (the harness passes it on). */
+    setenv("POSTCHI_SMTP_RELAY", relay, 1);
+    setenv("POSTCHI_SECRET_KEY", TEST_SECRET_KEY, 1);
+    if (api_env_start(e, NULL) != 0)
+        return -1;
+    char *d = dl_verified_domain(e, "send.example");
+    free(d);
+    return d ? 0 : -1;
+}
+
+int dl_env_stop(api_env_t *e, dsink_t *s)
+{
+    int bad = api_env_stop(e);
+    dsink_destroy(s);
+    return bad;
 }

@@ -30,6 +30,15 @@ int dsink_count(const dsink_t *s, const char *needle);
 /* Call fn for every dump file's text (LF line ends kept as read). */
 void dsink_each(const dsink_t *s, void (*fn)(const char *text, void *arg), void *arg);
 
+/* The usual start: init the sink (and start it plainly when start_sink),
+ * point workers at it (POSTCHI_SMTP_RELAY) with the test secret key, start
+ * the API node and its worker, and make send.example a verified domain.
+ * Other worker settings go in the environment (setenv) before this. 0 or -1. */
+int dl_env_start(api_env_t *e, dsink_t *s, int start_sink);
+/* Stop everything and remove the dumps; how many processes did not exit
+ * cleanly. */
+int dl_env_stop(api_env_t *e, dsink_t *s);
+
 /* Make domain a verified sending domain of e's organization; returns its id
  * (caller frees) or NULL. */
 char *dl_verified_domain(api_env_t *e, const char *domain);

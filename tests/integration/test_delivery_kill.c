@@ -29,7 +29,6 @@
 #include "delivery_util.h"
 #include "dict.h"
 
-#define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 #define N_CONTACTS 3000
 #define N_DOMAINS 8
 /* The body's last line: a dump file without it is a transaction cut short. */
@@ -41,27 +40,16 @@ static dsink_t S;
 static int s_setup(void **state)
 {
     (void)state;
-    if (dsink_init(&S) != 0 || dsink_start(&S, NULL) != 0)
-        return -1;
-    static char relay[64];
-    snprintf(relay, sizeof relay, "127.0.0.1:%d", S.port);
-    setenv("POSTCHI_SMTP_RELAY", relay, 1);
-    setenv("POSTCHI_SECRET_KEY", TEST_SECRET_KEY, 1);
     setenv("POSTCHI_DELIVERY_LEASE_S", "5", 1);
-    if (api_env_start(&E, NULL) != 0 || mesh_start_worker(&E.mesh, 1) != 0 ||
-        mesh_wait_live(&E.mesh, 2, 10000) != 0)
+    if (dl_env_start(&E, &S, 1) != 0 || mesh_start_worker(&E.mesh, 1) != 0)
         return -1;
-    char *d = dl_verified_domain(&E, "send.example");
-    free(d);
-    return d ? 0 : -1;
+    return mesh_wait_live(&E.mesh, 2, 10000);
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    int bad = api_env_stop(&E);
-    dsink_destroy(&S);
-    return bad;
+    return dl_env_stop(&E, &S);
 }
 
 /* The count of the org's messages in status (NULL: all of them). */
