@@ -49,6 +49,7 @@
 #include "smtp_client.h"
 
 #define MAX_POLL 4096
+#define REFUSED_PAUSE_MS 5000 /* no new connection to a refusing destination before this */
 #define KV_TIMEOUT_MS 100   /* the engine thread waits this long for Redis at most */
 #define KV_RETRY_MS 1000    /* a failing Redis is tried again this often */
 #define SHAPE_WAIT_MIN_MS 5 /* shortest wait before asking a budget again */
@@ -400,6 +401,8 @@ held:
 static int s_conn_take(delivery_t *d, dest_t *dst, int64_t now)
 {
     double burst = d->max_conns;
+    if (now < dst->conn_at)
+        return 0; /* paused (refused, or waiting for a token) */
     if (dst->conn_ts == 0) {
         dst->conn_tokens = burst;
         dst->conn_ts = now;
@@ -529,10 +532,16 @@ static void s_advance(delivery_t *d, dest_t *dst, conn_t *cn, short revents)
             char reason[256];
             snprintf(reason, sizeof reason, "%s", why ? why : "connection closed");
             s_conn_close(d, dst, cn);
-            /* The destination refused us before any message: the jobs
-             * waiting for it wait for their back-off instead. */
-            if (never_worked && dst->nconns == 0)
+            /* The destination refused us before any message (or speaks no
+             * SMTP): the jobs waiting for it take their back-off, whatever
+             * other connections are still being tried, and the destination
+             * is left alone a while instead of being reconnected in a loop. */
+            if (never_worked) {
                 s_defer_all(d, dst, reason);
+                int64_t later = smtp_now_ms() + REFUSED_PAUSE_MS;
+                if (dst->conn_at < later)
+                    dst->conn_at = later;
+            }
             return;
         }
         cn->idle = 0;
