@@ -100,6 +100,7 @@ struct delivery {
     char *helo;             /* opts.helo_name storage */
     int max_conns;          /* per destination */
     char max_age[32];       /* delivery_max_age_s as text */
+    struct outcome *out_head, *out_tail; /* outcomes waiting for the round's commit */
     dict_t *shapers;        /* "rate/burst" -> ratelimit_t (thread only) */
     double def_rate;        /* shaping_rate, for jobs without a budget */
     double def_burst;       /* shaping_burst */
@@ -191,37 +192,82 @@ static const char *const SQL_DEFERRED =
     " SELECT organization_id, id, status, jsonb_build_object('response', $2::text,"
     " 'attempt', attempts, 'next_attempt_at', next_attempt_at) FROM m";
 
+/* Outcomes wait here until the end of the loop round, then go to
+ * PostgreSQL in one transaction: one WAL flush per round instead of one per
+ * message, which is what a durable commit costs. */
+typedef struct outcome {
+    struct outcome *next; /* in arrival order */
+    char id[40];          /* messages.id */
+    int code;             /* SMTP code, 0 for connection trouble */
+    char enhanced[16];    /* enhanced status or "" */
+    char response[600];   /* what goes into last_response */
+} outcome_t;
+
 static void s_record(delivery_t *d, job_t *job, int code, const char *enhanced,
                      const char *text)
 {
-    char response[600];
-    snprintf(response, sizeof response, "%d%s%s %s", code, enhanced && enhanced[0] ? " " : "",
-             enhanced ? enhanced : "", text ? text : "");
+    outcome_t *o = calloc(1, sizeof *o);
+    metric_observe(d->m_latency, (double)(smtp_now_ms() - job->queued_at) / 1000.0);
+    if (!o) {
+        /* Not recorded: the row stays 'sending' and is re-driven when its
+         * lease ends; a repeat send is the price of never losing one. */
+        log_error("outcome not recorded message=%s code=%d: out of memory", job->j->id, code);
+        return;
+    }
+    snprintf(o->id, sizeof o->id, "%s", job->j->id);
+    o->code = code;
+    snprintf(o->enhanced, sizeof o->enhanced, "%s", enhanced ? enhanced : "");
+    snprintf(o->response, sizeof o->response, "%d%s%s %s", code,
+             enhanced && enhanced[0] ? " " : "", enhanced ? enhanced : "", text ? text : "");
+    if (d->out_tail)
+        d->out_tail->next = o;
+    else
+        d->out_head = o;
+    d->out_tail = o;
+}
+
+/* Write every waiting outcome in one transaction. A failure rolls the
+ * round back: those rows stay 'sending' and are re-driven after their
+ * lease, never lost (a repeat send is the price). */
+static void s_flush_outcomes(delivery_t *d)
+{
+    outcome_t *list = d->out_head;
+    d->out_head = d->out_tail = NULL;
+    if (!list)
+        return;
     db_t *db = s_db(d);
     sbuf_t *err = sbuf_new(64);
-    int rc = -1;
-    if (db) {
-        if (code >= 200 && code < 300) {
-            const char *p[] = {job->j->id, response};
+    int rc = db ? db_exec(db, "BEGIN", 0, NULL, err) : -1;
+    int n = 0;
+    for (outcome_t *o = list; o && rc == 0; o = o->next, n++) {
+        if (o->code >= 200 && o->code < 300) {
+            const char *p[] = {o->id, o->response};
             rc = db_exec(db, SQL_SENT, 2, p, err);
-            metric_inc(d->m_sent);
-        } else if (code >= 500 && code < 600) {
-            const char *p[] = {job->j->id, response, enhanced ? enhanced : ""};
+        } else if (o->code >= 500 && o->code < 600) {
+            const char *p[] = {o->id, o->response, o->enhanced};
             rc = db_exec(db, SQL_BOUNCED, 3, p, err);
-            metric_inc(d->m_bounced);
         } else {
-            const char *p[] = {job->j->id, response, d->max_age};
+            const char *p[] = {o->id, o->response, d->max_age};
             rc = db_exec(db, SQL_DEFERRED, 3, p, err);
-            metric_inc(d->m_deferred);
         }
     }
-    /* Not recorded: the row stays 'sending' and is re-driven when its
-     * lease ends; a repeat send is the price of never losing one. */
+    if (rc == 0)
+        rc = db_exec(db, "COMMIT", 0, NULL, err);
+    else if (db)
+        db_exec(db, "ROLLBACK", 0, NULL, NULL);
     if (rc != 0 && log_should("delivery-record", 15, 10000))
-        log_error("outcome not recorded message=%s code=%d: %s", job->j->id, code,
+        log_error("a round of %d outcomes was not recorded (re-driven after the lease): %s", n,
                   err ? sbuf_data(err) : "no database");
+    while (list) {
+        outcome_t *o = list;
+        list = o->next;
+        if (rc == 0)
+            metric_inc(o->code >= 200 && o->code < 300   ? d->m_sent
+                       : o->code >= 500 && o->code < 600 ? d->m_bounced
+                                                         : d->m_deferred);
+        free(o);
+    }
     sbuf_destroy(&err);
-    metric_observe(d->m_latency, (double)(smtp_now_ms() - job->queued_at) / 1000.0);
 }
 
 static void s_job_done(delivery_t *d, job_t *job, int code, const char *enhanced,
@@ -621,7 +667,9 @@ static void *s_thread(void *arg)
             if (fds[i + 1].revents || (dl >= 0 && dl <= now))
                 s_advance(d, where[i + 1], who[i + 1], fds[i + 1].revents);
         }
+        s_flush_outcomes(d);
     }
+    s_flush_outcomes(d);
     free(fds);
     free(who);
     free(where);
@@ -735,6 +783,11 @@ void delivery_stop(delivery_t **self_p)
         d->in_head = job->next;
         delivery_job_free(&job->j);
         free(job);
+    }
+    while (d->out_head) { /* only when the thread never ran its last flush */
+        outcome_t *o = d->out_head;
+        d->out_head = o->next;
+        free(o);
     }
     if (d->dests) {
         size_t cursor = 0;

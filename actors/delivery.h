@@ -44,9 +44,9 @@ typedef struct {
 } delivery_job_t;
 
 /* New connections a second towards one destination (local to a worker). */
-#define DELIVERY_CONN_RATE 5.0
+#define DELIVERY_CONN_RATE 20.0
 /* Messages on one connection before QUIT and a fresh connection. */
-#define DELIVERY_MAX_MESSAGES_PER_CONN 100
+#define DELIVERY_MAX_MESSAGES_PER_CONN 1000
 
 delivery_t *delivery_start(const config_t *cfg, sbuf_t *err);
 /* Stops the thread; jobs not yet sent stay 'sending' and are re-driven
