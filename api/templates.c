@@ -40,6 +40,7 @@
 #include "sbuf.h"
 #include "tmpl.h"
 
+#include "audience.h"
 #include "rest.h"
 
 #define NAME_MAX_BYTES 200
@@ -66,16 +67,6 @@ static const char *const s_parts[] = {"subject", "html", "text"};
 /* ------------------------------------------------------------- helpers -- */
 
 /* The request body as an object, or NULL after adding a field error. */
-static json_t *s_body_object(api_req_t *req)
-{
-    json_t *body = api_body(req);
-    if (!json_is_object(body)) {
-        api_error_add(api_errors(req), "body", "must be a JSON object");
-        return NULL;
-    }
-    return body;
-}
-
 /* "user:<id>" or "api_key:<id>" for template_versions.created_by; caller
  * frees. NULL when out of memory. */
 static char *s_created_by(api_req_t *req)
@@ -98,25 +89,6 @@ static json_t *s_row_json(const char *text)
     if (!j)
         log_error("cannot parse row JSON: %s", text ? jerr.text : "NULL");
     return j;
-}
-
-/* A database failure: answer it from the last statement's SQLSTATE. */
-/* Run one statement outside a transaction: the result, or NULL with the
- * answer already sent (*status). */
-static db_result_t *s_query(api_req_t *req, const char *sql, int n, const char *const *params,
-                            int *status)
-{
-    sbuf_t *err = sbuf_new(0);
-    db_result_t *res = db_query(api_db(req), sql, n, params, err);
-    if (!res)
-        *status = api_db_error(req, db_sqlstate(api_db(req)), sbuf_data(err));
-    sbuf_destroy(&err);
-    return res;
-}
-
-static int s_db_fail(api_req_t *req, sbuf_t *err)
-{
-    return api_db_error(req, db_sqlstate(api_db(req)), sbuf_data(err));
 }
 
 /* Names: 1..NAME_MAX_BYTES bytes, no control characters (they end up in
@@ -213,7 +185,7 @@ static int s_save(api_req_t *req, const char *lock_sql, const char *sql, int n,
         res = db_query(api_db(req), sql, n, params, err);
     }
     if (!res) {
-        status = s_db_fail(req, err);
+        status = aud_db_fail(req, 0, err);
         api_tx_rollback(req);
         goto done;
     }
@@ -252,7 +224,7 @@ done:
 static int s_create(api_req_t *req)
 {
     static const char *const allowed[] = {"name", "subject", "html", "text", "strict", NULL};
-    json_t *body = s_body_object(req);
+    json_t *body = aud_body_object(req);
     if (!body)
         return api_invalid(req);
     api_field_only(req, body, allowed);
@@ -323,7 +295,7 @@ static int s_list(api_req_t *req)
     /* clang-format on */
     const char *params[] = {api_org(req), micros, after, lim};
     int status = 0;
-    db_result_t *res = s_query(req, sql, 4, params, &status);
+    db_result_t *res = aud_query(req, 0, sql, 4, params, &status);
     if (!res)
         return status;
     int rows = db_result_rows(res);
@@ -356,7 +328,7 @@ static int s_get(api_req_t *req)
                       "WHERE t.id = $1 AND t.organization_id = $2";
     const char *params[] = {id, api_org(req), version ? vbuf : NULL};
     int status = 0;
-    db_result_t *res = s_query(req, sql, 3, params, &status);
+    db_result_t *res = aud_query(req, 0, sql, 3, params, &status);
     if (!res)
         return status;
     json_t *out = db_result_rows(res) == 1 ? s_row_json(db_result_get(res, 0, 0)) : NULL;
@@ -377,7 +349,7 @@ static int s_patch(api_req_t *req)
     const char *id = api_param(req, "id");
     if (!api_is_uuid(id))
         return api_not_found(req, "template");
-    json_t *body = s_body_object(req);
+    json_t *body = aud_body_object(req);
     if (!body)
         return api_invalid(req);
     api_field_only(req, body, allowed);
@@ -550,7 +522,7 @@ static int s_preview(api_req_t *req)
     /* clang-format on */
     const char *params[] = {id, api_org(req), contact_id, version ? vbuf : NULL};
     int status = 0;
-    db_result_t *res = s_query(req, sql, 4, params, &status);
+    db_result_t *res = aud_query(req, 0, sql, 4, params, &status);
     if (!res)
         return status;
     json_t *root = NULL;

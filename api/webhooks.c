@@ -38,6 +38,7 @@
 #include "sbuf.h"
 
 #include "authn.h"
+#include "audience.h"
 #include "rest.h"
 
 #define URL_MAX_BYTES 2048
@@ -71,16 +72,6 @@ static const char *const s_events[] = {"message.sent",
 
 /* ------------------------------------------------------------- helpers -- */
 
-static json_t *s_body_object(api_req_t *req)
-{
-    json_t *body = api_body(req);
-    if (!json_is_object(body)) {
-        api_error_add(api_errors(req), "body", "must be a JSON object");
-        return NULL;
-    }
-    return body;
-}
-
 static json_t *s_row_json(const char *text)
 {
     json_error_t jerr;
@@ -88,24 +79,6 @@ static json_t *s_row_json(const char *text)
     if (!j)
         log_error("cannot parse row JSON: %s", text ? jerr.text : "NULL");
     return j;
-}
-
-/* Run one statement outside a transaction: the result, or NULL with the
- * answer already sent (*status). */
-static db_result_t *s_query(api_req_t *req, const char *sql, int n, const char *const *params,
-                            int *status)
-{
-    sbuf_t *err = sbuf_new(0);
-    db_result_t *res = db_query(api_db(req), sql, n, params, err);
-    if (!res)
-        *status = api_db_error(req, db_sqlstate(api_db(req)), sbuf_data(err));
-    sbuf_destroy(&err);
-    return res;
-}
-
-static int s_db_fail(api_req_t *req, sbuf_t *err)
-{
-    return api_db_error(req, db_sqlstate(api_db(req)), sbuf_data(err));
 }
 
 /* Split a list cursor "<created_at micros>|<uuid>" into its two parts
@@ -265,7 +238,7 @@ static int s_fields(api_req_t *req, int create, const char **url, json_t **event
     *url = NULL;
     *events = NULL;
     *enabled = create ? 1 : -1;
-    json_t *body = s_body_object(req);
+    json_t *body = aud_body_object(req);
     if (!body)
         return -1;
     api_field_only(req, body, allowed);
@@ -307,7 +280,7 @@ static int s_write(api_req_t *req, const char *sql, int n, const char *const *pa
     }
     res = db_query(api_db(req), sql, n, params, err);
     if (!res) {
-        status = s_db_fail(req, err);
+        status = aud_db_fail(req, 0, err);
         api_tx_rollback(req);
         goto done;
     }
@@ -400,7 +373,7 @@ static int s_list(api_req_t *req)
         "ORDER BY w.created_at, w.id LIMIT $4::int";
     const char *params[] = {api_org(req), micros, after, lim};
     int status = 0;
-    db_result_t *res = s_query(req, sql, 4, params, &status);
+    db_result_t *res = aud_query(req, 0, sql, 4, params, &status);
     if (!res)
         return status;
     int rows = db_result_rows(res);
@@ -424,7 +397,7 @@ static int s_get(api_req_t *req)
                       "WHERE w.id = $1 AND w.organization_id = $2";
     const char *params[] = {id, api_org(req)};
     int status = 0;
-    db_result_t *res = s_query(req, sql, 2, params, &status);
+    db_result_t *res = aud_query(req, 0, sql, 2, params, &status);
     if (!res)
         return status;
     json_t *out = db_result_rows(res) == 1 ? s_row_json(db_result_get(res, 0, 0)) : NULL;
