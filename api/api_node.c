@@ -37,6 +37,7 @@ typedef struct {
  * while a module is not built in. Each returns 0, or -1 with err set. */
 extern int auth_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
 extern int domains_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
+extern int messages_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
 
 static volatile sig_atomic_t s_stop;
 
@@ -96,7 +97,8 @@ int api_main(const config_t *cfg)
     }
     rest_ready = 1;
     if ((auth_configure && auth_configure(cfg, err) != 0) ||
-        (domains_configure && domains_configure(cfg, err) != 0)) {
+        (domains_configure && domains_configure(cfg, err) != 0) ||
+        (messages_configure && messages_configure(cfg, err) != 0)) {
         log_error("%s", sbuf_data(err));
         goto done;
     }
