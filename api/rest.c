@@ -1051,6 +1051,14 @@ static int s_rate_limit(api_req_t *req)
 
 typedef enum { IDEM_NONE, IDEM_OWNED, IDEM_ANSWERED } idem_t;
 
+/* A record past its 24 hours, or a claim (status 0) no answer replaced in
+ * 5 minutes: its node died between the handler's commit and storing the
+ * answer. Either is removed and the key claimed afresh, so a crash cannot
+ * leave a key answering "in progress" for a day. */
+#define IDEM_STALE                                                                                 \
+    "(created_at < now() - interval '24 hours' OR "                                                \
+    "(status = 0 AND created_at < now() - interval '5 minutes'))"
+
 static void s_request_hash(api_req_t *req, char out[65])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
@@ -1101,8 +1109,8 @@ static idem_t s_idem_begin(api_req_t *req, const char *key, char hash[65])
             return IDEM_OWNED;
         const char *q[] = {req->org, key};
         res = db_query(db,
-                       "SELECT request_hash, status, response, created_at < now() - interval "
-                       "'24 hours' FROM idempotency_keys WHERE organization_id = $1 AND key = $2",
+                       "SELECT request_hash, status, response, " IDEM_STALE
+                       " FROM idempotency_keys WHERE organization_id = $1 AND key = $2",
                        2, q, NULL);
         if (!res) {
             api_problem(req, 503, "Service Unavailable", "the request cannot be recorded now");
@@ -1115,7 +1123,7 @@ static idem_t s_idem_begin(api_req_t *req, const char *key, char hash[65])
         if (strcmp(db_result_get(res, 0, 3), "t") == 0) {
             db_result_free(&res);
             db_exec(db, "DELETE FROM idempotency_keys WHERE organization_id = $1 AND key = $2 "
-                        "AND created_at < now() - interval '24 hours'", 2, q, NULL);
+                        "AND " IDEM_STALE, 2, q, NULL);
             continue;
         }
         int status = atoi(db_result_get(res, 0, 1));

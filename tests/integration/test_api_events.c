@@ -158,6 +158,21 @@ static void test_idempotent_event(void **state)
              "{\"name\":\"signup\",\"contact\":{\"email\":\"twice@example.com\"}}",
              "Idempotency-Key: evt-1\r\n", &c);
     assert_int_equal(c.status, 422);
+    /* A claim left behind by a node that died mid-request (status 0, long
+     * ago) does not block its key: the next request runs. */
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO idempotency_keys (organization_id, key, route, request_hash, status,"
+             " response, created_at) VALUES ('%s', 'evt-orphan', 'events.create', 'x', 0, '',"
+             " now() - interval '10 minutes')",
+             E.org_id);
+    free(api_sql(&E, sql));
+    api_resp_t d;
+    api_call(&E, "POST", "/api/v1/events", E.key_full,
+             "{\"name\":\"orphan\",\"contact\":{\"email\":\"orphan@example.com\"}}",
+             "Idempotency-Key: evt-orphan\r\n", &d);
+    assert_int_equal(d.status, 202);
+    api_resp_free(&d);
     api_resp_free(&a);
     api_resp_free(&b);
     api_resp_free(&c);
