@@ -10,8 +10,11 @@
  * in exactly one recorded outcome. A destination that cannot be reached at
  * all defers its queued jobs instead of retrying in a loop.
  *
- * Recording an outcome is one SQL statement on this thread's own
- * connection; the statements only touch a row that is still 'sending'.
+ * Outcomes are written by a second thread, the recorder, on its own
+ * connection: each loop round hands its outcomes over and the recorder
+ * writes everything handed over since its last write in one statement (a
+ * group commit that grows with the load), so SMTP sessions never wait for
+ * PostgreSQL. The statement only touches rows still 'sending'.
  *
  * Shaping (see delivery.h): the head job of a destination goes on an idle
  * connection only with a token from "shape:<its shape key>" (ratelimit:
@@ -38,6 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "db.h"
 #include "delivery.h"
@@ -94,13 +99,19 @@ struct delivery {
     int stopping;           /* thread should end */
     int wake[2];            /* pipe: a byte means "look at incoming" */
     dict_t *dests;          /* key -> dest_t (thread only) */
-    db_t *db;               /* outcome writes (thread only) */
+    db_t *db;               /* outcome writes (recorder only) */
     char *conninfo;         /* to reconnect */
     smtp_opts_t opts;       /* connection options */
     char *helo;             /* opts.helo_name storage */
     int max_conns;          /* per destination */
     char max_age[32];       /* delivery_max_age_s as text */
-    struct outcome *out_head, *out_tail; /* outcomes waiting for the round's commit */
+    struct outcome *out_head, *out_tail; /* this round's outcomes (thread only) */
+    pthread_t recorder;     /* writes outcomes to PostgreSQL */
+    int recorder_started;   /* recorder was created */
+    pthread_mutex_t rec_lock; /* guards rec_* */
+    pthread_cond_t rec_cond;  /* signals rec_head or rec_stopping */
+    struct outcome *rec_head, *rec_tail; /* handed over, not yet written */
+    int rec_stopping;       /* the engine is gone: write what is left, then end */
     dict_t *shapers;        /* "rate/burst" -> ratelimit_t (thread only) */
     double def_rate;        /* shaping_rate, for jobs without a budget */
     double def_burst;       /* shaping_burst */
@@ -141,67 +152,67 @@ void delivery_job_free(delivery_job_t **job_p)
 
 /* ---------------------------------------------------------------- outcomes */
 
-static db_t *s_db(delivery_t *d)
-{
-    if (db_usable(d->db))
-        return d->db;
-    db_destroy(&d->db);
-    sbuf_t *err = sbuf_new(64);
-    d->db = db_connect(d->conninfo, 0, err);
-    if (!d->db && log_should("delivery-db", 11, 10000))
-        log_error("%s", err ? sbuf_data(err) : "out of memory");
-    sbuf_destroy(&err);
-    return d->db;
-}
-
-/* One statement per outcome; each only touches a row still 'sending'. */
-static const char *const SQL_SENT =
-    "WITH m AS (UPDATE messages SET status = 'sent', lease_until = NULL, last_response = $2,"
-    " updated_at = now() WHERE id = $1 AND status = 'sending'"
-    " RETURNING id, organization_id, attempts)"
-    " INSERT INTO message_events (organization_id, message_id, type, detail)"
-    " SELECT organization_id, id, 'sent', jsonb_build_object('response', $2::text,"
-    " 'attempt', attempts) FROM m";
-
-static const char *const SQL_BOUNCED =
-    "WITH m AS (UPDATE messages SET status = 'bounced', lease_until = NULL, last_response = $2,"
-    " updated_at = now() WHERE id = $1 AND status = 'sending'"
-    " RETURNING id, organization_id, recipient, attempts),"
+/* Every outcome of a recorder round in one statement: the rows still
+ * 'sending' take their new status (2xx sent; 5xx bounced, the contact
+ * bounced and suppressed; anything else deferred with exponential back-off
+ * and jitter, or failed once older than $2 seconds), and each gets its
+ * message_events row. One statement is one transaction and one WAL flush
+ * for the whole round, and it is prepared once per session. */
+static const char *const SQL_OUTCOMES =
+    "WITH o AS (SELECT * FROM jsonb_to_recordset($1::jsonb)"
+    "   AS x(id uuid, code int, enhanced text, response text)),"
+    " m AS (UPDATE messages m SET"
+    "   status = CASE WHEN o.code BETWEEN 200 AND 299 THEN 'sent'"
+    "     WHEN o.code BETWEEN 500 AND 599 THEN 'bounced'"
+    "     WHEN m.created_at < now() - make_interval(secs => $2::int) THEN 'failed'"
+    "     ELSE 'deferred' END,"
+    "   next_attempt_at = CASE WHEN o.code BETWEEN 200 AND 299 OR o.code BETWEEN 500 AND 599"
+    "     THEN m.next_attempt_at ELSE now() + make_interval(secs => least(60 * power(2,"
+    "     greatest(m.attempts - 1, 0)), 21600) * (0.75 + random() * 0.5)) END,"
+    "   lease_until = NULL, last_response = o.response, updated_at = now()"
+    "   FROM o WHERE m.id = o.id AND m.status = 'sending'"
+    "   RETURNING m.id, m.organization_id, m.recipient, m.status, m.attempts,"
+    "   m.next_attempt_at, o.response, o.enhanced),"
     " c AS (UPDATE contacts SET status = 'bounced', updated_at = now() FROM m"
-    " WHERE contacts.organization_id = m.organization_id"
-    " AND lower(contacts.email) = lower(m.recipient) RETURNING contacts.id),"
+    "   WHERE m.status = 'bounced' AND contacts.organization_id = m.organization_id"
+    "   AND lower(contacts.email) = lower(m.recipient) RETURNING contacts.id),"
     " s AS (INSERT INTO suppressions (organization_id, email, reason)"
-    " SELECT organization_id, recipient, 'bounce' FROM m"
-    " ON CONFLICT (organization_id, lower(email)) DO NOTHING RETURNING id)"
+    "   SELECT organization_id, recipient, 'bounce' FROM m WHERE m.status = 'bounced'"
+    "   ON CONFLICT (organization_id, lower(email)) DO NOTHING RETURNING id)"
     " INSERT INTO message_events (organization_id, message_id, type, detail)"
-    " SELECT organization_id, id, 'bounced', jsonb_build_object('response', $2::text,"
-    " 'enhanced', $3::text, 'attempt', attempts) FROM m";
+    " SELECT organization_id, id, status, CASE status"
+    "   WHEN 'sent' THEN jsonb_build_object('response', response, 'attempt', attempts)"
+    "   WHEN 'bounced' THEN jsonb_build_object('response', response, 'enhanced', enhanced,"
+    "     'attempt', attempts)"
+    "   ELSE jsonb_build_object('response', response, 'attempt', attempts,"
+    "     'next_attempt_at', next_attempt_at) END FROM m";
 
-/* Deferred with exponential back-off and jitter, or failed once the
- * message is older than delivery_max_age_s. */
-static const char *const SQL_DEFERRED =
-    "WITH m AS (UPDATE messages SET"
-    " status = CASE WHEN created_at < now() - make_interval(secs => $3::int)"
-    "   THEN 'failed' ELSE 'deferred' END,"
-    " next_attempt_at = now() + make_interval(secs => least(60 * power(2,"
-    "   greatest(attempts - 1, 0)), 21600) * (0.75 + random() * 0.5)),"
-    " lease_until = NULL, last_response = $2, updated_at = now()"
-    " WHERE id = $1 AND status = 'sending'"
-    " RETURNING id, organization_id, status, attempts, next_attempt_at)"
-    " INSERT INTO message_events (organization_id, message_id, type, detail)"
-    " SELECT organization_id, id, status, jsonb_build_object('response', $2::text,"
-    " 'attempt', attempts, 'next_attempt_at', next_attempt_at) FROM m";
+/* Outbox re-queue: the row was never tried on this claim, so the attempt
+ * it cost is given back. */
+static const char *const SQL_REQUEUE =
+    "UPDATE messages SET status = 'queued', attempts = greatest(attempts - 1, 0),"
+    " lease_until = NULL, next_attempt_at = now() + make_interval(secs => $2::int),"
+    " updated_at = now() WHERE id = $1 AND status = 'sending'";
 
-/* Outcomes wait here until the end of the loop round, then go to
- * PostgreSQL in one transaction: one WAL flush per round instead of one per
- * message, which is what a durable commit costs. */
+/* What the engine hands the recorder: an outcome, or a job given back to
+ * the outbox untried (requeue_s > 0). */
 typedef struct outcome {
     struct outcome *next; /* in arrival order */
     char id[40];          /* messages.id */
     int code;             /* SMTP code, 0 for connection trouble */
+    int requeue_s;        /* > 0: back to 'queued', due in this many seconds */
     char enhanced[16];    /* enhanced status or "" */
-    char response[600];   /* what goes into last_response */
+    char response[600];   /* what goes into last_response (printable ASCII) */
 } outcome_t;
+
+static void s_queue_outcome(delivery_t *d, outcome_t *o)
+{
+    if (d->out_tail)
+        d->out_tail->next = o;
+    else
+        d->out_head = o;
+    d->out_tail = o;
+}
 
 static void s_record(delivery_t *d, job_t *job, int code, const char *enhanced,
                      const char *text)
@@ -219,55 +230,113 @@ static void s_record(delivery_t *d, job_t *job, int code, const char *enhanced,
     snprintf(o->enhanced, sizeof o->enhanced, "%s", enhanced ? enhanced : "");
     snprintf(o->response, sizeof o->response, "%d%s%s %s", code,
              enhanced && enhanced[0] ? " " : "", enhanced ? enhanced : "", text ? text : "");
-    if (d->out_tail)
-        d->out_tail->next = o;
-    else
-        d->out_head = o;
-    d->out_tail = o;
+    /* The text goes to PostgreSQL inside JSON: a byte that is not printable
+     * ASCII would make the document (and with it the whole round) invalid. */
+    for (char *c = o->response; *c; c++)
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
+            *c = '?';
+    s_queue_outcome(d, o);
 }
 
-/* Write every waiting outcome in one transaction. A failure rolls the
- * round back: those rows stay 'sending' and are re-driven after their
- * lease, never lost (a repeat send is the price). */
+/* Hand the round's outcomes to the recorder thread: the SMTP loop never
+ * waits for PostgreSQL, and while one round commits the next one gathers
+ * (a group commit whose size follows the load). */
 static void s_flush_outcomes(delivery_t *d)
 {
     outcome_t *list = d->out_head;
-    d->out_head = d->out_tail = NULL;
     if (!list)
         return;
+    pthread_mutex_lock(&d->rec_lock);
+    if (d->rec_tail)
+        d->rec_tail->next = list;
+    else
+        d->rec_head = list;
+    d->rec_tail = d->out_tail;
+    pthread_cond_signal(&d->rec_cond);
+    pthread_mutex_unlock(&d->rec_lock);
+    d->out_head = d->out_tail = NULL;
+}
+
+static db_t *s_db(delivery_t *d)
+{
+    if (db_usable(d->db))
+        return d->db;
+    db_destroy(&d->db);
+    sbuf_t *err = sbuf_new(64);
+    d->db = db_connect(d->conninfo, 0, err);
+    if (!d->db && log_should("delivery-db", 11, 10000))
+        log_error("%s", err ? sbuf_data(err) : "out of memory");
+    sbuf_destroy(&err);
+    return d->db;
+}
+
+/* Write one round. A failure loses nothing: those rows stay 'sending' and
+ * are re-driven after their lease (a repeat send is the price). */
+static void s_write_round(delivery_t *d, outcome_t *list)
+{
     db_t *db = s_db(d);
     sbuf_t *err = sbuf_new(64);
-    int rc = db ? db_exec(db, "BEGIN", 0, NULL, err) : -1;
-    int n = 0;
-    for (outcome_t *o = list; o && rc == 0; o = o->next, n++) {
-        if (o->code >= 200 && o->code < 300) {
-            const char *p[] = {o->id, o->response};
-            rc = db_exec(db, SQL_SENT, 2, p, err);
-        } else if (o->code >= 500 && o->code < 600) {
-            const char *p[] = {o->id, o->response, o->enhanced};
-            rc = db_exec(db, SQL_BOUNCED, 3, p, err);
-        } else {
-            const char *p[] = {o->id, o->response, d->max_age};
-            rc = db_exec(db, SQL_DEFERRED, 3, p, err);
+    json_t *arr = json_array();
+    int n = 0, rc = db && arr ? 0 : -1;
+    for (outcome_t *o = list; o && rc == 0; o = o->next) {
+        if (o->requeue_s > 0) {
+            char secs[16];
+            snprintf(secs, sizeof secs, "%d", o->requeue_s);
+            const char *p[] = {o->id, secs};
+            if (db_exec(db, SQL_REQUEUE, 2, p, NULL) != 0 &&
+                log_should("delivery-requeue", 16, 10000))
+                log_error("held message not given back to the outbox message=%s", o->id);
+            continue;
         }
+        json_t *row = json_pack("{s:s, s:i, s:s, s:s}", "id", o->id, "code", o->code, "enhanced",
+                                o->enhanced, "response", o->response);
+        if (!row || json_array_append_new(arr, row) != 0)
+            rc = -1;
+        n++;
     }
-    if (rc == 0)
-        rc = db_exec(db, "COMMIT", 0, NULL, err);
-    else if (db)
-        db_exec(db, "ROLLBACK", 0, NULL, NULL);
-    if (rc != 0 && log_should("delivery-record", 15, 10000))
-        log_error("a round of %d outcomes was not recorded (re-driven after the lease): %s", n,
-                  err ? sbuf_data(err) : "no database");
+    char *doc = rc == 0 && n > 0 ? json_dumps(arr, JSON_COMPACT) : NULL;
+    if (n > 0) {
+        const char *p[] = {doc, d->max_age};
+        db_result_t *res = doc ? db_query_prepared(db, SQL_OUTCOMES, 2, p, err) : NULL;
+        rc = res ? 0 : -1;
+        db_result_free(&res);
+        if (rc != 0 && log_should("delivery-record", 15, 10000))
+            log_error("a round of %d outcomes was not recorded (re-driven after the lease): %s",
+                      n, err && sbuf_len(err) ? sbuf_data(err) : "no database");
+    }
+    free(doc);
+    json_decref(arr);
     while (list) {
         outcome_t *o = list;
         list = o->next;
-        if (rc == 0)
+        if (rc == 0 && o->requeue_s <= 0)
             metric_inc(o->code >= 200 && o->code < 300   ? d->m_sent
                        : o->code >= 500 && o->code < 600 ? d->m_bounced
                                                          : d->m_deferred);
         free(o);
     }
     sbuf_destroy(&err);
+}
+
+/* The recorder: takes whatever the engine has handed over, writes it, and
+ * goes on until the engine has stopped and nothing is left. */
+static void *s_recorder(void *arg)
+{
+    delivery_t *d = arg;
+    for (;;) {
+        pthread_mutex_lock(&d->rec_lock);
+        while (!d->rec_head && !d->rec_stopping)
+            pthread_cond_wait(&d->rec_cond, &d->rec_lock);
+        outcome_t *list = d->rec_head;
+        d->rec_head = d->rec_tail = NULL;
+        int stop = d->rec_stopping;
+        pthread_mutex_unlock(&d->rec_lock);
+        if (list)
+            s_write_round(d, list);
+        else if (stop)
+            break;
+    }
+    return NULL;
 }
 
 static void s_job_done(delivery_t *d, job_t *job, int code, const char *enhanced,
@@ -468,29 +537,23 @@ static int s_conn_take(delivery_t *d, dest_t *dst, int64_t now)
     return 0;
 }
 
-/* Outbox re-queue: the row was never tried on this claim, so the attempt
- * it cost is given back. */
-static const char *const SQL_REQUEUE =
-    "UPDATE messages SET status = 'queued', attempts = greatest(attempts - 1, 0),"
-    " lease_until = NULL, next_attempt_at = now() + make_interval(secs => $2::int),"
-    " updated_at = now() WHERE id = $1 AND status = 'sending'";
-
 /* Jobs held longer than half a lease go back to the outbox, due when the
  * queue ahead of them should have drained. */
 static void s_requeue_stale(delivery_t *d, dest_t *dst, int64_t now)
 {
     while (dst->head && now - dst->head->queued_at > d->hold_ms) {
         double rate = dst->head->j->shape_rate > 0 ? dst->head->j->shape_rate : d->def_rate;
-        char secs[32];
-        snprintf(secs, sizeof secs, "%lld", (long long)(dst->njobs / rate) + 1);
+        long long secs = (long long)(dst->njobs / rate) + 1;
         job_t *job = s_pop(d, dst);
-        db_t *db = s_db(d);
-        const char *p[] = {job->j->id, secs};
-        /* Not written: the row stays 'sending' until its lease ends and is
-         * re-driven then; dropping the job here is what keeps it single. */
-        if ((!db || db_exec(db, SQL_REQUEUE, 2, p, NULL) != 0) &&
-            log_should("delivery-requeue", 16, 10000))
-            log_error("held message not given back to the outbox message=%s", job->j->id);
+        /* Not written (out of memory, or the recorder fails): the row stays
+         * 'sending' until its lease ends and is re-driven then; dropping
+         * the job here is what keeps it single. */
+        outcome_t *o = calloc(1, sizeof *o);
+        if (o) {
+            snprintf(o->id, sizeof o->id, "%s", job->j->id);
+            o->requeue_s = secs > 86400 ? 86400 : (int)secs;
+            s_queue_outcome(d, o);
+        }
         delivery_job_free(&job->j);
         free(job);
     }
@@ -684,6 +747,8 @@ delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
     if (!d)
         return NULL;
     pthread_mutex_init(&d->lock, NULL);
+    pthread_mutex_init(&d->rec_lock, NULL);
+    pthread_cond_init(&d->rec_cond, NULL);
     d->wake[0] = d->wake[1] = -1;
     d->dests = dict_new();
     d->shapers = dict_new();
@@ -720,6 +785,12 @@ delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
                                  "Messages held back by a destination's shaping budget.");
     d->m_depth = metrics_gauge("postchi_delivery_queue_depth",
                                "Messages waiting in the delivery engine, all destinations.");
+    if (pthread_create(&d->recorder, NULL, s_recorder, d) != 0) {
+        sbuf_appendf(err, "delivery: cannot start its recorder thread");
+        delivery_stop(&d);
+        return NULL;
+    }
+    d->recorder_started = 1;
     if (pthread_create(&d->thread, NULL, s_thread, d) != 0) {
         sbuf_appendf(err, "delivery: cannot start its thread");
         delivery_stop(&d);
@@ -777,6 +848,14 @@ void delivery_stop(delivery_t **self_p)
             (void)0; /* the loop also wakes on its own each second */
         pthread_join(d->thread, NULL);
     }
+    s_flush_outcomes(d); /* a round the thread never handed over */
+    if (d->recorder_started) {
+        pthread_mutex_lock(&d->rec_lock);
+        d->rec_stopping = 1;
+        pthread_cond_signal(&d->rec_cond);
+        pthread_mutex_unlock(&d->rec_lock);
+        pthread_join(d->recorder, NULL);
+    }
     /* Jobs not sent stay 'sending': their lease ends and they are re-driven. */
     while (d->in_head) {
         job_t *job = d->in_head;
@@ -784,9 +863,9 @@ void delivery_stop(delivery_t **self_p)
         delivery_job_free(&job->j);
         free(job);
     }
-    while (d->out_head) { /* only when the thread never ran its last flush */
-        outcome_t *o = d->out_head;
-        d->out_head = o->next;
+    while (d->rec_head) { /* only when the recorder never ran */
+        outcome_t *o = d->rec_head;
+        d->rec_head = o->next;
         free(o);
     }
     if (d->dests) {
@@ -811,6 +890,8 @@ void delivery_stop(delivery_t **self_p)
     free(d->conninfo);
     free(d->helo);
     pthread_mutex_destroy(&d->lock);
+    pthread_mutex_destroy(&d->rec_lock);
+    pthread_cond_destroy(&d->rec_cond);
     free(d);
     *self_p = NULL;
 }
