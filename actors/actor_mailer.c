@@ -219,6 +219,9 @@ static const char *const SQL_KEYS =
     " WHERE organization_id = $1 AND name = lower(split_part($2, '@', 2))"
     " AND status = 'verified'";
 
+static const char *const SQL_CONTENT =
+    "SELECT html, text FROM message_contents WHERE organization_id = $1 AND send_id = $2";
+
 static const char *const SQL_ATTACHMENTS =
     "SELECT filename, content_type, content_id, data FROM message_attachments"
     " WHERE organization_id = $1 AND send_id = $2 ORDER BY idx";
@@ -251,9 +254,21 @@ typedef struct {
     int64_t loaded;          /* when read; 0 = empty slot */
 } key_entry_t;
 
+/* The body of the send being worked through: a bulk send's rows share one
+ * body, so it is read, MIME-encoded and hashed for DKIM once per send (per
+ * activation), not once per recipient. */
+#define BODY_CACHE_MAX (4 << 20) /* bigger bodies are built per row, not kept */
+
+typedef struct {
+    char send_id[40];            /* whose body; "" = none */
+    mime_body_t *body;           /* the encoded body */
+    char bh[DKIM_BH_SIZE];       /* its DKIM body hash */
+} body_cache_t;
+
 typedef struct {
     key_entry_t keys[KEY_CACHE]; /* recently used sending domains */
     int next;                    /* slot to reuse next */
+    body_cache_t body;           /* the current send's body */
 } mailer_state_t;
 
 static void s_key_drop(key_entry_t *k)
@@ -281,6 +296,8 @@ static void s_passivate(void *state)
     mailer_state_t *st = state;
     for (int i = 0; st && i < KEY_CACHE; i++)
         s_key_drop(&st->keys[i]);
+    if (st)
+        mime_body_destroy(&st->body.body);
     free(st);
 }
 
@@ -384,39 +401,34 @@ done:
     return out;
 }
 
-/* Build, sign and hand one claimed row (row i of res) to the engine. */
-static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result_t *res, int i)
+/* The body of claimed row i: its send's cached one, or read (bodies from
+ * message_contents, or the row itself when written before it existed;
+ * attachments when the claim said there are some), encoded and hashed now
+ * and kept for the send's next rows when not too big. NULL with *why (and
+ * err) when it cannot be built; *owned set when the caller must destroy it. */
+static const body_cache_t *s_body(mailer_state_t *st, db_t *db, db_result_t *res, int i,
+                                  body_cache_t *tmp, const char **why, sbuf_t *err)
 {
-    const char *id = db_result_get(res, i, 0), *org = db_result_get(res, i, 1);
-    const char *from = db_result_get(res, i, 2), *rcpt = db_result_get(res, i, 5);
-    sbuf_t *err = sbuf_new(128), *msg = sbuf_new(4096), *sig = sbuf_new(1024);
-    json_t *to = json_loads(db_result_get(res, i, 6), 0, NULL);
-    json_t *cc = json_loads(db_result_get(res, i, 7), 0, NULL);
-    json_t *reply = json_loads(db_result_get(res, i, 4), 0, NULL);
-    json_t *hdrs = json_loads(db_result_get(res, i, 11), 0, NULL);
-    db_result_t *att = NULL;
-    char *verp = NULL;
-    mime_part_t *parts = NULL;
-    mime_header_t *hv = NULL;
-    delivery_job_t *job = NULL;
-    if (!err || !msg || !sig)
-        goto done;
-
-    const char *why = NULL;
-    key_entry_t *keys = s_keys(st, db, org, from, &why);
-    if (!keys) {
-        s_fail(db, id, why);
-        goto done;
+    const char *org = db_result_get(res, i, 1), *send = db_result_get(res, i, 13);
+    if (st->body.body && strcmp(st->body.send_id, send) == 0)
+        return &st->body;
+    const char *html = db_result_get(res, i, 9), *text = db_result_get(res, i, 10);
+    db_result_t *content = NULL, *att = NULL;
+    const char *p[] = {org, send};
+    if (!html && !text) {
+        content = db_query_prepared(db, SQL_CONTENT, 2, p, err);
+        if (content && db_result_rows(content) == 1) {
+            html = db_result_get(content, 0, 0);
+            text = db_result_get(content, 0, 1);
+        }
     }
     /* Most sends have no attachments: ask only when the claim said so. */
-    if (strcmp(db_result_get(res, i, 15), "t") == 0) {
-        const char *ap[] = {org, db_result_get(res, i, 13)};
-        att = db_query_prepared(db, SQL_ATTACHMENTS, 2, ap, err);
-    }
+    if (strcmp(db_result_get(res, i, 15), "t") == 0)
+        att = db_query_prepared(db, SQL_ATTACHMENTS, 2, p, err);
     int natt = att ? db_result_rows(att) : 0;
     sbuf_t *blobs = sbuf_new(1024);
     size_t *offs = natt ? calloc((size_t)natt * 2, sizeof *offs) : NULL;
-    parts = natt ? calloc((size_t)natt, sizeof *parts) : NULL;
+    mime_part_t *parts = natt ? calloc((size_t)natt, sizeof *parts) : NULL;
     for (int a = 0; a < natt && blobs && offs && parts; a++) {
         offs[2 * a] = sbuf_len(blobs);
         s_bytea(db_result_get(att, a, 3), blobs);
@@ -428,6 +440,64 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         parts[a].content_id = db_result_get(att, a, 2);
         parts[a].data = sbuf_data(blobs) + offs[2 * a];
         parts[a].len = offs[2 * a + 1];
+    }
+    mime_msg_t m = {
+        .html = html,
+        .text = text,
+        .attachments = parts,
+        .nattachments = parts ? (size_t)natt : 0,
+    };
+    mime_body_t *body = blobs ? mime_body_new(&m, err) : NULL;
+    sbuf_destroy(&blobs);
+    free(offs);
+    free(parts);
+    db_result_free(&content);
+    db_result_free(&att);
+    size_t blen = 0;
+    const char *bdata = body ? mime_body_data(body, &blen) : NULL;
+    char bh[DKIM_BH_SIZE];
+    if (!body || dkim_body_hash(bdata, blen, bh) != 0) {
+        *why = "the message cannot be built";
+        mime_body_destroy(&body);
+        return NULL;
+    }
+    body_cache_t *slot = mime_body_size(body) <= BODY_CACHE_MAX ? &st->body : tmp;
+    mime_body_destroy(&slot->body);
+    snprintf(slot->send_id, sizeof slot->send_id, "%s", send);
+    slot->body = body;
+    memcpy(slot->bh, bh, sizeof bh);
+    return slot;
+}
+
+/* Build, sign and hand one claimed row (row i of res) to the engine. */
+static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result_t *res, int i)
+{
+    const char *id = db_result_get(res, i, 0), *org = db_result_get(res, i, 1);
+    const char *from = db_result_get(res, i, 2), *rcpt = db_result_get(res, i, 5);
+    sbuf_t *err = sbuf_new(128), *msg = sbuf_new(4096), *sig = sbuf_new(1024);
+    json_t *to = json_loads(db_result_get(res, i, 6), 0, NULL);
+    json_t *cc = json_loads(db_result_get(res, i, 7), 0, NULL);
+    json_t *reply = json_loads(db_result_get(res, i, 4), 0, NULL);
+    json_t *hdrs = json_loads(db_result_get(res, i, 11), 0, NULL);
+    char *verp = NULL;
+    mime_header_t *hv = NULL;
+    delivery_job_t *job = NULL;
+    body_cache_t tmp = {0};
+    if (!err || !msg || !sig)
+        goto done;
+
+    const char *why = NULL;
+    key_entry_t *keys = s_keys(st, db, org, from, &why);
+    if (!keys) {
+        s_fail(db, id, why);
+        goto done;
+    }
+    const body_cache_t *body = s_body(st, db, res, i, &tmp, &why, err);
+    if (!body) {
+        char reason[300];
+        snprintf(reason, sizeof reason, "%s: %s", why, sbuf_data(err));
+        s_fail(db, id, reason);
+        goto done;
     }
     size_t nh = json_object_size(hdrs), k = 0;
     hv = nh ? calloc(nh, sizeof *hv) : NULL;
@@ -453,19 +523,12 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         .ncc = ncc,
         .reply_to = nrt ? rtv[0] : NULL,
         .subject = db_result_get(res, i, 8),
-        .html = db_result_get(res, i, 9),
-        .text = db_result_get(res, i, 10),
         .headers = hv,
         .nheaders = k,
-        .attachments = parts,
-        .nattachments = (size_t)natt,
         .message_id = db_result_get(res, i, 12),
         .date = (int64_t)time(NULL),
     };
-    int built = mime_build(&m, msg, NULL, err);
-    sbuf_destroy(&blobs);
-    free(offs);
-    if (built != 0) {
+    if (mime_build_with_body(&m, body->body, msg, NULL, err) != 0) {
         char reason[300];
         snprintf(reason, sizeof reason, "the message cannot be built: %s", sbuf_data(err));
         s_fail(db, id, reason);
@@ -477,7 +540,8 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
     };
     /* "ed25519": the domain asked to skip the RSA signature (and its cost). */
     size_t nkeys = keys->ed_only ? 1 : 2;
-    if (dkim_signer_sign(M.signer, dk, nkeys, sbuf_data(msg), sbuf_len(msg), sig, err) != 0) {
+    if (dkim_signer_sign_bh(M.signer, dk, nkeys, sbuf_data(msg), sbuf_len(msg), body->bh, sig,
+                            err) != 0) {
         char reason[300];
         snprintf(reason, sizeof reason, "the message cannot be signed: %s", sbuf_data(err));
         s_fail(db, id, reason);
@@ -545,13 +609,12 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
 done:
     delivery_job_free(&job);
     free(verp);
-    free(parts);
+    mime_body_destroy(&tmp.body);
     free(hv);
     json_decref(to);
     json_decref(cc);
     json_decref(reply);
     json_decref(hdrs);
-    db_result_free(&att);
     sbuf_destroy(&err);
     sbuf_destroy(&msg);
     sbuf_destroy(&sig);

@@ -708,7 +708,7 @@ static int s_render(api_req_t *req, send_t *s, json_t *warnings, int *rc)
     "r.email, r.domain, r.kind, "                                                                  \
     "ARRAY(SELECT jsonb_array_elements_text(coalesce(p.j->'to', jsonb_build_array(r.email)))), "  \
     "ARRAY(SELECT jsonb_array_elements_text(coalesce(p.j->'cc', '[]'))), "                         \
-    "coalesce(p.j->>'subject', ''), p.j->>'html', p.j->>'text', (p.j->>'template_id')::uuid, "     \
+    "coalesce(p.j->>'subject', ''), NULL, NULL, (p.j->>'template_id')::uuid, "                     \
     "(p.j->>'template_version')::int, p.j->'variables', coalesce(p.j->'headers', '{}'), "          \
     "ARRAY(SELECT jsonb_array_elements_text(coalesce(p.j->'tags', '[]'))), "                       \
     "coalesce(p.j->'metadata', '{}'), (p.j->>'size')::bigint, p.send_at, "                         \
@@ -718,6 +718,10 @@ static int s_render(api_req_t *req, send_t *s, json_t *warnings, int *rc)
     "p AS (SELECT $2::jsonb AS j, gen_random_uuid() AS send_id, "                                  \
     "'epoch'::timestamptz + ($2::jsonb->>'send_at_us')::bigint * interval '1 microsecond' "        \
     "AS send_at)"
+/* The bodies, once per send (message_contents); the rows carry none. */
+#define MSG_CONTENT_CTE                                                                            \
+    "ct AS (INSERT INTO message_contents (send_id, organization_id, html, text) "                  \
+    "SELECT p.send_id, $1, p.j->>'html', p.j->>'text' FROM p)"
 /* Why a recipient is skipped (NULL: it is not): an unexpired suppression
  * first, then its contact's status. x is the recipient with x.email. */
 #define MSG_REASON(email)                                                                          \
@@ -772,6 +776,7 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
         "m AS (INSERT INTO messages (" MSG_INSERT_COLS ") "
         "SELECT r.id, $1, p.send_id, NULL, NULL, " MSG_STATUS ", " MSG_INSERT_DOC " FROM p, r "
         "RETURNING id, send_id, recipient, status, send_at), "
+        MSG_CONTENT_CTE ", "
         "a AS (INSERT INTO message_attachments (organization_id, send_id, idx, filename, "
         "content_type, content_id, data) SELECT $1, p.send_id, x.idx, x.filename, "
         "x.content_type, x.content_id, decode(x.content, 'base64') "
@@ -898,6 +903,7 @@ static int s_send_bulk(api_req_t *req, send_t *s, json_t *warnings)
         "m AS (INSERT INTO messages (" MSG_INSERT_COLS ") "
         "SELECT r.id, $1, p.send_id, b.id, r.contact_id, " MSG_STATUS ", " MSG_INSERT_DOC
         " FROM p, b, r RETURNING id, status, send_at, recipient, recipient_domain), "
+        MSG_CONTENT_CTE ", "
         MSG_EVENTS " "
         "SELECT b.id, (SELECT send_id FROM p), count(m.id), "
         "count(m.id) FILTER (WHERE m.status = 'queued'), "
@@ -1119,7 +1125,8 @@ static int s_get(api_req_t *req)
     const char *sql =
         "SELECT (" MESSAGE_JSON "::jsonb || jsonb_build_object("
         "'reply_to', to_jsonb(m.reply_to), 'to_header', to_jsonb(m.to_addrs), "
-        "'cc', to_jsonb(m.cc_addrs), 'html', m.html, 'text', m.text, 'headers', m.headers, "
+        "'cc', to_jsonb(m.cc_addrs), 'html', coalesce(c.html, m.html), "
+        "'text', coalesce(c.text, m.text), 'headers', m.headers, "
         "'template', CASE WHEN m.template_id IS NULL THEN NULL ELSE jsonb_build_object("
         "'id', m.template_id, 'version', m.template_version, 'variables', m.variables) END, "
         "'last_response', m.last_response, 'size_bytes', m.size_bytes, "
@@ -1130,7 +1137,9 @@ static int s_get(api_req_t *req)
         "'events', coalesce((SELECT jsonb_agg(jsonb_build_object('type', e.type, "
         "'detail', e.detail, 'created_at', " AUD_TS("e.created_at") ") ORDER BY e.id) "
         "FROM message_events e WHERE e.message_id = m.id), '[]')))::text "
-        "FROM messages m WHERE m.id = $1 AND m.organization_id = $2";
+        "FROM messages m LEFT JOIN message_contents c ON c.send_id = m.send_id "
+        "AND c.organization_id = m.organization_id "
+        "WHERE m.id = $1 AND m.organization_id = $2";
     /* clang-format on */
     const char *params[] = {id, api_org(req)};
     int rc = 0;

@@ -538,8 +538,24 @@ done:
     return rc;
 }
 
+int dkim_body_hash(const char *body, size_t len, char bh64[DKIM_BH_SIZE])
+{
+    unsigned char bh[SHA256_DIGEST_LENGTH];
+    if ((len > 0 && !body) || s_body_hash(body, len, bh) != 0)
+        return -1;
+    EVP_EncodeBlock((unsigned char *)bh64, bh, sizeof bh);
+    return 0;
+}
+
 int dkim_signer_sign(dkim_signer_t *self, const dkim_sign_key_t *keys, size_t nkeys,
                      const char *msg, size_t len, sbuf_t *sig_headers_out, sbuf_t *err)
+{
+    return dkim_signer_sign_bh(self, keys, nkeys, msg, len, NULL, sig_headers_out, err);
+}
+
+int dkim_signer_sign_bh(dkim_signer_t *self, const dkim_sign_key_t *keys, size_t nkeys,
+                        const char *msg, size_t len, const char *bh64_given,
+                        sbuf_t *sig_headers_out, sbuf_t *err)
 {
     if (!self || !sig_headers_out || (nkeys > 0 && !keys) || (len > 0 && !msg)) {
         s_err(err, "bad arguments", NULL);
@@ -552,14 +568,16 @@ int dkim_signer_sign(dkim_signer_t *self, const dkim_sign_key_t *keys, size_t nk
     int rc = 0;
     size_t mark = sbuf_len(sig_headers_out);
     if (nkeys > 0) {
-        /* Once, for every key: the same canonicalization and hash. */
-        unsigned char bh[SHA256_DIGEST_LENGTH];
-        char bh64[4 * ((SHA256_DIGEST_LENGTH + 2) / 3) + 1];
-        if (s_body_hash(msg + body_off, len - body_off, bh) != 0) {
+        /* Once, for every key: the same canonicalization and hash (or
+         * the caller's, computed once for every message of a send). */
+        char bh64[DKIM_BH_SIZE];
+        if (bh64_given && strlen(bh64_given) < sizeof bh64) {
+            memcpy(bh64, bh64_given, strlen(bh64_given) + 1);
+        } else if (dkim_body_hash(msg + body_off, len - body_off, bh64) != 0) {
             s_err(err, "body hash failed", NULL);
             rc = -1;
-        } else {
-            EVP_EncodeBlock((unsigned char *)bh64, bh, sizeof bh);
+        }
+        if (rc == 0) {
             time_t now = time(NULL);
             for (size_t i = 0; rc == 0 && i < nkeys; i++)
                 rc = s_sign_one(self, &keys[i], fields, nfields, bh64, now, sig_headers_out, err);

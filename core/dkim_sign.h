@@ -57,6 +57,21 @@ void dkim_signer_destroy(dkim_signer_t **self_p);
 int dkim_signer_sign(dkim_signer_t *self, const dkim_sign_key_t *keys, size_t nkeys,
                      const char *msg, size_t len, sbuf_t *sig_headers_out, sbuf_t *err);
 
+/* Base64 SHA-256 of a relaxed canonical body, with its NUL. */
+#define DKIM_BH_SIZE 45
+
+/* bh= of body (the bytes after the header section): the same for every
+ * message whose body is the same, so a sender of many such messages can
+ * compute it once. 0 or -1. */
+int dkim_body_hash(const char *body, size_t len, char bh64[DKIM_BH_SIZE]);
+
+/* dkim_signer_sign with bh= given (from dkim_body_hash over this message's
+ * body; NULL computes it). A wrong bh64 makes signatures that do not
+ * verify, so it must come from the same body bytes. */
+int dkim_signer_sign_bh(dkim_signer_t *self, const dkim_sign_key_t *keys, size_t nkeys,
+                        const char *msg, size_t len, const char *bh64, sbuf_t *sig_headers_out,
+                        sbuf_t *err);
+
 /* The header field names signed, NULL-terminated (for tests and docs). */
 const char *const *dkim_signer_headers(void);
 

@@ -1234,30 +1234,20 @@ static int s_body_tree(const mime_msg_t *m, build_t *b, size_t *nkids, int *mixe
     return 0;
 }
 
-static int s_build(const mime_msg_t *m, sbuf_t *out, char *mid_out, sbuf_t *err, build_t *b)
+struct mime_body {
+    sbuf_t *top;  /* the top-level Content-* fields, each ending CRLF */
+    sbuf_t *body; /* what follows the header section's blank line, ending CRLF */
+};
+
+/* The body half of b's tree (s_body_tree done) into self. 0 or -1. */
+static int s_body_half(mime_body_t *self, build_t *b, size_t nkids, int mixed, sbuf_t *err)
 {
-    b->name = sbuf_new(64);
-    if (!b->name)
-        return s_fail(err, "out of memory");
-    size_t nkids = 0;
-    int mixed = 0;
-    /* The body first: a bad attachment fails before any header is written,
-     * and the encoded size is known for one reserve. */
-    if (s_body_tree(m, b, &nkids, &mixed, err) < 0)
-        return -1;
-    size_t need = 4096;
-    for (size_t i = 0; i < nkids; i++)
-        need += sbuf_len(b->kids[i].hdrs) + sbuf_len(b->kids[i].body) + 64;
-    if (sbuf_reserve(out, need) < 0)
-        return s_fail(err, "out of memory");
-    if (s_headers(out, m, b, mid_out, err) < 0)
-        return -1;
     if (mixed) {
         char bd[BOUNDARY_LEN + 1];
         if (s_pick_boundary(bd, b->kids, nkids) < 0)
             return s_fail(err, "no boundary (randomness unavailable)");
-        if (s_ct_multipart(out, "mixed", bd) < 0 || sbuf_append(out, "\r\n", 2) < 0 ||
-            s_multipart_body(out, bd, b->kids, nkids) < 0)
+        if (s_ct_multipart(self->top, "mixed", bd) < 0 ||
+            s_multipart_body(self->body, bd, b->kids, nkids) < 0)
             return s_fail(err, "out of memory");
         return 0;
     }
@@ -1265,25 +1255,90 @@ static int s_build(const mime_msg_t *m, sbuf_t *out, char *mid_out, sbuf_t *err,
     const sbuf_t *body = top->body;
     size_t blen = sbuf_len(body);
     int crlf = blen >= 2 && memcmp(sbuf_data(body) + blen - 2, "\r\n", 2) == 0;
-    if (sbuf_append(out, sbuf_data(top->hdrs), sbuf_len(top->hdrs)) < 0 ||
-        sbuf_append(out, "\r\n", 2) < 0 || sbuf_append(out, sbuf_data(body), blen) < 0 ||
-        (!crlf && sbuf_append(out, "\r\n", 2) < 0))
+    if (sbuf_append(self->top, sbuf_data(top->hdrs), sbuf_len(top->hdrs)) < 0 ||
+        sbuf_reserve(self->body, blen + 2) < 0 ||
+        sbuf_append(self->body, sbuf_data(body), blen) < 0 ||
+        (!crlf && sbuf_append(self->body, "\r\n", 2) < 0))
         return s_fail(err, "out of memory");
     return 0;
 }
 
-int mime_build(const mime_msg_t *m, sbuf_t *out, char *message_id_out, sbuf_t *err)
+mime_body_t *mime_body_new(const mime_msg_t *m, sbuf_t *err)
 {
-    assert(m && out);
+    assert(m);
+    build_t b = {0};
+    mime_body_t *self = calloc(1, sizeof *self);
+    size_t nkids = 0;
+    int mixed = 0, rc = -1;
+    if (!self || !(self->top = sbuf_new(256)) || !(self->body = sbuf_new(1024)))
+        s_fail(err, "out of memory");
+    else if (s_body_tree(m, &b, &nkids, &mixed, err) == 0)
+        rc = s_body_half(self, &b, nkids, mixed, err);
+    s_build_free(&b);
+    if (rc < 0)
+        mime_body_destroy(&self);
+    return self;
+}
+
+void mime_body_destroy(mime_body_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    sbuf_destroy(&(*self_p)->top);
+    sbuf_destroy(&(*self_p)->body);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+size_t mime_body_size(const mime_body_t *self)
+{
+    return self ? sbuf_len(self->top) + sbuf_len(self->body) : 0;
+}
+
+const char *mime_body_data(const mime_body_t *self, size_t *len)
+{
+    *len = sbuf_len(self->body);
+    return sbuf_data(self->body);
+}
+
+int mime_build_with_body(const mime_msg_t *m, const mime_body_t *body, sbuf_t *out,
+                         char *message_id_out, sbuf_t *err)
+{
+    assert(m && body && out);
     size_t start = sbuf_len(out);
     build_t b = {0};
-    int rc = s_build(m, out, message_id_out, err, &b);
+    int rc = -1;
+    if (!(b.name = sbuf_new(64)) || sbuf_reserve(out, 4096 + mime_body_size(body)) < 0)
+        s_fail(err, "out of memory");
+    else if (s_headers(out, m, &b, message_id_out, err) == 0) {
+        if (sbuf_append(out, sbuf_data(body->top), sbuf_len(body->top)) < 0 ||
+            sbuf_append(out, "\r\n", 2) < 0 ||
+            sbuf_append(out, sbuf_data(body->body), sbuf_len(body->body)) < 0)
+            s_fail(err, "out of memory");
+        else
+            rc = 0;
+    }
     s_build_free(&b);
     if (rc < 0) {
         sbuf_truncate(out, start);
         if (message_id_out)
             message_id_out[0] = '\0';
     }
+    return rc;
+}
+
+int mime_build(const mime_msg_t *m, sbuf_t *out, char *message_id_out, sbuf_t *err)
+{
+    assert(m && out);
+    /* The body first: a bad attachment fails before any header is written. */
+    mime_body_t *body = mime_body_new(m, err);
+    if (!body) {
+        if (message_id_out)
+            message_id_out[0] = '\0';
+        return -1;
+    }
+    int rc = mime_build_with_body(m, body, out, message_id_out, err);
+    mime_body_destroy(&body);
     return rc;
 }
 

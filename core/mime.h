@@ -82,6 +82,27 @@ typedef struct {
  * was (never a partial message). */
 int mime_build(const mime_msg_t *m, sbuf_t *out, char *message_id_out, sbuf_t *err);
 
+/* The body half of a message: its top-level Content-* fields and
+ * everything after the header section, built from m's html, text and
+ * attachments only. Every recipient of a send gets the same body, so a
+ * mailer builds it once per send and puts it under each recipient's own
+ * header section (mime_build_with_body); mime_build is the two in one. */
+typedef struct mime_body mime_body_t;
+
+/* NULL with err for what mime_build refuses in a body (no body at all,
+ * inline images without html, a bad attachment, out of memory). */
+mime_body_t *mime_body_new(const mime_msg_t *m, sbuf_t *err);
+/* NULL-safe and idempotent; sets *self_p to NULL. */
+void mime_body_destroy(mime_body_t **self_p);
+/* Bytes the body adds to a message (0 for NULL). */
+size_t mime_body_size(const mime_body_t *self);
+/* The bytes after the header section (what DKIM's bh= covers); *len set. */
+const char *mime_body_data(const mime_body_t *self, size_t *len);
+/* mime_build with m's header fields (its html, text and attachments are
+ * not looked at) over body. Same results and guarantees as mime_build. */
+int mime_build_with_body(const mime_msg_t *m, const mime_body_t *body, sbuf_t *out,
+                         char *message_id_out, sbuf_t *err);
+
 /* 1 when v is acceptable as a header value (no CR, LF or NUL, valid UTF-8,
  * <= MIME_HEADER_VALUE_MAX bytes), else 0. NULL is not acceptable. */
 int mime_header_value_ok(const char *v);
