@@ -1,4 +1,4 @@
--- 005_message_contents: the bodies of a send, stored once per send rather
+-- 006_message_contents: the bodies of a send, stored once per send rather
 -- than on every recipient's row. A bulk send to 100,000 contacts used to
 -- write (and TOAST-compress) the same html and text 100,000 times; now it
 -- writes them once, and mailers read them once per send. messages.html and
