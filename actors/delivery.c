@@ -43,6 +43,8 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/x509_vfy.h>
 
 #include "db.h"
 #include "delivery.h"
@@ -103,6 +105,9 @@ struct delivery {
     char *conninfo;         /* to reconnect */
     smtp_opts_t opts;       /* connection options */
     char *helo;             /* opts.helo_name storage */
+    char *ca_file;          /* opts.tls_ca_file storage (smtp_tls_ca_file), or NULL */
+    char *auth_user;        /* opts.auth_user storage (smtp_relay_user), or NULL */
+    char *auth_pass;        /* opts.auth_pass storage, wiped when freed */
     int max_conns;          /* per destination */
     char max_age[32];       /* delivery_max_age_s as text */
     struct outcome *out_head, *out_tail; /* this round's outcomes (thread only) */
@@ -741,6 +746,83 @@ static void *s_thread(void *arg)
 
 /* ------------------------------------------------------------ life cycle */
 
+/* Fill d->opts' TLS, AUTH and timeout fields from the smtp_* settings: 0,
+ * or -1 with err set when they do not make sense together.
+ *
+ * AUTH goes only to smtp_relay: with no relay every connection is to a
+ * recipient's MX host, which must never see the relay's password, so
+ * credentials without a relay are refused rather than ignored. The client
+ * itself never sends them without TLS (a relay that offers no STARTTLS
+ * gets none and its mail is deferred), whatever smtp_tls says, as Postfix
+ * does by default; so opportunistic plus a password is allowed and
+ * behaves as required for that relay.
+ *
+ * verified needs a relay too: the engine connects to addresses, and for
+ * MX delivery the MX host name the certificate must match is not carried
+ * to the connection, so every message would be deferred. Refusing to start
+ * says so at once instead. */
+static int s_smtp_opts(delivery_t *d, const config_t *cfg, sbuf_t *err)
+{
+    const char *relay = config_str(cfg, "smtp_relay");
+    const char *tls = config_str(cfg, "smtp_tls");
+    const char *ca = config_str(cfg, "smtp_tls_ca_file");
+    const char *user = config_str(cfg, "smtp_relay_user");
+    const char *pass = config_str(cfg, "smtp_relay_password");
+    d->opts.tls = strcmp(tls, "opportunistic") == 0 ? SMTP_TLS_OPPORTUNISTIC : SMTP_TLS_REQUIRED;
+    d->opts.tls_verify = strcmp(tls, "verified") == 0;
+    if (d->opts.tls_verify && !relay[0]) {
+        sbuf_appendf(err, "setting 'smtp_tls': verified needs smtp_relay: direct MX delivery "
+                          "cannot verify MX host names yet");
+        return -1;
+    }
+    if (ca[0] && !d->opts.tls_verify)
+        log_warn("setting 'smtp_tls_ca_file' is ignored unless smtp_tls is verified");
+    if (ca[0] && d->opts.tls_verify) {
+        /* Load it once here so a bad file stops start-up rather than
+         * deferring every message with the same error. */
+        X509_STORE *st = X509_STORE_new();
+        int ok = st && X509_STORE_load_file(st, ca) == 1;
+        X509_STORE_free(st);
+        if (!ok) {
+            sbuf_appendf(err, "setting 'smtp_tls_ca_file': cannot load '%s' as PEM certificates",
+                         ca);
+            return -1;
+        }
+        if (!(d->ca_file = strdup(ca)))
+            goto oom;
+        d->opts.tls_ca_file = d->ca_file;
+    }
+    if (!user[0] != !pass[0]) {
+        sbuf_appendf(err, "settings 'smtp_relay_user' and 'smtp_relay_password' go together: "
+                          "set both or neither");
+        return -1;
+    }
+    if (user[0] && !relay[0]) {
+        sbuf_appendf(err, "setting 'smtp_relay_user': AUTH is only ever sent to smtp_relay, "
+                          "which is empty (direct MX delivery does not authenticate)");
+        return -1;
+    }
+    if (user[0]) {
+        if (strpbrk(user, "\r\n")) {
+            sbuf_appendf(err, "setting 'smtp_relay_user': holds CR or LF");
+            return -1;
+        }
+        if (!(d->auth_user = strdup(user)) || !(d->auth_pass = strdup(pass)))
+            goto oom;
+        d->opts.auth_user = d->auth_user;
+        d->opts.auth_pass = d->auth_pass;
+    }
+    d->opts.connect_timeout_ms = (int)config_int(cfg, "smtp_connect_timeout_s") * 1000;
+    d->opts.greeting_timeout_ms = (int)config_int(cfg, "smtp_greeting_timeout_s") * 1000;
+    d->opts.command_timeout_ms = (int)config_int(cfg, "smtp_command_timeout_s") * 1000;
+    d->opts.data_timeout_ms = (int)config_int(cfg, "smtp_data_timeout_s") * 1000; /* 0: RFC's */
+    d->opts.final_timeout_ms = (int)config_int(cfg, "smtp_data_done_timeout_s") * 1000;
+    return 0;
+oom:
+    sbuf_appendf(err, "delivery: out of memory");
+    return -1;
+}
+
 delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
 {
     delivery_t *d = calloc(1, sizeof *d);
@@ -761,8 +843,11 @@ delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
         return NULL;
     }
     d->opts.helo_name = d->helo;
-    d->opts.tls = SMTP_TLS_OPPORTUNISTIC;
     d->opts.max_messages = DELIVERY_MAX_MESSAGES_PER_CONN;
+    if (s_smtp_opts(d, cfg, err) != 0) {
+        delivery_stop(&d);
+        return NULL;
+    }
     d->max_conns = (int)config_int(cfg, "delivery_connections");
     d->def_rate = (double)config_int(cfg, "shaping_rate");
     d->def_burst = (double)config_int(cfg, "shaping_burst");
@@ -889,6 +974,11 @@ void delivery_stop(delivery_t **self_p)
     db_destroy(&d->db);
     free(d->conninfo);
     free(d->helo);
+    free(d->ca_file);
+    free(d->auth_user);
+    if (d->auth_pass)
+        OPENSSL_cleanse(d->auth_pass, strlen(d->auth_pass));
+    free(d->auth_pass);
     pthread_mutex_destroy(&d->lock);
     pthread_mutex_destroy(&d->rec_lock);
     pthread_cond_destroy(&d->rec_cond);

@@ -960,10 +960,21 @@ static int s_up_mesh(const up_t *st)
     else
         snprintf(relay_env, sizeof relay_env, "POSTCHI_SMTP_RELAY=127.0.0.1:%lld",
                  (long long)config_int(st->cfg, "smtp_sink_port"));
-    char *worker_env[] = {relay_env, key_env, NULL};
+    /* Each worker runs the return-path listener on its own port, so
+     * bounces and complaints sent to the stack are handled as in
+     * production (worker-N: up_inbound_port + N - 1). */
+    int inbound = (int)config_int(st->cfg, "up_inbound_port");
+    if (inbound + workers - 1 > 65535) {
+        log_error("setting 'up_inbound_port': %d leaves no room for %d workers' ports", inbound,
+                  workers);
+        return -1;
+    }
+    char inbound_env[64];
+    char *worker_env[] = {relay_env, key_env, inbound_env, NULL};
     for (int i = 1; i <= workers; i++) {
         char name[32];
         snprintf(name, sizeof name, "worker-%d", i);
+        snprintf(inbound_env, sizeof inbound_env, "POSTCHI_INBOUND_PORT=%d", inbound + i - 1);
         if (s_up_node(st, name, "worker", base + i, worker_env) == -1)
             return -1;
     }
@@ -991,8 +1002,10 @@ static void s_summary(const up_t *st)
     if (!st->services_only) {
         printf("  broker      %s  metrics http://127.0.0.1:%d/metrics\n",
                config_str(c, "broker_endpoint"), base);
+        int inbound = (int)config_int(c, "up_inbound_port");
         for (int i = 1; i <= workers; i++)
-            printf("  worker-%-4d metrics http://127.0.0.1:%d/metrics\n", i, base + i);
+            printf("  worker-%-4d metrics http://127.0.0.1:%d/metrics  bounces smtp://%s:%d\n", i,
+                   base + i, config_str(c, "inbound_bind"), inbound + i - 1);
         printf("  api         http://%s:%lld/  (metrics port %d)\n", config_str(c, "api_bind"),
                (long long)config_int(c, "api_port"), base + workers + 1);
     }

@@ -35,6 +35,9 @@ typedef struct {
 
 static const char *const s_log_levels[] = {"debug", "info", "warn", "error", NULL};
 
+/* smtp_tls: STARTTLS policy of outgoing mail (smtp_client.h's modes). */
+static const char *const s_smtp_tls[] = {"opportunistic", "required", "verified", NULL};
+
 /* Accepted for CONFIG_BOOL, in true/false pairs. */
 static const char *const s_bool_words[] = {"true", "false", "yes", "no", "on",
                                            "off",  "1",     "0",   NULL};
@@ -94,6 +97,8 @@ static const setting_t s_settings[] = {
     INT("up_workers", 2, 1, 64, "workers `postchi up` starts"),
     INT("up_metrics_port", 9470, 1, 65535,
         "first status-server port `postchi up` hands out (broker, then workers)"),
+    INT("up_inbound_port", 2526, 1, 65535,
+        "first return-path (bounce) listener port `postchi up` gives its workers, one each"),
     INT("api_threads", 8, 1, 256, "threads serving HTTP requests in an API node"),
     INT("api_body_max", 1048576, 1024, 67108864, "largest request body accepted, in bytes"),
     INT("api_batch_body_max", 10485760, 1024, 268435456,
@@ -119,6 +124,25 @@ static const setting_t s_settings[] = {
         "host:port of a relay (smarthost) all mail goes through; empty delivers by MX lookup"),
     INT("smtp_port", 25, 1, 65535, "port of recipient MX hosts (direct delivery)"),
     STR("smtp_helo_name", "localhost", "name this host gives in EHLO"),
+    ENUM("smtp_tls", "opportunistic", s_smtp_tls,
+         "STARTTLS for outgoing mail: opportunistic (when offered), required (defer without "
+         "it), verified (also check the certificate chain and name)"),
+    STR("smtp_tls_ca_file", "",
+        "PEM file of CAs smtp_tls=verified trusts instead of the system's (a private CA)"),
+    STR("smtp_relay_user", "",
+        "user name for AUTH at smtp_relay (never sent to MX hosts); empty: no AUTH"),
+    SECRET("smtp_relay_password", "",
+           "password for smtp_relay_user; only ever sent over TLS"),
+    INT("smtp_connect_timeout_s", 30, 1, 600, "seconds to wait for a TCP connect to an SMTP host"),
+    INT("smtp_greeting_timeout_s", 300, 1, 3600,
+        "seconds to wait for the server's greeting (RFC 5321 4.5.3.2: 5 min)"),
+    INT("smtp_command_timeout_s", 300, 1, 3600,
+        "seconds to wait for the reply to EHLO, MAIL, RCPT and other commands (RFC: 5 min)"),
+    INT("smtp_data_timeout_s", 0, 0, 3600,
+        "seconds to wait for the DATA reply and for each block of the message to go out; 0: "
+        "RFC 5321's 2 min and 3 min"),
+    INT("smtp_data_done_timeout_s", 600, 1, 7200,
+        "seconds to wait for the reply to the message's final dot (RFC: 10 min)"),
     INT("delivery_connections", 4, 1, 1000,
         "SMTP connections a worker opens at most towards one destination"),
     INT("delivery_max_age_s", 259200, 60, 2592000,

@@ -4,6 +4,8 @@
 #   - up --services-only starts PostgreSQL, Redis and smtp-sink that answer;
 #   - a second up succeeds and reuses them (same postmaster and Redis pids);
 #   - a mail sent with smtp-source lands as a file under data/mail;
+#   - up with the mesh (one worker) opens the worker's return-path listener
+#     on up_inbound_port (it answers SMTP), and a third up reuses the mesh;
 #   - down leaves alone a pid file whose pid runs some other program;
 #   - down stops everything, and a second down exits 0;
 #   - a bad setting stops up with a message naming the setting.
@@ -33,12 +35,17 @@ alive() {
 
 set -- $(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')
 export POSTCHI_PG_PORT=$1 POSTCHI_REDIS_PORT=$2 POSTCHI_SMTP_SINK_PORT=$3
 export POSTCHI_PG_USER=postchi POSTCHI_PG_DATABASE=devstack_test
+# The mesh: one worker; the status ports are up_metrics_port + 0..2, so the
+# base is the free port found, and +1, +2 are hoped free (they nearly always
+# are; a clash shows as a node that did not start, with its log).
+export POSTCHI_UP_WORKERS=1 POSTCHI_UP_INBOUND_PORT=$4 POSTCHI_API_PORT=$5
+export POSTCHI_BROKER_ENDPOINT=tcp://127.0.0.1:$6 POSTCHI_UP_METRICS_PORT=$7
 
 echo "== up (first)"
 "$bin" up --services-only --no-sync --data-dir "$data" > "$tmp/up1.out" || fail "first up failed"
@@ -73,17 +80,38 @@ done
 [ -n "$found" ] || fail "no mail file under $data/mail"
 echo "mail captured in $found"
 
+echo "== up with the mesh: the worker listens for bounces"
+"$bin" up --data-dir "$data" > "$tmp/up3.out" 2> "$tmp/up3.err" \
+    || { cat "$tmp/up3.err"; tail -n 20 "$data"/log/*.log; fail "up with the mesh failed"; }
+cat "$tmp/up3.out"
+grep -q "bounces smtp://127.0.0.1:$POSTCHI_UP_INBOUND_PORT" "$tmp/up3.out" \
+    || fail "summary does not say where bounces go"
+greeting=
+for _ in $(seq 100); do
+    greeting=$(python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
+print(s.recv(200).decode(errors="replace").strip())' "$POSTCHI_UP_INBOUND_PORT" 2>/dev/null || true)
+    [ -n "$greeting" ] && break
+    sleep 0.1
+done
+case $greeting in 220*) echo "inbound listener: $greeting" ;;
+    *) tail -n 20 "$data/log/worker-1.log"; fail "no SMTP greeting on up_inbound_port" ;; esac
+worker1=$(cat "$data/run/worker-1.pid")
+"$bin" up --data-dir "$data" > /dev/null 2> "$tmp/up4.err" || { cat "$tmp/up4.err"; fail "third up failed"; }
+[ "$(cat "$data/run/worker-1.pid")" = "$worker1" ] || fail "third up restarted the worker"
+
 echo "== down ignores a pid file naming another program"
 sleep 300 &
 decoy=$!
-echo "$decoy" > "$data/run/api.pid"
+echo "$decoy" > "$data/run/worker-9.pid"
 
 echo "== down"
 "$bin" down --data-dir "$data" || fail "down failed"
-for p in "$pg1" "$redis1" "$sink1"; do
+for p in "$pg1" "$redis1" "$sink1" "$worker1"; do
     alive "$p" && fail "pid $p still runs after down"
 done
-alive "$decoy" || fail "down killed pid $decoy which is not a postchi api"
+alive "$decoy" || fail "down killed pid $decoy which is not a postchi worker"
 ls "$data"/run/*.pid 2>/dev/null && fail "pid files left after down"
 "$bin" down --data-dir "$data" || fail "second down did not exit 0"
 

@@ -64,6 +64,16 @@ static const spec_t s_spec[] = {
     {"smtp_sink_port", 'i', "2525", 1, 65535},
     {"up_workers", 'i', "2", 1, 64},
     {"up_metrics_port", 'i', "9470", 1, 65535},
+    {"up_inbound_port", 'i', "2526", 1, 65535},
+    {"smtp_tls", 'e', "opportunistic", 0, 0},
+    {"smtp_tls_ca_file", 's', "", 0, 0},
+    {"smtp_relay_user", 's', "", 0, 0},
+    {"smtp_relay_password", 's', "", 0, 0},
+    {"smtp_connect_timeout_s", 'i', "30", 1, 600},
+    {"smtp_greeting_timeout_s", 'i', "300", 1, 3600},
+    {"smtp_command_timeout_s", 'i', "300", 1, 3600},
+    {"smtp_data_timeout_s", 'i', "0", 0, 3600},
+    {"smtp_data_done_timeout_s", 'i', "600", 1, 7200},
 };
 
 #define SPEC_COUNT (sizeof s_spec / sizeof s_spec[0])
@@ -186,6 +196,16 @@ static void test_set_errors(void **state)
         {"log_level", "a\x1b[31m",
          "setting 'log_level': 'a\\x1b[31m' is not one of debug, info, warn, error"},
         {"api_port", "0", "setting 'api_port': 0 is out of range 1..65535"},
+        {"smtp_tls", "off",
+         "setting 'smtp_tls': 'off' is not one of opportunistic, required, verified"},
+        {"smtp_tls", "", "setting 'smtp_tls': '' is not one of opportunistic, required, verified"},
+        {"smtp_connect_timeout_s", "0", "setting 'smtp_connect_timeout_s': 0 is out of range 1..600"},
+        {"smtp_command_timeout_s", "5m",
+         "setting 'smtp_command_timeout_s': '5m' is not a whole number"},
+        {"smtp_data_timeout_s", "-1", "setting 'smtp_data_timeout_s': -1 is out of range 0..3600"},
+        {"smtp_data_done_timeout_s", "7201",
+         "setting 'smtp_data_done_timeout_s': 7201 is out of range 1..7200"},
+        {"up_inbound_port", "70000", "setting 'up_inbound_port': 70000 is out of range 1..65535"},
     };
     config_t *cfg = config_new();
     sbuf_t *err = sbuf_new(0);
@@ -460,7 +480,10 @@ static void test_print_masks_secrets(void **state)
     config_set(cfg, "pg_password", "hunter2", NULL);
     config_set(cfg, "pg_dsn", "host=x password=sekrit", NULL);
     config_set(cfg, "pg_user", "alice", NULL);
+    config_set(cfg, "smtp_relay_password", "relaypw9", NULL);
     text = s_print(config_print, cfg);
+    assert_null(strstr(text, "relaypw9"));
+    assert_non_null(strstr(text, "\nsmtp_relay_password = ********\n"));
     assert_null(strstr(text, "hunter2"));
     assert_null(strstr(text, "sekrit"));
     assert_non_null(strstr(text, "\npg_password = ********\n"));
