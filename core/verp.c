@@ -17,7 +17,11 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "secretbox.h"
 #include "verp.h"
+
+/* Callers pass the parsed secret_key. */
+_Static_assert(VERP_KEY_LEN == SECRETBOX_KEY_LEN, "verp key is secret_key");
 
 #define S_UUID_LEN 16 /* uuid bytes */
 static const char S_LABEL[] = "postchi verp v1"; /* subkey derivation label */
