@@ -231,11 +231,13 @@ static int s_verp_parse(const char *addr, const char *verp_local, const char *ve
     if (e - b >= 2 && *b == '<' && e[-1] == '>')
         b++, e--;
     if (!verp_domain) {
-        const char *at = memrchr(b, '@', (size_t)(e - b));
-        if (!at)
+        const char *dom = e; /* just after the last '@' */
+        while (dom > b && dom[-1] != '@')
+            dom--;
+        if (dom == b)
             return -1;
-        memcpy(domain, at + 1, (size_t)(e - at - 1));
-        domain[e - at - 1] = '\0';
+        memcpy(domain, dom, (size_t)(e - dom));
+        domain[e - dom] = '\0';
         verp_domain = domain;
     }
     if (!verp_local) {
