@@ -43,6 +43,7 @@
 #include "mime.h"
 #include "mx.h"
 #include "secretbox.h"
+#include "verp.h"
 
 typedef struct {
     char suffix[256]; /* MX host name suffix, lower case */
@@ -547,14 +548,11 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         s_fail(db, id, reason);
         goto done;
     }
-    /* VERP: bounces come back to bounces+<row id without dashes>@<return path>. */
-    char token[40];
-    size_t t = 0;
-    for (const char *p = id; *p && t + 1 < sizeof token; p++)
-        if (*p != '-')
-            token[t++] = *p;
-    token[t] = 0;
-    verp = mime_verp("bounces", token, keys->return_path);
+    /* VERP: bounces come back to bounces+<row id and its MAC>@<return path>
+     * (core/verp.h: only we can make a token inbound will act on). */
+    char token[VERP_TOKEN_LEN + 1];
+    if (verp_token_make(M.key, id, token, sizeof token) == 0)
+        verp = mime_verp("bounces", token, keys->return_path);
     job = calloc(1, sizeof *job);
     if (!job || !verp)
         goto done;

@@ -18,6 +18,12 @@
  * suppressions ON CONFLICT DO NOTHING), so a 451 followed by a retry does
  * not double anything but a 'deferred' note.
  *
+ * Security note: a token is acted on only when its MAC checks under
+ * secret_key (core/verp.h), so knowing a message id is not enough to get
+ * its recipient bounced or suppressed. A token that fails (forged, made
+ * under another key, or the unsigned format of mail sent before tokens had
+ * a MAC) is counted and logged as unknown and writes nothing.
+ *
  * What can go wrong: the database work runs on the poll thread, so while
  * PostgreSQL is slow every session waits (an MTA times out after minutes,
  * we are well inside). A failed connect is not retried for a second, so a
@@ -36,12 +42,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "db.h"
 #include "inbound_report.h"
 #include "log.h"
 #include "mesh_peer.h"
 #include "metrics.h"
 #include "mime.h"
+#include "secretbox.h"
+#include "verp.h"
 #include "inbound.h"
 
 #define READ_CHUNK 16384            /* bytes read per readable event */
@@ -82,6 +92,8 @@ struct inbound {
     db_t *db;                        /* the thread's connection, NULL until needed */
     int64_t db_failed_ms;            /* when the last connect failed */
     char host[256];                  /* our name in the greeting and EHLO */
+    unsigned char key[VERP_KEY_LEN]; /* secret_key: checks VERP tokens */
+    int have_key;                    /* secret_key was valid (else no token checks) */
     metric_t *m_hard;                /* reports: DSN failed 5.x.x */
     metric_t *m_delayed;             /* reports: DSN delayed */
     metric_t *m_arf;                 /* reports: ARF abuse */
@@ -223,21 +235,13 @@ static db_t *s_db(inbound_t *in)
     return in->db;
 }
 
-/* A 32-hex-digit token as a uuid text in uuid[37]; -1 when it is not one. */
-static int s_token_uuid(const char *token, char *uuid)
+/* The row id a token names, into uuid[VERP_UUID_SIZE]: 0, or -1 when the
+ * token is not one we made (bad MAC, old unsigned format, garbage, or no
+ * valid secret_key to check it with). */
+static int s_token_uuid(const inbound_t *in, const char *token, char *uuid)
 {
-    if (strlen(token) != 32)
-        return -1;
-    size_t j = 0;
-    for (size_t i = 0; i < 32; i++) {
-        if (!isxdigit((unsigned char)token[i]))
-            return -1;
-        if (i == 8 || i == 12 || i == 16 || i == 20)
-            uuid[j++] = '-';
-        uuid[j++] = (char)tolower((unsigned char)token[i]);
-    }
-    uuid[j] = '\0';
-    return 0;
+    uuid[0] = '\0';
+    return in->have_key ? verp_token_check(in->key, token, uuid) : -1;
 }
 
 static void s_unknown(inbound_t *in, const char *why, const char *token)
@@ -266,9 +270,9 @@ static int s_record(inbound_t *in, const char *raw, size_t len, const char *rcpt
     const char *sql = NULL;
     metric_t *m = NULL;
     const char *p[3];
-    char uuid[37];
-    if (s_token_uuid(r.verp_token, uuid) != 0) {
-        s_unknown(in, "token is not a message id", r.verp_token);
+    char uuid[VERP_UUID_SIZE];
+    if (s_token_uuid(in, r.verp_token, uuid) != 0) {
+        s_unknown(in, "token not ours (no valid MAC)", r.verp_token);
         sbuf_destroy(&err);
         return 0;
     }
@@ -727,6 +731,9 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
         return in; /* off */
     if (gethostname(in->host, sizeof in->host - 1) != 0 || !in->host[0])
         snprintf(in->host, sizeof in->host, "postchi");
+    in->have_key = secretbox_key_parse(config_str(cfg, "secret_key"), in->key) == 0;
+    if (!in->have_key)
+        log_warn("secret_key is not set: every report will be dropped as unknown");
     in->conninfo = db_conninfo_from_config(cfg);
     if (!in->conninfo || pipe2(in->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         sbuf_append_str(err, "inbound: out of resources");
@@ -768,6 +775,7 @@ void inbound_stop(inbound_t **self_p)
         close(in->wake[1]);
     db_destroy(&in->db);
     free(in->conninfo);
+    OPENSSL_cleanse(in->key, sizeof in->key);
     free(in);
     *self_p = NULL;
 }

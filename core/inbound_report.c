@@ -26,6 +26,7 @@
 
 #include <gmime/gmime.h>
 
+#include "mime.h"
 #include "inbound_report.h"
 
 #define S_TOKEN_MAX 64        /* VERP token, characters */
@@ -209,49 +210,48 @@ static int s_prescan(const char *raw, size_t len, sbuf_t *err)
     return 0;
 }
 
-/* The VERP token of addr when addr is "<verp_local>+<token>@<verp_domain>"
- * (with or without <>, surrounding spaces allowed). Keep in step with
- * mime_verp_parse in core/mime.c. Returns 0 with the token in out, or -1. */
+/* The VERP token of addr by the one VERP address rule, mime_verp_parse
+ * (core/mime.h), cut at S_TOKEN_MAX characters. A NULL verp_local or
+ * verp_domain matches any: it is read from addr itself (the local part up to
+ * the first '+', the domain after the last '@') and then the rule applies as
+ * usual. Returns 0 with the token in out, or -1. */
 static int s_verp_parse(const char *addr, const char *verp_local, const char *verp_domain, char *out,
                         size_t size)
 {
+    char local[S_ADDR_MAX], domain[S_ADDR_MAX];
     size_t len = strlen(addr);
-    while (len && (addr[len - 1] == ' ' || addr[len - 1] == '\t'))
-        len--;
-    while (len && (*addr == ' ' || *addr == '\t'))
-        addr++, len--;
-    if (len >= 2 && addr[0] == '<' && addr[len - 1] == '>')
-        addr++, len -= 2;
-    const char *at = memchr(addr, '@', len);
-    if (!at || memchr(at + 1, '@', len - (size_t)(at + 1 - addr)))
-        return -1;
-    const char *domain = at + 1;
-    size_t dlen = len - (size_t)(domain - addr);
-    if (dlen == 0 || (verp_domain && !s_ieq(domain, dlen, verp_domain)))
-        return -1;
-    const char *plus;
-    if (verp_local) {
-        size_t llen = strlen(verp_local);
-        if (llen == 0 || (size_t)(at - addr) <= llen || !s_ieq(addr, llen, verp_local) || addr[llen] != '+')
+    if (len >= S_ADDR_MAX)
+        return -1; /* longer than any address (EMAIL_ADDR_MAX) */
+    /* The bare address, only to find what a NULL stands for. */
+    const char *b = addr, *e = addr + len;
+    while (b < e && (*b == ' ' || *b == '\t'))
+        b++;
+    while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+        e--;
+    if (e - b >= 2 && *b == '<' && e[-1] == '>')
+        b++, e--;
+    if (!verp_domain) {
+        const char *dom = e; /* just after the last '@' */
+        while (dom > b && dom[-1] != '@')
+            dom--;
+        if (dom == b)
             return -1;
-        plus = addr + llen;
-    } else {
-        plus = memchr(addr, '+', (size_t)(at - addr));
-        if (!plus || plus == addr)
-            return -1;
+        memcpy(domain, dom, (size_t)(e - dom));
+        domain[e - dom] = '\0';
+        verp_domain = domain;
     }
-    const char *tok = plus + 1;
-    size_t tlen = (size_t)(at - tok);
-    if (tlen == 0 || tlen > S_TOKEN_MAX || tlen >= size)
-        return -1;
-    for (size_t i = 0; i < tlen; i++) {
-        char c = tok[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'))
+    if (!verp_local) {
+        const char *plus = memchr(b, '+', (size_t)(e - b));
+        if (!plus || memchr(b, '@', (size_t)(plus - b)))
             return -1;
+        memcpy(local, b, (size_t)(plus - b));
+        local[plus - b] = '\0';
+        verp_local = local;
     }
-    memcpy(out, tok, tlen);
-    out[tlen] = '\0';
-    return 0;
+    if (!verp_local[0] || !verp_domain[0])
+        return -1;
+    size_t cap = size < S_TOKEN_MAX + 1 ? size : S_TOKEN_MAX + 1;
+    return mime_verp_parse(addr, verp_local, verp_domain, out, cap);
 }
 
 /* Decoded content of a leaf part, at most INBOUND_REPORT_MAX_FIELDS bytes

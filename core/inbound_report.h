@@ -23,12 +23,13 @@
  *    action "failed" and legacy = 1. Anything vaguer is kind NONE.
  *
  * VERP: the token is taken from the first of these that has the shape
- * "<verp_local>+<token>@<verp_domain>" (token [A-Za-z0-9-]{1,64}; local and
- * domain compared case-insensitively; a NULL verp_local or verp_domain
- * matches any): the envelope recipient, the ARF Original-Mail-From, the
- * original message's Return-Path, the report's own To: header. This is a
- * private copy of the rule core/mime.c (mime_verp_parse) implements; the two
- * must agree and should be merged.
+ * "<verp_local>+<token>@<verp_domain>" by the one VERP address rule,
+ * mime_verp_parse in core/mime.c (token of letters, digits, '-' and '_', at
+ * most 64 of them here; local and domain compared case-insensitively; a
+ * NULL verp_local or verp_domain matches any): the envelope recipient, the
+ * ARF Original-Mail-From, the original message's Return-Path, the report's
+ * own To: header. The token is only extracted here, not checked: whether it
+ * is one we made is core/verp.h's question (verp_token_check).
  *
  * Every string field is NUL-terminated, truncated to fit (at a UTF-8 boundary)
  * and sanitized: no control characters, invalid UTF-8 replaced by '?', runs of

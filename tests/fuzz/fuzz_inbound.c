@@ -9,7 +9,8 @@
  *
  * Build (registered by tests/fuzz/CMakeLists.txt), by hand:
  *   clang -g -fsanitize=fuzzer,address,undefined -Icore core/inbound_report.c \
- *         core/sbuf.c tests/fuzz/fuzz_inbound.c $(pkg-config --cflags --libs gmime-3.0 jansson)
+ *         core/mime.c core/email_addr.c core/sbuf.c tests/fuzz/fuzz_inbound.c \
+ *         $(pkg-config --cflags --libs gmime-3.0 jansson)
  *   ./a.out tests/fuzz/corpus/inbound
  */
 #include <stddef.h>

@@ -23,6 +23,8 @@
 
 #include "api_util.h"
 #include "dkim_verify_py.h"
+#include "secretbox.h"
+#include "verp.h"
 
 #define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
@@ -177,6 +179,17 @@ static void test_send_signed_through_relay(void **state)
     assert_non_null(msg);
     const char *text = sbuf_data(msg);
     assert_non_null(strstr(text, "X-Campaign: c1"));
+    /* The envelope sender is the VERP return path with a signed token
+     * (smtp-sink writes MAIL FROM into its X-Mail-Args header). */
+    unsigned char key[SECRETBOX_KEY_LEN];
+    char token[VERP_TOKEN_LEN + 1], verp[160];
+    assert_int_equal(secretbox_key_parse(TEST_SECRET_KEY, key), 0);
+    assert_int_equal(verp_token_make(key, mid, token, sizeof token), 0);
+    snprintf(verp, sizeof verp, "<bounces+%s@bounces.send.example>", token);
+    const char *mail_args = strstr(text, "X-Mail-Args:");
+    assert_non_null(mail_args);
+    size_t line = strcspn(mail_args, "\r\n");
+    assert_non_null(memmem(mail_args, line, verp, strlen(verp)));
     /* The sink's own headers come first and are not signed: start the
      * message at the first DKIM-Signature. */
     const char *start = strstr(text, "DKIM-Signature:");

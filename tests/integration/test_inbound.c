@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include "api_util.h"
+#include "secretbox.h"
+#include "verp.h"
 
 #define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 #define FIXTURES POSTCHI_SOURCE_DIR "/tests/fixtures/inbound/"
@@ -119,8 +121,17 @@ static void s_domain_once(void)
     done = 1;
 }
 
+/* The VERP token the workers make for row id (under TEST_SECRET_KEY) into
+ * token[64]. */
+static void s_token(const char *id, char *token)
+{
+    unsigned char key[SECRETBOX_KEY_LEN];
+    assert_int_equal(secretbox_key_parse(TEST_SECRET_KEY, key), 0);
+    assert_int_equal(verp_token_make(key, id, token, 64), 0);
+}
+
 /* Make a contact, send it a message and wait for 'sent'; the message id
- * into id[64] and its VERP token (id without dashes) into token[64]. */
+ * into id[64] and its VERP token into token[64]. */
 static void s_sent_message(const char *to, char *id, char *token)
 {
     s_domain_once();
@@ -136,11 +147,7 @@ static void s_sent_message(const char *to, char *id, char *token)
     assert_non_null(mid);
     snprintf(id, 64, "%s", mid);
     api_resp_free(&r);
-    size_t t = 0;
-    for (const char *p = id; *p; p++)
-        if (*p != '-')
-            token[t++] = *p;
-    token[t] = '\0';
+    s_token(id, token);
     char sql[160];
     snprintf(sql, sizeof sql, "SELECT status FROM messages WHERE id = '%s'", id);
     char *st = s_wait_sql("sent", 15000, sql);
@@ -310,8 +317,9 @@ static void test_complaint(void **state)
                id);
 }
 
-/* A token that is no message, and a report for one organization's message
- * must not touch another organization's contact with the same address. */
+/* A token that is ours but names no message, and a report for one
+ * organization's message must not touch another organization's contact
+ * with the same address. */
 static void test_unknown_and_tenancy(void **state)
 {
     (void)state;
@@ -322,8 +330,9 @@ static void test_unknown_and_tenancy(void **state)
     assert_non_null(org2);
     free(s_sqlf("INSERT INTO contacts (organization_id, email) VALUES ('%s', '%s')", org2, other));
 
-    char rcpt[160], file[64];
-    snprintf(rcpt, sizeof rcpt, "bounces+0123456789abcdef0123456789abcdef@bounces.send.example");
+    char rcpt[160], file[64], nobody[64];
+    s_token("01234567-89ab-cdef-0123-456789abcdef", nobody);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", nobody);
     const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
                            other, NULL};
     s_fixture("postfix_hard_511.eml", pairs, file);
@@ -354,6 +363,98 @@ static void test_unknown_and_tenancy(void **state)
                org2, other);
     ASSERT_SQL("0", "SELECT count(*) FROM suppressions WHERE organization_id = '%s'", org2);
     free(org2);
+}
+
+/* The unknown-report counter on the worker's /metrics. */
+static long s_unknown_count(void)
+{
+    sbuf_t *m = sbuf_new(8192);
+    assert_int_equal(harness_http_get(E.mesh.worker_metrics[0], "/metrics", m), 200);
+    const char *k = "postchi_inbound_reports_total{kind=\"unknown\"} ";
+    const char *p = strstr(sbuf_data(m), k);
+    long n = p ? strtol(p + strlen(k), NULL, 10) : -1;
+    sbuf_destroy(&m);
+    return n;
+}
+
+/* Send the hard bounce (arf 0) or the complaint (arf 1) fixture for
+ * recipient addr to the VERP address rcpt: the SMTP code of the reply. */
+static int s_report(int arf, const char *rcpt, const char *addr)
+{
+    char file[64];
+    const char *hard[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org", addr,
+                          NULL};
+    const char *abuse[] = {"bounces+arf-0042@mail.postchi.test", rcpt, "user@example.com", addr,
+                           NULL};
+    s_fixture(arf ? "arf_abuse.eml" : "postfix_hard_511.eml", arf ? abuse : hard, file);
+    int code = s_smtplib(rcpt, file);
+    unlink(file);
+    return code;
+}
+
+/* src with a-f in upper case, into dst (as large as src). */
+static void s_upper_hex(char *dst, const char *src)
+{
+    do
+        *dst++ = (char)(*src >= 'a' && *src <= 'f' ? *src - 'a' + 'A' : *src);
+    while (*src++);
+}
+
+/* Forged return paths: a hard bounce and a complaint for a real message,
+ * sent to tokens we did not make - the bare row id (the format before
+ * tokens carried a MAC), the same in upper case, the right row with a
+ * MAC made under another key, the right token with one digit changed - are
+ * accepted by SMTP (an MTA must not learn which tokens are good), counted
+ * as unknown, and change nothing: no bounce, no complaint, no suppression. */
+static void test_forged_tokens(void **state)
+{
+    (void)state;
+    const char *addr = "frank@dest.example";
+    char id[64], token[64];
+    s_sent_message(addr, id, token);
+    char raw[40], upper[40], other[64], flipped[64];
+    size_t t = 0;
+    for (const char *p = id; *p; p++)
+        if (*p != '-')
+            raw[t++] = *p;
+    raw[t] = '\0';
+    s_upper_hex(upper, raw);
+    unsigned char key2[SECRETBOX_KEY_LEN];
+    memset(key2, 0x5a, sizeof key2);
+    assert_int_equal(verp_token_make(key2, id, other, sizeof other), 0);
+    snprintf(flipped, sizeof flipped, "%s", token);
+    flipped[VERP_TOKEN_LEN - 1] = flipped[VERP_TOKEN_LEN - 1] == '0' ? '1' : '0';
+    const char *forged[] = {raw, upper, other, flipped};
+    long before = s_unknown_count();
+    for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++) {
+        char rcpt[160];
+        snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", forged[i]);
+        assert_int_equal(s_report(0, rcpt, addr), 250);
+        assert_int_equal(s_report(1, rcpt, addr), 250);
+    }
+    /* 250 came after the report was handled: no waiting needed. */
+    assert_int_equal(s_unknown_count(), before + 8);
+    ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("0",
+               "SELECT count(*) FROM message_events WHERE message_id = '%s'"
+               " AND type IN ('bounced', 'complaint', 'deferred')",
+               id);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s' AND email = '%s'",
+               E.org_id, addr);
+    ASSERT_SQL("0",
+               "SELECT count(*) FROM suppressions WHERE organization_id = '%s' AND email = '%s'",
+               E.org_id, addr);
+
+    /* The genuine token, in upper case as some MTAs write it, still works. */
+    char rcpt[160], up[64];
+    s_upper_hex(up, token);
+    snprintf(rcpt, sizeof rcpt, "BOUNCES+%s@bounces.send.example", up);
+    assert_int_equal(s_report(0, rcpt, addr), 250);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("bounce",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s' AND email = '%s'",
+               E.org_id, addr);
 }
 
 /* PostgreSQL drops the listener's connection: the report gets 451 (the
@@ -640,6 +741,7 @@ int main(void)
         cmocka_unit_test(test_delayed),
         cmocka_unit_test(test_complaint),
         cmocka_unit_test(test_unknown_and_tenancy),
+        cmocka_unit_test(test_forged_tokens),
         cmocka_unit_test(test_hostile_sessions),
         cmocka_unit_test(test_garbage_and_limit),
         cmocka_unit_test(test_database_lost_then_retry),

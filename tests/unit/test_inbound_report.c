@@ -220,7 +220,7 @@ static void test_verp_sources(void **state)
         {"other+tok@mail.postchi.test", "m8f3k2q-9x"},
         {"bounces@mail.postchi.test", "m8f3k2q-9x"},
         {"bounces+@mail.postchi.test", "m8f3k2q-9x"},
-        {"bounces+a_b@mail.postchi.test", "m8f3k2q-9x"},
+        {"bounces+a_b@mail.postchi.test", "a_b"}, /* mime_verp_parse's charset */
         {"bounces+a.b@mail.postchi.test", "m8f3k2q-9x"},
         {"bounces+a@b@mail.postchi.test", "m8f3k2q-9x"},
         {"bounces+tok@mail.postchi.test.evil", "m8f3k2q-9x"},
@@ -241,6 +241,23 @@ static void test_verp_sources(void **state)
     /* NULL local and domain match any. */
     assert_int_equal(inbound_report_parse(raw, len, "x+any-1@anywhere.example", NULL, NULL, &r, NULL), 0);
     assert_string_equal(r.verp_token, "any-1");
+    static const struct {
+        const char *envelope;
+        const char *token;
+    } A[] = {
+        {" <X+Any-2@Anywhere.Example> ", "Any-2"},
+        /* Not the shape with any local or domain: the To: header's token. */
+        {"a@b+tok@anywhere.example", "m8f3k2q-9x"},
+        {"x+tok@", "m8f3k2q-9x"},
+        {"+tok@anywhere.example", "m8f3k2q-9x"},
+        {"x+a+b@anywhere.example", "m8f3k2q-9x"},
+        {"x+a@b@anywhere.example", "m8f3k2q-9x"},
+    };
+    for (size_t i = 0; i < sizeof A / sizeof A[0]; i++) {
+        print_message("%s\n", A[i].envelope);
+        assert_int_equal(inbound_report_parse(raw, len, A[i].envelope, NULL, NULL, &r, NULL), 0);
+        assert_string_equal(r.verp_token, A[i].token);
+    }
     /* No candidate matches: empty token, the report still reads. */
     assert_int_equal(inbound_report_parse(raw, len, NULL, "returns", VERP_DOMAIN, &r, NULL), 0);
     assert_string_equal(r.verp_token, "");
