@@ -1,6 +1,5 @@
 /*
- * audience - helpers shared by the lists, tags, segments and suppressions
- * resources (see audience.h).
+ * audience - helpers shared by the resource modules (see audience.h).
  *
  * What can go wrong: cursors and names are peer data; each is checked here
  * byte by byte before use and a bad one becomes a field error, never a SQL
@@ -30,50 +29,137 @@
 #define CURSOR_US_MIN (-100000000000000000LL) /* about 1200 BC */
 #define CURSOR_US_MAX 999999999999999999LL     /* about 33,700 AD */
 
-int aud_page(api_req_t *req, int *limit, aud_pos_t *pos, int *has_pos)
+int aud_pos_us(const char *pos, size_t len)
+{
+    /* The range keeps epoch + interval inside PostgreSQL's timestamps. */
+    char digits[24];
+    if (len >= sizeof digits)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!((pos[i] >= '0' && pos[i] <= '9') || (i == 0 && pos[i] == '-' && len > 1)))
+            return 0;
+    memcpy(digits, pos, len);
+    digits[len] = '\0';
+    errno = 0;
+    long long us = strtoll(digits, NULL, 10);
+    return errno == 0 && us >= CURSOR_US_MIN && us <= CURSOR_US_MAX;
+}
+
+int aud_pos_digits(const char *pos, size_t len)
+{
+    if (len > 18)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (pos[i] < '0' || pos[i] > '9')
+            return 0;
+    return 1;
+}
+
+const aud_paging_t aud_paging = {PAGE_DEFAULT, PAGE_MAX, aud_pos_us,
+                                 "is not a cursor this listing produced"};
+
+int aud_page_open(api_req_t *req, const aud_paging_t *how, aud_page_t *page)
 {
     const char *cursor = NULL;
-    *has_pos = 0;
-    if (api_page(req, PAGE_DEFAULT, PAGE_MAX, limit, &cursor) != 0)
+    memset(page, 0, sizeof *page);
+    if (api_page(req, how->def, how->max, &page->limit, &cursor) != 0)
         return -1;
+    snprintf(page->lim, sizeof page->lim, "%d", page->limit + 1);
     if (!cursor)
         return 0;
-    /* "<microseconds>|<uuid>": anything else is a forged or foreign cursor.
-     * The range keeps epoch + interval inside PostgreSQL's timestamps. */
+    /* "<pos>|<uuid>": anything else is a forged or foreign cursor. The
+     * uuid is 36 bytes, so the whole text fits buf once pos does. */
     const char *bar = strchr(cursor, '|');
-    size_t ndig = bar ? (size_t)(bar - cursor) : 0;
-    int ok = bar && ndig >= 1 && ndig < sizeof pos->us && api_is_uuid(bar + 1);
-    for (size_t i = 0; ok && i < ndig; i++)
-        ok = (cursor[i] >= '0' && cursor[i] <= '9') || (i == 0 && cursor[i] == '-' && ndig > 1);
-    if (ok) {
-        errno = 0;
-        long long us = strtoll(cursor, NULL, 10);
-        ok = errno == 0 && us >= CURSOR_US_MIN && us <= CURSOR_US_MAX;
-    }
-    if (!ok) {
-        api_error_add(api_errors(req), "cursor", "is not a cursor this listing produced");
+    size_t n = bar ? (size_t)(bar - cursor) : 0;
+    if (!bar || n == 0 || n + 38 > sizeof page->buf || !api_is_uuid(bar + 1) ||
+        !how->pos_ok(cursor, n)) {
+        api_error_add(api_errors(req), "cursor", "%s", how->bad_cursor);
         return -1;
     }
-    memcpy(pos->us, cursor, ndig);
-    pos->us[ndig] = '\0';
-    snprintf(pos->id, sizeof pos->id, "%s", bar + 1);
-    *has_pos = 1;
+    memcpy(page->buf, cursor, n + 38);
+    page->buf[n] = '\0';
+    page->pos = page->buf;
+    page->id = page->buf + n + 1;
     return 0;
 }
 
-char *aud_next_cursor(const db_result_t *res, int limit, int us_col, int id_col)
+int aud_page_reply(api_req_t *req, const aud_page_t *page, db_result_t **res,
+                   aud_item_fn item, int pos_col, int id_col)
+{
+    int rows = db_result_rows(*res), shown = rows > page->limit ? page->limit : rows;
+    json_t *data = json_array();
+    for (int i = 0; data && i < shown; i++) {
+        json_t *one = item(*res, i);
+        if (!one || json_array_append_new(data, one) != 0) {
+            json_decref(data);
+            data = NULL;
+        }
+    }
+    char *next = NULL;
+    /* A page without its next cursor would end the listing early: fail. */
+    if (data && rows > page->limit && !(next = aud_next_cursor(*res, page->limit, pos_col,
+                                                                 id_col))) {
+        json_decref(data);
+        data = NULL;
+    }
+    db_result_free(res);
+    if (!data)
+        return api_problem(req, 500, "Internal Server Error", "out of memory");
+    return api_page_json(req, data, next);
+}
+
+int aud_page_query(api_req_t *req, const aud_page_t *page, const char *sql, int n,
+                   const char *const *params, aud_item_fn item, int pos_col, int id_col)
+{
+    int rc = 0;
+    db_result_t *res = aud_query(req, 0, sql, n, params, &rc);
+    if (!res)
+        return rc;
+    return aud_page_reply(req, page, &res, item, pos_col, id_col);
+}
+
+int aud_page_index(api_req_t *req, const char *first_sql, const char *next_sql,
+                   aud_item_fn item, int pos_col, int id_col)
+{
+    aud_page_t page;
+    if (aud_page_open(req, &aud_paging, &page) != 0)
+        return api_invalid(req);
+    const char *params[] = {api_org(req), page.lim, page.pos, page.id};
+    return aud_page_query(req, &page, page.pos ? next_sql : first_sql, page.pos ? 4 : 2, params,
+                          item, pos_col, id_col);
+}
+
+int aud_page(api_req_t *req, int *limit, aud_pos_t *pos, int *has_pos)
+{
+    aud_page_t page;
+    *has_pos = 0;
+    if (aud_page_open(req, &aud_paging, &page) != 0)
+        return -1;
+    *limit = page.limit;
+    if (page.pos) {
+        /* aud_pos_us allows at most 23 bytes: it fits pos->us. */
+        snprintf(pos->us, sizeof pos->us, "%s", page.pos);
+        snprintf(pos->id, sizeof pos->id, "%s", page.id);
+        *has_pos = 1;
+    }
+    return 0;
+}
+
+char *aud_next_cursor(const db_result_t *res, int limit, int pos_col, int id_col)
 {
     if (db_result_rows(res) <= limit || limit < 1)
         return NULL;
-    const char *us = db_result_get(res, limit - 1, us_col);
-    const char *id = db_result_get(res, limit - 1, id_col);
-    if (!us || !id)
+    const char *pos = db_result_get(res, limit - 1, pos_col);
+    const char *id = id_col < 0 ? "" : db_result_get(res, limit - 1, id_col);
+    if (!pos || !id)
         return NULL;
-    sbuf_t *pos = sbuf_new(64);
+    if (id_col < 0)
+        return api_cursor_make(pos);
+    sbuf_t *text = sbuf_new(64);
     char *cursor = NULL;
-    if (pos && sbuf_appendf(pos, "%s|%s", us, id) == 0)
-        cursor = api_cursor_make(sbuf_data(pos));
-    sbuf_destroy(&pos);
+    if (text && sbuf_appendf(text, "%s|%s", pos, id) == 0)
+        cursor = api_cursor_make(sbuf_data(text));
+    sbuf_destroy(&text);
     return cursor;
 }
 

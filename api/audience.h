@@ -1,13 +1,14 @@
 /*
- * audience - small helpers the audience resource modules (lists, tags,
- * segments, suppressions) share: RFC 3339 timestamps in SQL, keyset
- * pagination positions, name and email validation, and turning a failed
- * statement into the right problem response.
+ * audience - small helpers the resource modules share (first the audience
+ * ones: lists, tags, segments, suppressions; also templates, webhooks,
+ * domains, messages): RFC 3339 timestamps in SQL, keyset pagination, name
+ * and email validation, and turning a failed statement into the right
+ * problem response.
  *
- * Pagination: every audience listing is ordered by (created_at, id). The
- * cursor position is "<microseconds since the epoch>|<uuid>"; it comes back
- * from the client, so aud_cursor_parse checks it fully before any of it
- * reaches SQL (as bound parameters only).
+ * Pagination: every listing is ordered by (created_at, id) and its cursor
+ * position is "<created_at>|<uuid>" (the audience ones: microseconds since
+ * the epoch). It comes back from the client, so aud_page_open checks it
+ * fully before any of it reaches SQL (as bound parameters only).
  */
 #ifndef POSTCHI_API_AUDIENCE_H
 #define POSTCHI_API_AUDIENCE_H
@@ -28,21 +29,83 @@
 /* SQL turning a bound bigint text parameter (microseconds) into a timestamptz. */
 #define AUD_FROM_US(param) "('epoch'::timestamptz + (" param ")::bigint * interval '1 microsecond')"
 
-/* A checked cursor position. */
+/* A checked cursor position (aud_page). */
 typedef struct {
     char us[24]; /* microseconds since the epoch, decimal */
     char id[40]; /* canonical uuid */
 } aud_pos_t;
 
-/* Read ?limit= and ?cursor= (api_page, default 50, max 500). 0 with *limit
- * and *pos set (*has_pos 0 when there is no cursor), or -1 after adding a
- * field error ("limit" or "cursor"): the caller answers api_invalid. */
+/* How a keyset listing pages. Its cursor position is "<pos>|<uuid>"; what
+ * <pos> may be is the listing's own (pos_ok), checked before any of it
+ * reaches SQL. */
+typedef struct {
+    int def;                                    /* ?limit= default */
+    int max;                                    /* ?limit= maximum */
+    int (*pos_ok)(const char *pos, size_t len); /* 1 when pos (len bytes, len >= 1,
+                                                   not terminated) is one this
+                                                   listing makes */
+    const char *bad_cursor;                     /* the "cursor" field error's message */
+} aud_paging_t;
+
+/* The audience listings' paging: 50 by default, at most 500, positions in
+ * signed microseconds (aud_pos_us). */
+extern const aud_paging_t aud_paging;
+
+/* One page request, filled by aud_page_open. */
+typedef struct {
+    int limit;     /* rows the page shows */
+    char lim[16];  /* limit + 1 as text: the SQL LIMIT (the extra row says
+                      there is a next page) */
+    const char *pos; /* the cursor's position half, NULL on the first page */
+    const char *id;  /* the cursor's uuid half, NULL on the first page */
+    char buf[80];    /* holds pos and id */
+} aud_page_t;
+
+/* Read ?limit= and ?cursor= as how says. 0 with *page filled, or -1 after
+ * adding a field error ("limit" or "cursor"): the caller answers
+ * api_invalid (or collects more errors first). */
+int aud_page_open(api_req_t *req, const aud_paging_t *how, aud_page_t *page);
+/* Position checks for aud_paging_t.pos_ok: signed decimal microseconds
+ * within PostgreSQL's timestamps (the audience cursors), and 1..18
+ * unsigned digits (the templates and webhooks cursors). */
+int aud_pos_us(const char *pos, size_t len);
+int aud_pos_digits(const char *pos, size_t len);
+
+/* A page item: the JSON of row row of res, or NULL when out of memory. */
+typedef json_t *(*aud_item_fn)(const db_result_t *res, int row);
+/* Answer a page fetched with LIMIT page->lim: "data" is the first
+ * page->limit rows through item, "next_cursor" (when res has more rows)
+ * the position of the last one shown (aud_next_cursor's pos_col, id_col).
+ * Frees *res. 500 when out of memory. */
+int aud_page_reply(api_req_t *req, const aud_page_t *page, db_result_t **res,
+                   aud_item_fn item, int pos_col, int id_col);
+/* aud_query (outside a transaction) and then aud_page_reply. */
+int aud_page_query(api_req_t *req, const aud_page_t *page, const char *sql, int n,
+                   const char *const *params, aud_item_fn item, int pos_col, int id_col);
+
+/* The two statements of a plain audience listing: select (SQL text with
+ * the organization as $1 and a WHERE clause) ordered by alias's
+ * (created_at, id), first without and then with a cursor position ($3
+ * microseconds, $4 id); LIMIT $2. For aud_page_index. */
+#define AUD_INDEX(select, alias)                                                           \
+    select " ORDER BY " alias ".created_at, " alias ".id LIMIT $2",                        \
+        select " AND (" alias ".created_at, " alias ".id) > (" AUD_FROM_US("$3")           \
+               ", $4::uuid) ORDER BY " alias ".created_at, " alias ".id LIMIT $2"
+/* A whole plain audience listing: aud_page_open with aud_paging (422 on a
+ * bad limit or cursor), then aud_page_query with first_sql or next_sql (see
+ * AUD_INDEX) and positions in columns pos_col (microseconds) and id_col. */
+int aud_page_index(api_req_t *req, const char *first_sql, const char *next_sql,
+                   aud_item_fn item, int pos_col, int id_col);
+
+/* aud_page_open with aud_paging, the position copied into *pos (*has_pos
+ * 0 when there is no cursor). */
 int aud_page(api_req_t *req, int *limit, aud_pos_t *pos, int *has_pos);
 /* The next cursor for a result fetched with LIMIT limit + 1: NULL when
  * there are no more rows (or out of memory), else an api_cursor_make string
- * (caller owns it) for row limit - 1, whose microseconds are in column
- * us_col and id in id_col. */
-char *aud_next_cursor(const db_result_t *res, int limit, int us_col, int id_col);
+ * (caller owns it) for row limit - 1: its pos_col text, "|" and its id_col
+ * text, or pos_col's text alone when id_col < 0 (a column that already
+ * holds the whole position). */
+char *aud_next_cursor(const db_result_t *res, int limit, int pos_col, int id_col);
 
 /* A display name: a string of 1..max_len bytes without control characters
  * (C0, DEL, C1) and not only spaces. Same return as api_field_string. */

@@ -768,6 +768,10 @@ static const char SQL_TAGS_CREATE[] =
     " WHERE EXISTS (SELECT 1 FROM contacts WHERE organization_id = $1 AND id = $2)"
     " ON CONFLICT (organization_id, name) DO NOTHING";
 
+/* SQL_TAGS_ATTACH and SQL_UNTAG answer alike for s_tags: no row when the
+ * contact is not the organization's, else a row per tag attached or
+ * removed (contact id, tag_added event id, its payload, the tag name), or
+ * one row of contact id and NULLs when none was. */
 static const char SQL_TAGS_ATTACH[] =
     "WITH c AS (SELECT id, email FROM contacts WHERE organization_id = $1 AND id = $2),"
     " att AS (INSERT INTO contact_tags (organization_id, contact_id, tag_id)"
@@ -778,9 +782,21 @@ static const char SQL_TAGS_ATTACH[] =
     "  SELECT $1, 'tag_added', c.id, jsonb_build_object('contact_id', c.id, 'email', c.email,"
     "   'tag_id', t.id, 'tag', t.name)"
     "  FROM att JOIN tags t ON t.id = att.tag_id CROSS JOIN c RETURNING id, payload)"
-    " SELECT c.id, ev.id, ev.payload::text FROM c LEFT JOIN ev ON true ORDER BY ev.id";
+    " SELECT c.id, ev.id, ev.payload::text, ev.payload->>'tag' FROM c LEFT JOIN ev ON true"
+    " ORDER BY ev.id";
 
-static int s_tag(api_req_t *req)
+static const char SQL_UNTAG[] =
+    "WITH c AS (SELECT id FROM contacts WHERE organization_id = $1 AND id = $2),"
+    " d AS (DELETE FROM contact_tags ct USING tags t, c"
+    "  WHERE ct.organization_id = $1 AND ct.contact_id = c.id AND t.id = ct.tag_id"
+    "   AND t.organization_id = $1 AND t.name IN (SELECT jsonb_array_elements_text($3::jsonb))"
+    "  RETURNING t.name)"
+    " SELECT c.id, NULL, NULL, d.name FROM c LEFT JOIN d ON true ORDER BY d.name";
+
+/* POST (add 1) or DELETE (add 0) /contacts/{id}/tags: attach the named
+ * tags (creating the missing ones, one tag_added event each) or detach
+ * them, with an audit row naming the tags that changed. */
+static int s_tags(api_req_t *req, int add)
 {
     const char *id = api_param(req, "id");
     if (!api_is_uuid(id))
@@ -790,10 +806,13 @@ static int s_tag(api_req_t *req)
         return api_invalid(req);
     const char *p[] = {api_org(req), id, names};
     int status = s_begin(req);
-    db_result_t *res = status ? NULL : s_query(req, 1, SQL_TAGS_CREATE, 3, p, &status);
-    db_result_free(&res);
+    db_result_t *res = NULL;
+    if (!status && add) {
+        res = s_query(req, 1, SQL_TAGS_CREATE, 3, p, &status);
+        db_result_free(&res);
+    }
     if (!status)
-        res = s_query(req, 1, SQL_TAGS_ATTACH, 3, p, &status);
+        res = s_query(req, 1, add ? SQL_TAGS_ATTACH : SQL_UNTAG, 3, p, &status);
     free(names);
     if (!res)
         return status;
@@ -803,22 +822,20 @@ static int s_tag(api_req_t *req)
         api_tx_rollback(req);
         return api_not_found(req, "contact");
     }
-    json_t *added = json_array();
+    json_t *changed = json_array();
     for (int i = 0; i < rows; i++) {
-        json_t *payload = s_parse(db_result_get(res, i, 2));
-        json_t *tag = json_object_get(payload, "tag");
-        if (tag)
-            json_array_append(added, tag);
-        json_decref(payload);
+        const char *name = db_result_get(res, i, 3);
+        if (name)
+            json_array_append_new(changed, json_string(name));
     }
-    if (json_array_size(added) > 0)
-        api_audit(req, "contact.tags_added", "contact", id,
-                  json_pack("{s:O}", "tags", added));
+    if (json_array_size(changed) > 0)
+        api_audit(req, add ? "contact.tags_added" : "contact.tags_removed", "contact", id,
+                  json_pack("{s:O}", "tags", changed));
     status = s_commit(req);
-    if (status) {
-        json_decref(added);
+    if (status || !add) {
+        json_decref(changed);
         db_result_free(&res);
-        return status;
+        return status ? status : api_no_content(req);
     }
     for (int i = 0; i < rows; i++) {
         const char *event_id = db_result_get(res, i, 1);
@@ -826,43 +843,17 @@ static int s_tag(api_req_t *req)
             s_trigger(req, "tag_added", event_id, s_parse(db_result_get(res, i, 2)));
     }
     db_result_free(&res);
-    return api_json(req, 200, json_pack("{s:s,s:o}", "contact_id", id, "added", added));
+    return api_json(req, 200, json_pack("{s:s,s:o}", "contact_id", id, "added", changed));
 }
 
-static const char SQL_UNTAG[] =
-    "WITH c AS (SELECT id FROM contacts WHERE organization_id = $1 AND id = $2),"
-    " d AS (DELETE FROM contact_tags ct USING tags t, c"
-    "  WHERE ct.organization_id = $1 AND ct.contact_id = c.id AND t.id = ct.tag_id"
-    "   AND t.organization_id = $1 AND t.name IN (SELECT jsonb_array_elements_text($3::jsonb))"
-    "  RETURNING t.name)"
-    " SELECT (SELECT count(*) FROM c), (SELECT json_agg(name ORDER BY name) FROM d)::text";
+static int s_tag(api_req_t *req)
+{
+    return s_tags(req, 1);
+}
 
 static int s_untag(api_req_t *req)
 {
-    const char *id = api_param(req, "id");
-    if (!api_is_uuid(id))
-        return api_not_found(req, "contact");
-    char *names = s_read_tags(req);
-    if (!names)
-        return api_invalid(req);
-    const char *p[] = {api_org(req), id, names};
-    int status = s_begin(req);
-    db_result_t *res = status ? NULL : s_query(req, 1, SQL_UNTAG, 3, p, &status);
-    free(names);
-    if (!res)
-        return status;
-    if (strcmp(db_result_get(res, 0, 0), "0") == 0) {
-        db_result_free(&res);
-        api_tx_rollback(req);
-        return api_not_found(req, "contact");
-    }
-    const char *removed = db_result_get(res, 0, 1);
-    if (removed)
-        api_audit(req, "contact.tags_removed", "contact", id,
-                  json_pack("{s:o}", "tags", s_parse(removed)));
-    db_result_free(&res);
-    status = s_commit(req);
-    return status ? status : api_no_content(req);
+    return s_tags(req, 0);
 }
 
 const api_route_t api_routes_contacts[] = {

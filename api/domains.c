@@ -42,6 +42,8 @@
 #include "sbuf.h"
 #include "secretbox.h"
 
+#include "audience.h"
+
 #include "domains.h"
 
 #define NAME_MAX_LEN 232  /* so "<selector>._domainkey.<name>" fits in 253 */
@@ -435,70 +437,31 @@ done:
 /* ---- GET /domains ---- */
 
 /* A cursor position is "<created_at as DOMAIN_COLS prints it>|<uuid>".
- * Checked here so a forged one is a 422, never a SQL error. */
-static int s_cursor_split(const char *pos, char *ts, size_t ts_size, const char **id)
+ * Checked so a forged one is a 422, never a SQL error. */
+static int s_pos_ok(const char *pos, size_t len)
 {
-    const char *bar = pos ? strchr(pos, '|') : NULL;
-    size_t n = bar ? (size_t)(bar - pos) : 0;
     static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-    if (!bar || n != sizeof shape - 1 || n >= ts_size || !api_is_uuid(bar + 1))
-        return -1;
-    for (size_t i = 0; i < n; i++)
+    if (len != sizeof shape - 1)
+        return 0;
+    for (size_t i = 0; i < len; i++)
         if (shape[i] == 'd' ? !isdigit((unsigned char)pos[i]) : pos[i] != shape[i])
-            return -1;
-    memcpy(ts, pos, n);
-    ts[n] = '\0';
-    *id = bar + 1;
-    return 0;
+            return 0;
+    return 1;
 }
+
+static const aud_paging_t s_paging = {50, 100, s_pos_ok, "is not a cursor this list returned"};
 
 static int s_list(api_req_t *req)
 {
-    int limit = 0;
-    const char *cursor = NULL, *after_id = NULL;
-    char after_ts[32] = "";
-    if (api_page(req, 50, 100, &limit, &cursor) != 0)
+    aud_page_t page;
+    if (aud_page_open(req, &s_paging, &page) != 0)
         return api_invalid(req);
-    if (cursor && s_cursor_split(cursor, after_ts, sizeof after_ts, &after_id) != 0) {
-        api_error_add(api_errors(req), "cursor", "is not a cursor this list returned");
-        return api_invalid(req);
-    }
-    char lim[16];
-    snprintf(lim, sizeof lim, "%d", limit + 1);
-    const char *params[] = {api_org(req), cursor ? after_ts : NULL, after_id, lim};
-    int status = 500;
-    db_result_t *res = s_query(req,
-                               "SELECT " DOMAIN_COLS " FROM domains WHERE organization_id = $1 "
-                               "AND ($2::timestamptz IS NULL OR (created_at, id) > "
-                               "($2::timestamptz, $3::uuid)) ORDER BY created_at, id LIMIT $4",
-                               4, params, &status);
-    if (!res)
-        return status;
-    int rows = db_result_rows(res), shown = rows > limit ? limit : rows;
-    json_t *data = json_array();
-    for (int i = 0; data && i < shown; i++) {
-        json_t *d = s_domain_json(res, i);
-        if (!d || json_array_append_new(data, d) != 0) {
-            json_decref(data);
-            data = NULL;
-        }
-    }
-    char *next = NULL;
-    if (data && rows > limit) {
-        sbuf_t *pos = sbuf_new(128);
-        if (pos && sbuf_appendf(pos, "%s|%s", db_result_get(res, shown - 1, C_CREATED),
-                                db_result_get(res, shown - 1, C_ID)) == 0)
-            next = api_cursor_make(sbuf_data(pos));
-        sbuf_destroy(&pos);
-        if (!next) {
-            json_decref(data);
-            data = NULL;
-        }
-    }
-    db_result_free(&res);
-    if (!data)
-        return s_oom(req);
-    return api_page_json(req, data, next);
+    const char *params[] = {api_org(req), page.pos, page.id, page.lim};
+    return aud_page_query(req, &page,
+                          "SELECT " DOMAIN_COLS " FROM domains WHERE organization_id = $1 "
+                          "AND ($2::timestamptz IS NULL OR (created_at, id) > "
+                          "($2::timestamptz, $3::uuid)) ORDER BY created_at, id LIMIT $4",
+                          4, params, s_domain_json, C_CREATED, C_ID);
 }
 
 /* ---- GET /domains/{id} ---- */

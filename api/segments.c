@@ -193,30 +193,9 @@ static int s_delete(api_req_t *req)
 
 static int s_index(api_req_t *req)
 {
-    int limit, has_pos;
-    aud_pos_t pos;
-    if (aud_page(req, &limit, &pos, &has_pos) != 0)
-        return api_invalid(req);
-    char lim[16];
-    snprintf(lim, sizeof lim, "%d", limit + 1);
-    const char *params[] = {api_org(req), lim, pos.us, pos.id};
-    int rc = 0;
-    db_result_t *res =
-        aud_query(req, 0,
-                  has_pos ? "SELECT " SEGMENT_COLS " FROM segments s WHERE s.organization_id = $1"
-                            " AND (s.created_at, s.id) > (" AUD_FROM_US("$3") ", $4::uuid)"
-                            " ORDER BY s.created_at, s.id LIMIT $2"
-                          : "SELECT " SEGMENT_COLS " FROM segments s WHERE s.organization_id = $1"
-                            " ORDER BY s.created_at, s.id LIMIT $2",
-                  has_pos ? 4 : 2, params, &rc);
-    if (!res)
-        return rc;
-    json_t *data = json_array();
-    for (int i = 0; i < db_result_rows(res) && i < limit; i++)
-        json_array_append_new(data, s_segment_json(res, i));
-    char *next = aud_next_cursor(res, limit, 5, 0);
-    db_result_free(&res);
-    return api_page_json(req, data, next);
+    return aud_page_index(
+        req, AUD_INDEX("SELECT " SEGMENT_COLS " FROM segments s WHERE s.organization_id = $1", "s"),
+        s_segment_json, 5, 0);
 }
 
 /* Open a transaction with the segment time limit, load segment id and
@@ -331,21 +310,18 @@ static int s_get(api_req_t *req)
 
 static int s_members(api_req_t *req)
 {
-    int limit, has_pos;
-    aud_pos_t pos;
+    aud_page_t page;
     const char *id = api_param(req, "id");
     if (!api_is_uuid(id))
         return api_not_found(req, "segment");
-    if (aud_page(req, &limit, &pos, &has_pos) != 0)
+    if (aud_page_open(req, &aud_paging, &page) != 0)
         return api_invalid(req);
-    int n_fixed = has_pos ? 4 : 2;
+    int has_pos = page.pos != NULL, n_fixed = has_pos ? 4 : 2;
     rule_sql_t sql = {0};
     int rc = 0;
     if (s_open(req, id, n_fixed + 1, &sql, NULL, &rc) != 0)
         return rc;
-    char lim[16];
-    snprintf(lim, sizeof lim, "%d", limit + 1);
-    const char *fixed[] = {api_org(req), lim, pos.us, pos.id};
+    const char *fixed[] = {api_org(req), page.lim, page.pos, page.id};
     const char **params = s_params(fixed, n_fixed, &sql);
     sbuf_t *text = sbuf_new(512);
     db_result_t *res = NULL;
@@ -364,14 +340,10 @@ static int s_members(api_req_t *req)
     rule_sql_clear(&sql);
     if (!res)
         return rc;
-    json_t *data = json_array();
-    for (int i = 0; i < db_result_rows(res) && i < limit; i++)
-        json_array_append_new(data, s_contact_json(res, i));
-    char *next = aud_next_cursor(res, limit, 6, 0);
-    db_result_free(&res);
-    /* Read only: ending the transaction cannot lose anything. */
+    /* Read only: ending the transaction cannot lose anything (the result
+     * is the client's own copy). */
     api_tx_rollback(req);
-    return api_page_json(req, data, next);
+    return aud_page_reply(req, &page, &res, s_contact_json, 6, 0);
 }
 
 const api_route_t api_routes_segments[] = {

@@ -129,13 +129,12 @@ static int s_create(api_req_t *req)
 
 static int s_index(api_req_t *req)
 {
-    int limit, has_pos;
-    aud_pos_t pos;
+    aud_page_t page;
     char *email = NULL;
     const char *reason = api_query(req, "reason");
     const char *expired = api_query(req, "include_expired");
     const char *raw = api_query(req, "email");
-    int bad = aud_page(req, &limit, &pos, &has_pos) != 0;
+    int bad = aud_page_open(req, &aud_paging, &page) != 0;
     if (raw) {
         const char *why = NULL;
         email = aud_email_normalize(raw, strlen(raw), &why);
@@ -160,15 +159,13 @@ static int s_index(api_req_t *req)
         free(email);
         return api_invalid(req);
     }
-    char lim[16];
-    snprintf(lim, sizeof lim, "%d", limit + 1);
     const char *params[] = {api_org(req),
-                            lim,
+                            page.lim,
                             email,
                             reason,
                             expired && strcmp(expired, "true") == 0 ? "true" : "false",
-                            pos.us,
-                            pos.id};
+                            page.pos,
+                            page.id};
     int rc = 0;
 #define SUPP_WHERE                                                                         \
     "SELECT " SUPP_COLS " FROM suppressions s WHERE s.organization_id = $1"                \
@@ -177,20 +174,15 @@ static int s_index(api_req_t *req)
     " AND ($5::boolean OR s.expires_at IS NULL OR s.expires_at > now())"
     db_result_t *res =
         aud_query(req, 0,
-                  has_pos ? SUPP_WHERE " AND (s.created_at, s.id) > (" AUD_FROM_US("$6")
+                  page.pos ? SUPP_WHERE " AND (s.created_at, s.id) > (" AUD_FROM_US("$6")
                                        ", $7::uuid) ORDER BY s.created_at, s.id LIMIT $2"
                           : SUPP_WHERE " ORDER BY s.created_at, s.id LIMIT $2",
-                  has_pos ? 7 : 5, params, &rc);
+                  page.pos ? 7 : 5, params, &rc);
 #undef SUPP_WHERE
     free(email);
     if (!res)
         return rc;
-    json_t *data = json_array();
-    for (int i = 0; i < db_result_rows(res) && i < limit; i++)
-        json_array_append_new(data, s_supp_json(res, i));
-    char *next = aud_next_cursor(res, limit, 5, 0);
-    db_result_free(&res);
-    return api_page_json(req, data, next);
+    return aud_page_reply(req, &page, &res, s_supp_json, 5, 0);
 }
 
 static int s_delete(api_req_t *req)

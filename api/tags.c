@@ -63,30 +63,9 @@ static int s_create(api_req_t *req)
 
 static int s_index(api_req_t *req)
 {
-    int limit, has_pos;
-    aud_pos_t pos;
-    if (aud_page(req, &limit, &pos, &has_pos) != 0)
-        return api_invalid(req);
-    char lim[16];
-    snprintf(lim, sizeof lim, "%d", limit + 1);
-    const char *params[] = {api_org(req), lim, pos.us, pos.id};
-    int rc = 0;
-    db_result_t *res =
-        aud_query(req, 0,
-                has_pos ? "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1"
-                          " AND (t.created_at, t.id) > (" AUD_FROM_US("$3") ", $4::uuid)"
-                          " ORDER BY t.created_at, t.id LIMIT $2"
-                        : "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1"
-                          " ORDER BY t.created_at, t.id LIMIT $2",
-                has_pos ? 4 : 2, params, &rc);
-    if (!res)
-        return rc;
-    json_t *data = json_array();
-    for (int i = 0; i < db_result_rows(res) && i < limit; i++)
-        json_array_append_new(data, s_tag_json(res, i));
-    char *next = aud_next_cursor(res, limit, 4, 0);
-    db_result_free(&res);
-    return api_page_json(req, data, next);
+    return aud_page_index(
+        req, AUD_INDEX("SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1", "t"),
+        s_tag_json, 4, 0);
 }
 
 static int s_get(api_req_t *req)

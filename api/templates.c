@@ -91,6 +91,16 @@ static json_t *s_row_json(const char *text)
     return j;
 }
 
+/* A list item: the row JSON in column 0 (aud_page_reply). */
+static json_t *s_item(const db_result_t *res, int row)
+{
+    return s_row_json(db_result_get(res, row, 0));
+}
+
+/* Cursors are "<created_at in whole microseconds>|<uuid>". */
+static const aud_paging_t s_paging = {PAGE_DEFAULT, PAGE_MAX, aud_pos_digits,
+                                      "is not a cursor this list produced"};
+
 /* Names: 1..NAME_MAX_BYTES bytes, no control characters (they end up in
  * lists, logs and exports). */
 static void s_check_name(api_req_t *req, const char *name)
@@ -139,27 +149,6 @@ static int64_t s_query_version(api_req_t *req)
         return -1;
     }
     return v;
-}
-
-/* Split a list cursor "<created_at micros>|<uuid>" into its two parts
- * (micros points into buf). 0, or -1 when the text is not ours. */
-static int s_cursor_split(const char *cursor, char *buf, size_t size, const char **micros,
-                          const char **id)
-{
-    size_t n = strlen(cursor);
-    const char *bar = strchr(cursor, '|');
-    if (n >= size || !bar || bar == cursor || bar - cursor > 18)
-        return -1;
-    memcpy(buf, cursor, n + 1);
-    buf[bar - cursor] = '\0';
-    for (const char *p = buf; *p; p++)
-        if (*p < '0' || *p > '9')
-            return -1;
-    if (!api_is_uuid(buf + (bar - cursor) + 1))
-        return -1;
-    *micros = buf;
-    *id = buf + (bar - cursor) + 1;
-    return 0;
 }
 
 /* Run a write returning (template JSON, id, version, whether that version
@@ -265,18 +254,9 @@ static int s_create(api_req_t *req)
 
 static int s_list(api_req_t *req)
 {
-    int limit = 0;
-    const char *cursor = NULL;
-    if (api_page(req, PAGE_DEFAULT, PAGE_MAX, &limit, &cursor) != 0)
+    aud_page_t page;
+    if (aud_page_open(req, &s_paging, &page) != 0)
         return api_invalid(req);
-    char buf[128];
-    const char *micros = NULL, *after = NULL;
-    if (cursor && s_cursor_split(cursor, buf, sizeof buf, &micros, &after) != 0) {
-        api_error_add(api_errors(req), "cursor", "is not a cursor this list produced");
-        return api_invalid(req);
-    }
-    char lim[16];
-    snprintf(lim, sizeof lim, "%d", limit + 1);
     /* The position is the creation time in whole microseconds (exact in
      * bigint both ways) and the id, so pages never skip or repeat a row
      * created in the same microsecond. */
@@ -293,21 +273,8 @@ static int s_list(api_req_t *req)
         "+ ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid)) "
         "ORDER BY t.created_at, t.id LIMIT $4::int";
     /* clang-format on */
-    const char *params[] = {api_org(req), micros, after, lim};
-    int status = 0;
-    db_result_t *res = aud_query(req, 0, sql, 4, params, &status);
-    if (!res)
-        return status;
-    int rows = db_result_rows(res);
-    json_t *data = json_array();
-    for (int i = 0; i < rows && i < limit; i++) {
-        json_t *item = s_row_json(db_result_get(res, i, 0));
-        if (item)
-            json_array_append_new(data, item);
-    }
-    char *next = rows > limit ? api_cursor_make(db_result_get(res, limit - 1, 1)) : NULL;
-    db_result_free(&res);
-    return api_page_json(req, data, next);
+    const char *params[] = {api_org(req), page.pos, page.id, page.lim};
+    return aud_page_query(req, &page, sql, 4, params, s_item, 1, -1);
 }
 
 /* ------------------------------------------------------------------- get -- */

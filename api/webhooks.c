@@ -81,26 +81,15 @@ static json_t *s_row_json(const char *text)
     return j;
 }
 
-/* Split a list cursor "<created_at micros>|<uuid>" into its two parts
- * (micros points into buf). 0, or -1 when the text is not ours. */
-static int s_cursor_split(const char *cursor, char *buf, size_t size, const char **micros,
-                          const char **id)
+/* A list item: the row JSON in column 0 (aud_page_reply). */
+static json_t *s_item(const db_result_t *res, int row)
 {
-    size_t n = strlen(cursor);
-    const char *bar = strchr(cursor, '|');
-    if (n >= size || !bar || bar == cursor || bar - cursor > 18)
-        return -1;
-    memcpy(buf, cursor, n + 1);
-    buf[bar - cursor] = '\0';
-    for (const char *p = buf; *p; p++)
-        if (*p < '0' || *p > '9')
-            return -1;
-    if (!api_is_uuid(buf + (bar - cursor) + 1))
-        return -1;
-    *micros = buf;
-    *id = buf + (bar - cursor) + 1;
-    return 0;
+    return s_row_json(db_result_get(res, row, 0));
 }
+
+/* Cursors are "<created_at in whole microseconds>|<uuid>". */
+static const aud_paging_t s_paging = {PAGE_DEFAULT, PAGE_MAX, aud_pos_digits,
+                                      "is not a cursor this list produced"};
 
 /* Why url is not an acceptable endpoint, or NULL when it is. Only the
  * shape is checked (no DNS): absolute http/https, a host (name, IPv4 or
@@ -350,20 +339,11 @@ static int s_create(api_req_t *req)
 
 static int s_list(api_req_t *req)
 {
-    int limit = 0;
-    const char *cursor = NULL;
-    if (api_page(req, PAGE_DEFAULT, PAGE_MAX, &limit, &cursor) != 0)
-        return api_invalid(req);
     /* The position is "<created_at in whole microseconds>|<id>": exact in
      * bigint both ways, and the id breaks ties. */
-    char buf[128];
-    const char *micros = NULL, *after = NULL;
-    if (cursor && s_cursor_split(cursor, buf, sizeof buf, &micros, &after) != 0) {
-        api_error_add(api_errors(req), "cursor", "is not a cursor this list produced");
+    aud_page_t page;
+    if (aud_page_open(req, &s_paging, &page) != 0)
         return api_invalid(req);
-    }
-    char lim[16];
-    snprintf(lim, sizeof lim, "%d", limit + 1);
     const char *sql =
         "SELECT " WEBHOOK_JSON ", (extract(epoch FROM w.created_at) * 1000000)::bigint "
         "|| '|' || w.id FROM webhooks w WHERE w.organization_id = $1 "
@@ -371,21 +351,8 @@ static int s_list(api_req_t *req)
         "(timestamptz 'epoch' + ($2::bigint / 1000000) * interval '1 second' "
         "+ ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid)) "
         "ORDER BY w.created_at, w.id LIMIT $4::int";
-    const char *params[] = {api_org(req), micros, after, lim};
-    int status = 0;
-    db_result_t *res = aud_query(req, 0, sql, 4, params, &status);
-    if (!res)
-        return status;
-    int rows = db_result_rows(res);
-    json_t *data = json_array();
-    for (int i = 0; i < rows && i < limit; i++) {
-        json_t *item = s_row_json(db_result_get(res, i, 0));
-        if (item)
-            json_array_append_new(data, item);
-    }
-    char *next = rows > limit ? api_cursor_make(db_result_get(res, limit - 1, 1)) : NULL;
-    db_result_free(&res);
-    return api_page_json(req, data, next);
+    const char *params[] = {api_org(req), page.pos, page.id, page.lim};
+    return aud_page_query(req, &page, sql, 4, params, s_item, 1, -1);
 }
 
 static int s_get(api_req_t *req)

@@ -3,6 +3,11 @@
  * strict: one request per connection (Connection: close), body read to the
  * end, so a test sees exactly what the server sent.
  */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -291,4 +296,60 @@ char *api_sql(const api_env_t *e, const char *sql)
     db_destroy(&db);
     sbuf_destroy(&err);
     return out;
+}
+
+char *api_vsqlf(const api_env_t *e, const char *fmt, va_list ap)
+{
+    sbuf_t *b = sbuf_new(256);
+    char *out = NULL;
+    if (b && sbuf_vappendf(b, fmt, ap) == 0)
+        out = api_sql(e, sbuf_data(b));
+    sbuf_destroy(&b);
+    return out;
+}
+
+char *api_sqlf(const api_env_t *e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *out = api_vsqlf(e, fmt, ap);
+    va_end(ap);
+    return out;
+}
+
+long api_sql_long(const api_env_t *e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *out = api_vsqlf(e, fmt, ap);
+    va_end(ap);
+    long v = out ? strtol(out, NULL, 10) : -1;
+    free(out);
+    return v;
+}
+
+json_t *api_field_error(const api_resp_t *r, const char *field)
+{
+    json_t *errs = r->json ? json_object_get(r->json, "errors") : NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(errs, i, e)
+    {
+        const char *f = json_string_value(json_object_get(e, "field"));
+        if (f && strcmp(f, field) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+void api_expect_invalid(const api_resp_t *r, const char *field, const char *needle)
+{
+    const char *raw = r->raw ? sbuf_data(r->raw) : "";
+    if (r->status != 422)
+        fail_msg("expected 422 on %s, got %d: %s", field, r->status, raw);
+    const char *msg = json_string_value(json_object_get(api_field_error(r, field), "message"));
+    if (!msg)
+        fail_msg("no error on field %s: %s", field, raw);
+    if (needle && !strstr(msg, needle))
+        fail_msg("error on %s is \"%s\", expected it to contain \"%s\"", field, msg, needle);
 }

@@ -7,6 +7,8 @@
 #ifndef POSTCHI_TEST_API_UTIL_H
 #define POSTCHI_TEST_API_UTIL_H
 
+#include <stdarg.h>
+
 #include <jansson.h>
 
 #include "harness.h"
@@ -59,5 +61,19 @@ void api_resp_free(api_resp_t *r);
  * returns the first column of the first row as a malloc'd string (caller
  * frees), or NULL. */
 char *api_sql(const api_env_t *e, const char *sql);
+/* api_sql with a printf-style statement (caller frees the result or NULL);
+ * the va_list form; and the result as a number (-1 when NULL or no row). */
+char *api_sqlf(const api_env_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+char *api_vsqlf(const api_env_t *e, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+long api_sql_long(const api_env_t *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The {"field", "message"} error naming field in problem response r
+ * (borrowed from r), or NULL. */
+json_t *api_field_error(const api_resp_t *r, const char *field);
+/* Fail the running cmocka test unless r is a 422 with an error on field
+ * whose message contains needle (NULL: any message). */
+void api_expect_invalid(const api_resp_t *r, const char *field, const char *needle);
 
 #endif

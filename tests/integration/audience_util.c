@@ -17,36 +17,6 @@
 
 #define ROTATE 8
 
-static char *s_vsql(const api_env_t *e, const char *fmt, va_list ap)
-{
-    sbuf_t *b = sbuf_new(256);
-    char *out = NULL;
-    if (b && sbuf_vappendf(b, fmt, ap) == 0)
-        out = api_sql(e, sbuf_data(b));
-    sbuf_destroy(&b);
-    return out;
-}
-
-char *aud_test_sql(const api_env_t *e, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *out = s_vsql(e, fmt, ap);
-    va_end(ap);
-    return out;
-}
-
-long aud_test_sql_long(const api_env_t *e, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *out = s_vsql(e, fmt, ap);
-    va_end(ap);
-    long v = out ? strtol(out, NULL, 10) : -1;
-    free(out);
-    return v;
-}
-
 /* A slot of rotating storage holding a copy of b's bytes. */
 static const char *s_rotate(sbuf_t *b)
 {
@@ -80,23 +50,9 @@ const char *aud_test_pct(const char *s)
     return s_rotate(b);
 }
 
-static json_t *s_error(const api_resp_t *r, const char *field)
-{
-    json_t *errs = r->json ? json_object_get(r->json, "errors") : NULL;
-    size_t i;
-    json_t *e;
-    json_array_foreach(errs, i, e)
-    {
-        const char *f = json_string_value(json_object_get(e, "field"));
-        if (f && strcmp(f, field) == 0)
-            return e;
-    }
-    return NULL;
-}
-
 int aud_test_has_error(const api_resp_t *r, const char *field)
 {
-    if (s_error(r, field))
+    if (api_field_error(r, field))
         return 1;
     fprintf(stderr, "no error for field '%s' in: %s\n", field, r->raw ? sbuf_data(r->raw) : "");
     return 0;
@@ -104,7 +60,7 @@ int aud_test_has_error(const api_resp_t *r, const char *field)
 
 const char *aud_test_error_message(const api_resp_t *r, const char *field)
 {
-    const char *m = json_string_value(json_object_get(s_error(r, field), "message"));
+    const char *m = json_string_value(json_object_get(api_field_error(r, field), "message"));
     return m ? m : "";
 }
 

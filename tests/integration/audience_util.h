@@ -11,12 +11,10 @@
 
 #include "api_util.h"
 
-/* api_sql with a printf-style statement; caller frees the result (or NULL). */
-char *aud_test_sql(const api_env_t *e, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-/* The first column of the first row as a number (-1 when NULL / no row). */
-long aud_test_sql_long(const api_env_t *e, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+/* Older names of api_sqlf and api_sql_long (api_util.h), kept for their
+ * callers. */
+#define aud_test_sql api_sqlf
+#define aud_test_sql_long api_sql_long
 /* s with single quotes doubled, for a SQL literal in a test statement
  * (static rotating storage: valid for the next few calls). */
 const char *aud_test_q(const char *s);

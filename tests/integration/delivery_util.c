@@ -142,13 +142,10 @@ int dsink_count(const dsink_t *s, const char *needle)
 
 char *dl_sql(api_env_t *e, const char *fmt, ...)
 {
-    sbuf_t *b = sbuf_new(256);
     va_list ap;
     va_start(ap, fmt);
-    sbuf_vappendf(b, fmt, ap);
+    char *out = api_vsqlf(e, fmt, ap);
     va_end(ap);
-    char *out = b ? api_sql(e, sbuf_data(b)) : NULL;
-    sbuf_destroy(&b);
     return out;
 }
 

@@ -36,38 +36,9 @@ static int s_teardown(void **state)
     return api_env_stop(&s_env) == 0 ? 0 : -1;
 }
 
-/* The first column of the first row of sql as a number (-1 when NULL). */
-static long s_sql_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static long s_sql_long(const char *fmt, ...)
-{
-    char sql[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    char *v = api_sql(&s_env, sql);
-    long n = v ? strtol(v, NULL, 10) : -1;
-    free(v);
-    return n;
-}
-
 static long s_count_email(const char *email)
 {
-    return s_sql_long("SELECT count(*) FROM contacts WHERE lower(email) = lower('%s')", email);
-}
-
-/* 1 when the problem response r lists an error for field. */
-static int s_has_field_error(const api_resp_t *r, const char *field)
-{
-    json_t *errs = json_object_get(r->json, "errors");
-    size_t i;
-    json_t *e;
-    json_array_foreach(errs, i, e) {
-        const char *f = json_string_value(json_object_get(e, "field"));
-        if (f && strcmp(f, field) == 0)
-            return 1;
-    }
-    return 0;
+    return api_sql_long(&s_env, "SELECT count(*) FROM contacts WHERE lower(email) = lower('%s')", email);
 }
 
 /* Expect 422 with an error naming field. */
@@ -76,7 +47,7 @@ static void s_expect_invalid(const char *method, const char *path, const char *b
 {
     api_resp_t r = {0};
     api_call(&s_env, method, path, s_env.key_full, body, NULL, &r);
-    if (r.status != 422 || !s_has_field_error(&r, field))
+    if (r.status != 422 || !api_field_error(&r, field))
         fail_msg("%s %s %s: status %d, want 422 naming %s: %s", method, path, body, r.status,
                  field, r.raw ? sbuf_data(r.raw) : "");
     api_resp_free(&r);
@@ -118,11 +89,11 @@ static void test_upsert(void **state)
     assert_int_equal(ts[26], 'Z');
     assert_non_null(json_object_get(r.json, "updated_at"));
     api_resp_free(&r);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM events WHERE name = 'subscribed'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM events WHERE name = 'subscribed'"
                                 " AND contact_id = '%s' AND payload->>'contact_id' = '%s'",
                                 id0, id0),
                      1);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM audit_log WHERE action = 'contact.created'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM audit_log WHERE action = 'contact.created'"
                                 " AND resource_id::text = '%s'",
                                 id0),
                      1);
@@ -142,7 +113,7 @@ static void test_upsert(void **state)
     assert_int_equal(s_count_email("ada@example.com"), 1);
     /* No second 'subscribed' event: it already was. */
     assert_int_equal(
-        s_sql_long("SELECT count(*) FROM events WHERE name = 'subscribed' AND contact_id = '%s'",
+        api_sql_long(&s_env, "SELECT count(*) FROM events WHERE name = 'subscribed' AND contact_id = '%s'",
                    id0),
         1);
 
@@ -151,13 +122,13 @@ static void test_upsert(void **state)
     assert_int_equal(s_upsert("{\"email\": \"ada@example.com\", \"status\": \"unsubscribed\"}", id1),
                      200);
     assert_int_equal(
-        s_sql_long("SELECT count(*) FROM events WHERE name = 'subscribed' AND contact_id = '%s'",
+        api_sql_long(&s_env, "SELECT count(*) FROM events WHERE name = 'subscribed' AND contact_id = '%s'",
                    id0),
         1);
     assert_int_equal(s_upsert("{\"email\": \"ada@example.com\", \"status\": \"subscribed\"}", id1),
                      200);
     assert_int_equal(
-        s_sql_long("SELECT count(*) FROM events WHERE name = 'subscribed' AND contact_id = '%s'",
+        api_sql_long(&s_env, "SELECT count(*) FROM events WHERE name = 'subscribed' AND contact_id = '%s'",
                    id0),
         2);
 
@@ -165,7 +136,7 @@ static void test_upsert(void **state)
     assert_int_equal(s_upsert("{\"email\": \"bounced@example.com\", \"status\": \"bounced\"}", id1),
                      201);
     assert_int_equal(
-        s_sql_long("SELECT count(*) FROM events WHERE contact_id = '%s'", id1), 0);
+        api_sql_long(&s_env, "SELECT count(*) FROM events WHERE contact_id = '%s'", id1), 0);
 }
 
 static void test_validation(void **state)
@@ -214,9 +185,9 @@ static void test_validation(void **state)
     assert_int_equal(api_call(&s_env, "POST", P, s_env.key_full,
                               "{\"email\": \"x\", \"status\": \"no\", \"fields\": 3}", NULL, &r),
                      422);
-    assert_true(s_has_field_error(&r, "email"));
-    assert_true(s_has_field_error(&r, "status"));
-    assert_true(s_has_field_error(&r, "fields"));
+    assert_non_null(api_field_error(&r, "email"));
+    assert_non_null(api_field_error(&r, "status"));
+    assert_non_null(api_field_error(&r, "fields"));
     api_resp_free(&r);
 
     for (int i = 2; i <= 9; i++) {
@@ -251,7 +222,7 @@ static void test_metacharacters(void **state)
         json_string_value(json_object_get(json_array_get(json_object_get(f, "arr"), 1), "x")),
         "\\'");
     api_resp_free(&r);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM contacts WHERE fields->>'note'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts WHERE fields->>'note'"
                                 " = '''; DROP TABLE contacts; --'"),
                      1);
 
@@ -297,10 +268,10 @@ static void test_get_patch_delete(void **state)
     assert_string_equal(json_string_value(json_object_get(r.json, "status")), "subscribed");
     api_resp_free(&r);
     assert_int_equal(
-        s_sql_long("SELECT count(*) FROM events WHERE name = 'subscribed' AND contact_id = '%s'",
+        api_sql_long(&s_env, "SELECT count(*) FROM events WHERE name = 'subscribed' AND contact_id = '%s'",
                    id),
         1);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM audit_log WHERE action = 'contact.updated'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM audit_log WHERE action = 'contact.updated'"
                                 " AND resource_id::text = '%s'",
                                 id),
                      1);
@@ -319,7 +290,7 @@ static void test_get_patch_delete(void **state)
     s_expect_invalid("PATCH", path, "{\"status\": 1}", "status");
     s_expect_invalid("PATCH", path, "{\"fields\": {\"a-b\": 1}}", "fields");
     s_expect_invalid("PATCH", path, "{\"id\": \"x\"}", "id");
-    assert_int_equal(s_sql_long("SELECT count(*) FROM contacts WHERE id = '%s'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts WHERE id = '%s'"
                                 " AND email = 'Pat2@example.com' AND fields ? 'z'",
                                 id),
                      1);
@@ -346,7 +317,7 @@ static void test_get_patch_delete(void **state)
     api_resp_free(&r);
     assert_int_equal(api_call(&s_env, "DELETE", path, s_env.key_full, NULL, NULL, &r), 404);
     api_resp_free(&r);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM audit_log WHERE action = 'contact.deleted'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM audit_log WHERE action = 'contact.deleted'"
                                 " AND resource_id::text = '%s'",
                                 id),
                      1);
@@ -511,7 +482,7 @@ static void test_pagination(void **state)
 static void test_batch(void **state)
 {
     (void)state;
-    long before = s_sql_long("SELECT count(*) FROM contacts");
+    long before = api_sql_long(&s_env, "SELECT count(*) FROM contacts");
     api_resp_t r = {0};
     const char *body =
         "{\"contacts\": ["
@@ -545,7 +516,7 @@ static void test_batch(void **state)
         assert_non_null(json_string_value(json_object_get(e, "message")));
     }
     api_resp_free(&r);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM contacts"), before + 3);
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts"), before + 3);
     /* Last duplicate wins: its email and fields. */
     char *v = api_sql(&s_env, "SELECT email || ' ' || fields::text FROM contacts"
                               " WHERE lower(email) = 'b1@example.com'");
@@ -557,10 +528,10 @@ static void test_batch(void **state)
     assert_string_equal(v, "'); DELETE FROM contacts;--");
     free(v);
     /* Imports fire no 'subscribed' events; they are audited once. */
-    assert_int_equal(s_sql_long("SELECT count(*) FROM events e JOIN contacts c ON c.id ="
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM events e JOIN contacts c ON c.id ="
                                 " e.contact_id WHERE c.email = 'B1@example.com'"),
                      0);
-    assert_true(s_sql_long("SELECT count(*) FROM audit_log WHERE action ="
+    assert_true(api_sql_long(&s_env, "SELECT count(*) FROM audit_log WHERE action ="
                            " 'contact.batch_upserted' AND detail->>'created' = '3'") >= 1);
 
     /* Again: updates, fields merged, status kept when not given. */
@@ -583,7 +554,7 @@ static void test_batch(void **state)
     free(v);
 
     /* Refused whole: 10,001 rows, an empty list, not a list. */
-    before = s_sql_long("SELECT count(*) FROM contacts");
+    before = api_sql_long(&s_env, "SELECT count(*) FROM contacts");
     sbuf_t *b = sbuf_new(0);
     sbuf_append_str(b, "{\"contacts\": [");
     for (int i = 0; i < 10001; i++)
@@ -592,13 +563,13 @@ static void test_batch(void **state)
     /* The framework's JSON shape guard (arrays of at most 10,000) answers
      * 400 before the handler; the handler's own check would say 422. */
     api_call(&s_env, "POST", "/api/v1/contacts/batch", s_env.key_full, sbuf_data(b), NULL, &r);
-    assert_true(r.status == 400 || (r.status == 422 && s_has_field_error(&r, "contacts")));
+    assert_true(r.status == 400 || (r.status == 422 && api_field_error(&r, "contacts")));
     api_resp_free(&r);
     sbuf_destroy(&b);
     s_expect_invalid("POST", "/api/v1/contacts/batch", "{\"contacts\": []}", "contacts");
     s_expect_invalid("POST", "/api/v1/contacts/batch", "{\"contacts\": {}}", "contacts");
     s_expect_invalid("POST", "/api/v1/contacts/batch", "{\"rows\": []}", "rows");
-    assert_int_equal(s_sql_long("SELECT count(*) FROM contacts"), before);
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts"), before);
 }
 
 static void test_tags(void **state)
@@ -614,11 +585,11 @@ static void test_tags(void **state)
                      200);
     assert_int_equal(json_array_size(json_object_get(r.json, "added")), 2);
     api_resp_free(&r);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM events WHERE name = 'tag_added'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM events WHERE name = 'tag_added'"
                                 " AND contact_id = '%s'",
                                 id),
                      2);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM tags WHERE name = 'x''; DROP TABLE tags; --'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM tags WHERE name = 'x''; DROP TABLE tags; --'"
                                 " AND organization_id = '%s'",
                                 s_env.org_id),
                      1);
@@ -630,7 +601,7 @@ static void test_tags(void **state)
     assert_string_equal(json_string_value(json_array_get(json_object_get(r.json, "added"), 0)),
                         "silver");
     api_resp_free(&r);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM events WHERE name = 'tag_added'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM events WHERE name = 'tag_added'"
                                 " AND contact_id = '%s'",
                                 id),
                      3);
@@ -640,9 +611,9 @@ static void test_tags(void **state)
                               "{\"tags\": [\"gold\", \"never\"]}", NULL, &r),
                      204);
     api_resp_free(&r);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM contact_tags WHERE contact_id = '%s'", id),
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contact_tags WHERE contact_id = '%s'", id),
                      2);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM audit_log WHERE resource_id::text = '%s'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM audit_log WHERE resource_id::text = '%s'"
                                 " AND action IN ('contact.tags_added', 'contact.tags_removed')",
                                 id),
                      3);
@@ -659,7 +630,7 @@ static void test_tags(void **state)
                      404);
     api_resp_free(&r);
     /* The 404 created no tag. */
-    assert_int_equal(s_sql_long("SELECT count(*) FROM tags WHERE name = 'orphan'"), 0);
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM tags WHERE name = 'orphan'"), 0);
 }
 
 static void test_tenancy(void **state)
@@ -702,7 +673,7 @@ static void test_tenancy(void **state)
                      201);
     assert_string_not_equal(json_string_value(json_object_get(r.json, "id")), id);
     api_resp_free(&r);
-    assert_int_equal(s_sql_long("SELECT count(*) FROM contacts WHERE id = '%s'"
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts WHERE id = '%s'"
                                 " AND status = 'subscribed'",
                                 id),
                      1);

@@ -84,36 +84,16 @@ static json_t *s_record(json_t *domain, const char *rec)
     return NULL;
 }
 
-static char *s_sqlf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *s_sqlf(const char *fmt, ...)
-{
-    char sql[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    return api_sql(&s_env, sql);
-}
-
 static long s_count_domains(void)
 {
-    char *n = s_sqlf("SELECT count(*) FROM domains");
-    long v = n ? atol(n) : -1;
-    free(n);
-    return v;
+    return api_sql_long(&s_env, "SELECT count(*) FROM domains");
 }
 
 /* The problem response names field among its errors. */
 static void s_assert_field_error(const api_resp_t *r, const char *field)
 {
-    size_t i;
-    json_t *e;
-    json_array_foreach(json_object_get(r->json, "errors"), i, e)
-    {
-        if (!strcmp(s_str(e, "field"), field))
-            return;
-    }
-    fail_msg("no error for field \"%s\" in %s", field, sbuf_data(r->raw));
+    if (!api_field_error(r, field))
+        fail_msg("no error for field \"%s\" in %s", field, sbuf_data(r->raw));
 }
 
 static void test_create_and_get(void **state)
@@ -164,12 +144,12 @@ static void test_create_and_get(void **state)
     api_resp_free(&g);
 
     /* The audit row says who created what, without a key. */
-    char *n = s_sqlf("SELECT count(*) FROM audit_log WHERE action = 'domain.create' AND "
+    char *n = api_sqlf(&s_env, "SELECT count(*) FROM audit_log WHERE action = 'domain.create' AND "
                      "resource_id = '%s' AND actor_type = 'api_key'",
                      s_str(d, "id"));
     assert_string_equal(n, "1");
     free(n);
-    n = s_sqlf("SELECT count(*) FROM audit_log WHERE detail::text LIKE '%%PRIVATE%%' OR "
+    n = api_sqlf(&s_env, "SELECT count(*) FROM audit_log WHERE detail::text LIKE '%%PRIVATE%%' OR "
                "detail::text LIKE '%%MII%%'");
     assert_string_equal(n, "0");
     free(n);
@@ -202,7 +182,7 @@ static void test_private_keys_sealed(void **state)
     const char *cols[] = {"dkim_ed25519_private", "dkim_rsa_private"};
     const char *recs[] = {"dkim_ed25519", "dkim_rsa"};
     for (int i = 0; i < 2; i++) {
-        char *hex = s_sqlf("SELECT encode(%s, 'hex') FROM domains WHERE id = '%s'", cols[i],
+        char *hex = api_sqlf(&s_env, "SELECT encode(%s, 'hex') FROM domains WHERE id = '%s'", cols[i],
                            s_str(r.json, "id"));
         assert_non_null(hex);
         size_t len;
@@ -397,7 +377,7 @@ static void test_pagination_and_delete(void **state)
         snprintf(path, sizeof path, "/api/v1/domains?limit=2&cursor=%s", json_string_value(next));
         api_resp_free(&r);
     }
-    char *n = s_sqlf("SELECT count(*) FROM domains WHERE organization_id = '%s'", s_env.org_id);
+    char *n = api_sqlf(&s_env, "SELECT count(*) FROM domains WHERE organization_id = '%s'", s_env.org_id);
     assert_int_equal(total, atoi(n));
     free(n);
     assert_true(pages >= 2);
@@ -423,7 +403,7 @@ static void test_pagination_and_delete(void **state)
     api_resp_free(&r);
     assert_int_equal(api_call(&s_env, "DELETE", dpath, s_env.key_full, NULL, NULL, &r), 404);
     api_resp_free(&r);
-    n = s_sqlf("SELECT count(*) FROM audit_log WHERE action = 'domain.delete' AND "
+    n = api_sqlf(&s_env, "SELECT count(*) FROM audit_log WHERE action = 'domain.delete' AND "
                "resource_id = '%s'",
                ids[1]);
     assert_string_equal(n, "1");
@@ -507,7 +487,7 @@ static void test_verify(void **state)
     assert_non_null(json_string_value(json_object_get(r.json, "verified_at")));
     assert_true(json_is_null(json_object_get(s_record(r.json, "spf"), "reason")));
     api_resp_free(&r);
-    char *st = s_sqlf("SELECT status || ' ' || (checks->'dkim_rsa'->>'status') || ' ' || "
+    char *st = api_sqlf(&s_env, "SELECT status || ' ' || (checks->'dkim_rsa'->>'status') || ' ' || "
                       "(verified_at IS NOT NULL) FROM domains WHERE id = '%s'",
                       s_str(a.json, "id"));
     assert_string_equal(st, "verified ok true");
@@ -525,7 +505,7 @@ static void test_verify(void **state)
     assert_true(json_is_null(json_object_get(r.json, "verified_at")));
     api_resp_free(&r);
     /* The stored checks say the same, and GET shows them. */
-    st = s_sqlf("SELECT status || ' ' || (checks->'dkim_ed25519'->>'status') || ' ' || "
+    st = api_sqlf(&s_env, "SELECT status || ' ' || (checks->'dkim_ed25519'->>'status') || ' ' || "
                 "(checks->'dmarc'->>'status') FROM domains WHERE id = '%s'",
                 s_str(b.json, "id"));
     assert_string_equal(st, "failed mismatch missing");
@@ -536,7 +516,7 @@ static void test_verify(void **state)
     assert_string_equal(s_check(r.json, "dkim_ed25519"), "mismatch");
     assert_null(strstr(sbuf_data(r.raw), "PRIVATE"));
     api_resp_free(&r);
-    st = s_sqlf("SELECT count(*) FROM audit_log WHERE action = 'domain.verify' AND "
+    st = api_sqlf(&s_env, "SELECT count(*) FROM audit_log WHERE action = 'domain.verify' AND "
                 "resource_id = '%s' AND detail->>'status' = 'failed'",
                 s_str(b.json, "id"));
     assert_string_equal(st, "1");

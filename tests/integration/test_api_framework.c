@@ -48,19 +48,6 @@ static void s_assert_problem(api_resp_t *r, int status)
     assert_int_equal(json_integer_value(json_object_get(r->json, "status")), status);
 }
 
-static int s_has_field_error(api_resp_t *r, const char *field)
-{
-    json_t *errs = json_object_get(r->json, "errors");
-    size_t i;
-    json_t *e;
-    json_array_foreach(errs, i, e)
-    {
-        if (strcmp(json_string_value(json_object_get(e, "field")), field) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 static void test_routing(void **state)
 {
     (void)state;
@@ -197,7 +184,7 @@ static void test_pagination_parameters(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         api_call(&E, "GET", bad[i], E.token, NULL, NULL, &r);
         s_assert_problem(&r, 422);
-        assert_true(s_has_field_error(&r, strstr(bad[i], "limit") ? "limit" : "cursor"));
+        assert_non_null(api_field_error(&r, strstr(bad[i], "limit") ? "limit" : "cursor"));
         api_resp_free(&r);
     }
     /* Walk the keys one per page: three pages, then no cursor. */

@@ -40,34 +40,6 @@ static int s_teardown(void **state)
 
 /* ------------------------------------------------------------- helpers -- */
 
-/* The message of the first field error on field, or NULL. */
-static const char *s_field_error(const api_resp_t *r, const char *field)
-{
-    json_t *errs = r->json ? json_object_get(r->json, "errors") : NULL;
-    size_t i;
-    json_t *e;
-    json_array_foreach(errs, i, e)
-    {
-        const char *name = json_string_value(json_object_get(e, "field"));
-        if (name && strcmp(name, field) == 0)
-            return json_string_value(json_object_get(e, "message"));
-    }
-    return NULL;
-}
-
-/* Assert a 422 with an error on field whose message contains needle (may
- * be NULL: any message). */
-static void s_expect_invalid(const api_resp_t *r, const char *field, const char *needle)
-{
-    if (r->status != 422)
-        fail_msg("expected 422 on %s, got %d: %s", field, r->status, sbuf_data(r->raw));
-    const char *msg = s_field_error(r, field);
-    if (!msg)
-        fail_msg("no error on field %s: %s", field, sbuf_data(r->raw));
-    if (needle && !strstr(msg, needle))
-        fail_msg("error on %s is \"%s\", expected it to contain \"%s\"", field, msg, needle);
-}
-
 static const char *s_str(const api_resp_t *r, const char *key)
 {
     return json_string_value(json_object_get(r->json, key));
@@ -76,10 +48,7 @@ static const char *s_str(const api_resp_t *r, const char *key)
 /* api_sql as a number (-1 for NULL). */
 static long s_count(const char *sql)
 {
-    char *v = api_sql(&s_env, sql);
-    long n = v ? strtol(v, NULL, 10) : -1;
-    free(v);
-    return n;
+    return api_sql_long(&s_env, "%s", sql);
 }
 
 /* POST a template given as a JSON object; id (>= 64) gets its id. */
@@ -188,7 +157,7 @@ static void test_create_validation(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         api_resp_t r = {0};
         api_call(&s_env, "POST", "/api/v1/templates", s_env.key_full, cases[i].body, NULL, &r);
-        s_expect_invalid(&r, cases[i].field, cases[i].message);
+        api_expect_invalid(&r, cases[i].field, cases[i].message);
         api_resp_free(&r);
     }
     /* A body that is not an object is the framework's 400. */
@@ -200,9 +169,9 @@ static void test_create_validation(void **state)
     api_call(&s_env, "POST", "/api/v1/templates", s_env.key_full,
              "{\"name\":\"broken\",\"subject\":\"{{\",\"html\":\"{{/if}}\",\"text\":\"{{#if}}\"}",
              NULL, &r);
-    s_expect_invalid(&r, "subject", "line 1, column 1");
-    s_expect_invalid(&r, "html", "line 1, column 1");
-    s_expect_invalid(&r, "text", "line 1, column 1");
+    api_expect_invalid(&r, "subject", "line 1, column 1");
+    api_expect_invalid(&r, "html", "line 1, column 1");
+    api_expect_invalid(&r, "text", "line 1, column 1");
     api_resp_free(&r);
     /* Nothing was written by any of them: no template, no version. */
     assert_int_equal(s_count("SELECT count(*) FROM templates"), templates);
@@ -249,7 +218,7 @@ static void test_versions(void **state)
     for (size_t i = 0; i < sizeof bad_versions / sizeof bad_versions[0]; i++) {
         snprintf(vpath, sizeof vpath, "%s?version=%s", path, bad_versions[i]);
         api_call(&s_env, "GET", vpath, s_env.key_read, NULL, NULL, &r);
-        s_expect_invalid(&r, "version", NULL);
+        api_expect_invalid(&r, "version", NULL);
         api_resp_free(&r);
     }
 
@@ -269,13 +238,13 @@ static void test_versions(void **state)
     /* A part that does not parse: 422, and still two versions. */
     api_call(&s_env, "PATCH", path, s_env.key_full, "{\"text\":\"ok\",\"html\":\"x {{#each a}}\"}",
              NULL, &r);
-    s_expect_invalid(&r, "html", "line 1, column 3: {{#each}} is never closed");
+    api_expect_invalid(&r, "html", "line 1, column 3: {{#each}} is never closed");
     api_resp_free(&r);
     api_call(&s_env, "PATCH", path, s_env.key_full, "{\"bogus\":1}", NULL, &r);
-    s_expect_invalid(&r, "bogus", NULL);
+    api_expect_invalid(&r, "bogus", NULL);
     api_resp_free(&r);
     api_call(&s_env, "PATCH", path, s_env.key_full, "{\"name\":\"\"}", NULL, &r);
-    s_expect_invalid(&r, "name", NULL);
+    api_expect_invalid(&r, "name", NULL);
     api_resp_free(&r);
 
     /* A subject change makes version 3; version 1 is untouched in the table. */
@@ -382,7 +351,7 @@ static void test_preview_contact(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         api_call(&s_env, "POST", path, s_env.key_full, bad[i].body, NULL, &r);
-        s_expect_invalid(&r, bad[i].field, NULL);
+        api_expect_invalid(&r, bad[i].field, NULL);
         api_resp_free(&r);
     }
     api_call(&s_env, "POST", path, s_env.key_full, "{\"version\":9}", NULL, &r);
@@ -441,7 +410,7 @@ static void test_preview_data_strict_and_lenient(void **state)
     snprintf(path, sizeof path, "/api/v1/templates/%s/preview", strict);
     api_call(&s_env, "POST", path, s_env.key_full,
              "{\"data\":{\"greeting\":\"hi\",\"name\":\"x\"}}", NULL, &r);
-    s_expect_invalid(&r, "data", "html line 2, column 3: missing variable missing.path");
+    api_expect_invalid(&r, "data", "html line 2, column 3: missing variable missing.path");
     api_resp_free(&r);
     api_call(&s_env, "POST", path, s_env.key_full,
              "{\"data\":{\"greeting\":\"hi\",\"name\":\"x\",\"missing\":{\"path\":\"ok\"}}}", NULL,
@@ -482,7 +451,7 @@ static void test_preview_data_strict_and_lenient(void **state)
              s_env.key_full, req_id);
     snprintf(path, sizeof path, "/api/v1/templates/%s/preview", req_id);
     api_call(&s_env, "POST", path, s_env.key_full, "{\"data\":{}}", NULL, &r);
-    s_expect_invalid(&r, "data", "text line 1, column 1: required variable code is missing");
+    api_expect_invalid(&r, "data", "text line 1, column 1: required variable code is missing");
     api_resp_free(&r);
 }
 

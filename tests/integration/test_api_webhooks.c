@@ -37,31 +37,6 @@ static int s_teardown(void **state)
 
 /* ------------------------------------------------------------- helpers -- */
 
-static const char *s_field_error(const api_resp_t *r, const char *field)
-{
-    json_t *errs = r->json ? json_object_get(r->json, "errors") : NULL;
-    size_t i;
-    json_t *e;
-    json_array_foreach(errs, i, e)
-    {
-        const char *name = json_string_value(json_object_get(e, "field"));
-        if (name && strcmp(name, field) == 0)
-            return json_string_value(json_object_get(e, "message"));
-    }
-    return NULL;
-}
-
-static void s_expect_invalid(const api_resp_t *r, const char *field, const char *needle)
-{
-    if (r->status != 422)
-        fail_msg("expected 422 on %s, got %d: %s", field, r->status, sbuf_data(r->raw));
-    const char *msg = s_field_error(r, field);
-    if (!msg)
-        fail_msg("no error on field %s: %s", field, sbuf_data(r->raw));
-    if (needle && !strstr(msg, needle))
-        fail_msg("error on %s is \"%s\", expected it to contain \"%s\"", field, msg, needle);
-}
-
 static const char *s_str(const api_resp_t *r, const char *key)
 {
     return json_string_value(json_object_get(r->json, key));
@@ -69,10 +44,7 @@ static const char *s_str(const api_resp_t *r, const char *key)
 
 static long s_count(const char *sql)
 {
-    char *v = api_sql(&s_env, sql);
-    long n = v ? strtol(v, NULL, 10) : -1;
-    free(v);
-    return n;
+    return api_sql_long(&s_env, "%s", sql);
 }
 
 static long s_org_webhooks(void)
@@ -217,13 +189,13 @@ static void test_validation(void **state)
         api_resp_t r = {0};
         api_callf(&s_env, "POST", "/api/v1/webhooks", s_env.key_full, &r,
                   "{\"url\":\"%s\",\"events\":[\"message.sent\"]}", urls[i].url);
-        s_expect_invalid(&r, urls[i].field, urls[i].why);
+        api_expect_invalid(&r, urls[i].field, urls[i].why);
         api_resp_free(&r);
     }
     api_resp_t r = {0};
     api_callf(&s_env, "POST", "/api/v1/webhooks", s_env.key_full, &r,
               "{\"url\":\"%s\",\"events\":[\"message.sent\"]}", long_url);
-    s_expect_invalid(&r, "url", NULL);
+    api_expect_invalid(&r, "url", NULL);
     api_resp_free(&r);
 
     static const struct {
@@ -250,7 +222,7 @@ static void test_validation(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         api_call(&s_env, "POST", "/api/v1/webhooks", s_env.key_full, cases[i].body, NULL, &r);
-        s_expect_invalid(&r, cases[i].field, cases[i].why);
+        api_expect_invalid(&r, cases[i].field, cases[i].why);
         api_resp_free(&r);
     }
     assert_int_equal(api_call(&s_env, "POST", "/api/v1/webhooks", s_env.key_full, "[]", NULL, &r),
@@ -259,8 +231,8 @@ static void test_validation(void **state)
     /* Both fields wrong: both reported. */
     api_call(&s_env, "POST", "/api/v1/webhooks", s_env.key_full,
              "{\"url\":\"gopher://x\",\"events\":[\"*\"]}", NULL, &r);
-    s_expect_invalid(&r, "url", NULL);
-    s_expect_invalid(&r, "events", NULL);
+    api_expect_invalid(&r, "url", NULL);
+    api_expect_invalid(&r, "events", NULL);
     api_resp_free(&r);
     assert_int_equal(s_org_webhooks(), before);
 
@@ -315,7 +287,7 @@ static void test_update_delete(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         api_call(&s_env, "PATCH", path, s_env.key_full, bad[i][0], NULL, &r);
-        s_expect_invalid(&r, bad[i][1], NULL);
+        api_expect_invalid(&r, bad[i][1], NULL);
         api_resp_free(&r);
     }
     snprintf(sql, sizeof sql,

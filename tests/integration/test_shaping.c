@@ -25,72 +25,34 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include "api_util.h"
+#include "delivery_util.h"
 #include "kv.h"
 
-#define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-
 static api_env_t E;
-static harness_proc_t *s_sink;
-static char s_dump[64] = "/tmp/postchi-shape-XXXXXX";
-static char s_relay[64]; /* the sink's host:port */
+static dsink_t s_sink;     /* the relay every worker sends through */
+static char s_relay[64];   /* the sink's host:port */
 
 static int s_setup(void **state)
 {
     (void)state;
-    if (!mkdtemp(s_dump))
-        return -1;
-    chmod(s_dump, 0777); /* smtp-sink writes as nobody */
-    int port = harness_free_port();
-    char listen[64], tmpl[128];
-    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
-    snprintf(tmpl, sizeof tmpl, "%s/%%M.", s_dump);
-    char *argv[] = {"/usr/sbin/smtp-sink", "-u", "nobody", "-d", tmpl, listen, "100", NULL};
-    s_sink = harness_spawn("smtp-sink", argv, NULL);
-    if (!s_sink)
-        return -1;
-    usleep(300 * 1000);
-    /* Workers inherit these (the harness passes the environment on). */
-    snprintf(s_relay, sizeof s_relay, "%s", listen);
-    setenv("POSTCHI_SMTP_RELAY", listen, 1);
-    setenv("POSTCHI_SECRET_KEY", TEST_SECRET_KEY, 1);
     unsetenv("POSTCHI_SHAPING_RATE");
     unsetenv("POSTCHI_SHAPING_BURST");
-    if (api_env_start(&E, NULL) != 0)
+    if (dl_env_start(&E, &s_sink, 1) != 0)
         return -1;
-    api_resp_t r;
-    api_call(&E, "POST", "/api/v1/domains", E.key_full, "{\"name\":\"send.example\"}", NULL, &r);
-    if (r.status != 201) {
-        api_resp_free(&r);
-        return -1;
-    }
-    char sql[160];
-    snprintf(sql, sizeof sql, "UPDATE domains SET status = 'verified' WHERE id = '%s'",
-             json_string_value(json_object_get(r.json, "id")));
-    api_resp_free(&r);
-    free(api_sql(&E, sql));
+    snprintf(s_relay, sizeof s_relay, "127.0.0.1:%d", s_sink.port);
     return 0;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    int bad = api_env_stop(&E);
-    if (s_sink)
-        harness_stop(s_sink, SIGTERM, 5000);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", s_dump);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", s_dump);
-    return bad;
+    return dl_env_stop(&E, &s_sink);
 }
 
 /* POST one message to n recipients rcpt<i>@<domains[i % ndomains]>. */
@@ -223,33 +185,6 @@ static void test_two_workers_share_one_budget(void **state)
     sbuf_destroy(&err);
 }
 
-/* How many messages the sink stored whose text contains needle. */
-static int s_received_count(const char *needle)
-{
-    DIR *d = opendir(s_dump);
-    struct dirent *e;
-    int count = 0;
-    while (d && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", s_dump, e->d_name);
-        FILE *f = fopen(path, "rb");
-        char line[4096];
-        while (f && fgets(line, sizeof line, f)) {
-            if (strstr(line, needle)) {
-                count++;
-                break;
-            }
-        }
-        if (f)
-            fclose(f);
-    }
-    if (d)
-        closedir(d);
-    return count;
-}
-
 static void test_long_queue_goes_back_to_the_outbox(void **state)
 {
     (void)state;
@@ -273,7 +208,7 @@ static void test_long_queue_goes_back_to_the_outbox(void **state)
            harness_now_ms() < deadline)
         usleep(100 * 1000);
     usleep(1000 * 1000);
-    assert_int_equal(s_received_count("Subject: requeue"), 20);
+    assert_int_equal(dsink_count(&s_sink, "Subject: requeue"), 20);
     /* A give-back returns the claim's attempt: none was tried twice. */
     char *v = api_sql(&E, "SELECT max(attempts) FROM messages WHERE subject = 'requeue'");
     assert_string_equal(v, "1");
