@@ -43,6 +43,7 @@
 #include "mime.h"
 #include "mx.h"
 #include "secretbox.h"
+#include "unsub_token.h"
 #include "verp.h"
 
 typedef struct {
@@ -65,6 +66,8 @@ static struct {
     double shape_burst;                   /* shaping_burst */
     shape_override_t *overrides;          /* shaping_overrides */
     size_t noverrides;                    /* how many */
+    char *unsub_base;                     /* public_url (or its default), no trailing '/' */
+    int unsub_https;                      /* it is https: the one-click URL can be offered */
 } M;
 
 int mailer_configure(const config_t *cfg, sbuf_t *err);
@@ -159,7 +162,14 @@ static void s_shape_mx(const char *mx, delivery_job_t *job)
 int mailer_configure(const config_t *cfg, sbuf_t *err)
 {
     free(M.overrides);
+    free(M.unsub_base);
     memset(&M, 0, sizeof M);
+    M.unsub_base = unsub_token_base_url(cfg, err);
+    if (!M.unsub_base)
+        return -1;
+    /* RFC 8058 one-click needs https; over plain http bulk mail carries the
+     * mailto address only. */
+    M.unsub_https = strncasecmp(M.unsub_base, "https://", 8) == 0;
     M.shape_rate = (double)config_int(cfg, "shaping_rate");
     M.shape_burst = (double)config_int(cfg, "shaping_burst");
     if (s_parse_overrides(config_str(cfg, "shaping_overrides"), err) != 0)
@@ -190,6 +200,8 @@ void mailer_shutdown(void)
     free(M.overrides);
     M.overrides = NULL;
     M.noverrides = 0;
+    free(M.unsub_base);
+    M.unsub_base = NULL;
 }
 
 /* Columns of a claimed row, in order. */
@@ -197,7 +209,7 @@ void mailer_shutdown(void)
     " RETURNING m.id, m.organization_id, m.from_addr, m.from_name, to_json(m.reply_to)::text,"    \
     " m.recipient, to_json(m.to_addrs)::text, to_json(m.cc_addrs)::text, m.subject, m.html,"      \
     " m.text, m.headers::text, m.message_id, m.send_id, m.attempts,"                             \
-    " EXISTS (SELECT 1 FROM message_attachments a WHERE a.send_id = m.send_id)"
+    " EXISTS (SELECT 1 FROM message_attachments a WHERE a.send_id = m.send_id), m.batch_id"
 
 static const char *const SQL_CLAIM_ONE =
     "UPDATE messages m SET status = 'sending', attempts = attempts + 1, updated_at = now(),"
@@ -405,8 +417,9 @@ done:
 /* The body of claimed row i: its send's cached one, or read (bodies from
  * message_contents, or the row itself when written before it existed;
  * attachments when the claim said there are some), encoded and hashed now
- * and kept for the send's next rows when not too big. NULL with *why (and
- * err) when it cannot be built; *owned set when the caller must destroy it. */
+ * and kept for the send's next rows when not too big (else it is put in
+ * tmp, which the caller destroys). NULL with *why (and err) when it cannot
+ * be built. */
 static const body_cache_t *s_body(mailer_state_t *st, db_t *db, db_result_t *res, int i,
                                   body_cache_t *tmp, const char **why, sbuf_t *err)
 {
@@ -480,7 +493,7 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
     json_t *cc = json_loads(db_result_get(res, i, 7), 0, NULL);
     json_t *reply = json_loads(db_result_get(res, i, 4), 0, NULL);
     json_t *hdrs = json_loads(db_result_get(res, i, 11), 0, NULL);
-    char *verp = NULL;
+    char *verp = NULL, *unsub_mailto = NULL, *unsub_url = NULL;
     mime_header_t *hv = NULL;
     delivery_job_t *job = NULL;
     body_cache_t tmp = {0};
@@ -512,6 +525,17 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
             k++;
         }
     }
+    /* Bulk sends (a batch) are marketing: List-Unsubscribe with a token
+     * naming this row, by mail to the return-path domain and, over https,
+     * by RFC 8058 one-click. Single sends are transactional: none. */
+    char utok[UNSUB_TOKEN_LEN + 1];
+    if (db_result_get(res, i, 16) && M.have_key && unsub_token_make(M.key, id, utok) == 0) {
+        unsub_mailto = mime_verp(UNSUB_LOCAL, utok, keys->return_path);
+        size_t ul = strlen(M.unsub_base) + sizeof UNSUB_PATH + UNSUB_TOKEN_LEN;
+        unsub_url = M.unsub_https ? malloc(ul) : NULL;
+        if (unsub_url)
+            snprintf(unsub_url, ul, "%s" UNSUB_PATH "%s", M.unsub_base, utok);
+    }
     const char *tov[100], *ccv[100], *rtv[4];
     size_t nto = s_strings(to, tov, 100), ncc = s_strings(cc, ccv, 100);
     size_t nrt = s_strings(reply, rtv, 4);
@@ -527,6 +551,8 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         .headers = hv,
         .nheaders = k,
         .message_id = db_result_get(res, i, 12),
+        .list_unsubscribe_mailto = unsub_mailto,
+        .list_unsubscribe_url = unsub_url,
         .date = (int64_t)time(NULL),
     };
     if (mime_build_with_body(&m, body->body, msg, NULL, err) != 0) {
@@ -608,6 +634,8 @@ done:
     delivery_job_free(&job);
     free(verp);
     mime_body_destroy(&tmp.body);
+    free(unsub_mailto);
+    free(unsub_url);
     free(hv);
     json_decref(to);
     json_decref(cc);

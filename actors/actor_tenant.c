@@ -5,8 +5,8 @@
  *
  * How it is used: an API handler commits an events row together with the
  * change it records, then sends a one-way message to tenant/<org> whose name
- * is the trigger ("list_added", "tag_added", "subscribed", "event") and
- * whose body is JSON naming the row(s):
+ * is the trigger ("list_added", "tag_added", "subscribed", "unsubscribed",
+ * "event") and whose body is JSON naming the row(s):
  *   {"event_id": 42, ...}                                    one row
  *   {"first_event_id": 40, "last_event_id": 49, "count": 8}  a bulk change
  * The actor marks the rows dispatched (UPDATE ... RETURNING) and hands each
@@ -39,7 +39,8 @@
 #include "log.h"
 
 /* Trigger names this actor accepts; received[] is indexed the same way. */
-static const char *const s_triggers[] = {"list_added", "tag_added", "subscribed", "event"};
+static const char *const s_triggers[] = {"list_added", "tag_added", "subscribed", "event",
+                                         "unsubscribed"};
 #define TRIGGER_COUNT (sizeof s_triggers / sizeof s_triggers[0])
 
 typedef struct {

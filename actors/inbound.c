@@ -51,6 +51,7 @@
 #include "metrics.h"
 #include "mime.h"
 #include "secretbox.h"
+#include "unsub_token.h"
 #include "verp.h"
 #include "inbound.h"
 
@@ -99,6 +100,9 @@ struct inbound {
     metric_t *m_arf;                 /* reports: ARF abuse */
     metric_t *m_unknown;             /* reports: anything else, or no such message */
     metric_t *m_open;                /* sessions open */
+    metric_t *m_unsub;               /* messages to unsubscribe+<token>@ acted on */
+    unsigned char unsub_key[UNSUB_TOKEN_KEY_LEN]; /* secret_key: checks unsubscribe tokens */
+    int have_unsub_key;              /* it parsed; without it no unsubscribe address is ours */
 };
 
 /* Hard bounce: the row moves to 'bounced' (only from a state a later
@@ -312,6 +316,46 @@ static int s_record(inbound_t *in, const char *raw, size_t len, const char *rcpt
     return rc;
 }
 
+/* ---- the List-Unsubscribe mailto route (unsubscribe+<token>@<any domain>) ---- */
+
+/* 1 when addr is an unsubscribe address with a token made with our key
+ * (copied into token[UNSUB_TOKEN_LEN + 1]), else 0. */
+static int s_unsub_rcpt(const inbound_t *in, const char *addr, char *token)
+{
+    const char *at = strrchr(addr, '@');
+    size_t dlen = at ? strcspn(at + 1, ">") : 0;
+    if (!in->have_unsub_key || dlen == 0 || dlen > 253)
+        return 0;
+    char domain[256], uuid[37];
+    memcpy(domain, at + 1, dlen);
+    domain[dlen] = '\0';
+    return mime_verp_parse(addr, UNSUB_LOCAL, domain, token, UNSUB_TOKEN_LEN + 1) == 0 &&
+           unsub_token_check(in->unsub_key, token, uuid) == 0;
+}
+
+/* Unsubscribe the recipient of the row the token names (whatever the
+ * message says: the address is the request, as RFC 2369 mailto links
+ * are). 0 when done or the row is gone, -1 when the database failed (451:
+ * the sender retries). The events row it writes is announced to the tenant
+ * actor by the sweeper's re-drive. */
+static int s_unsubscribe(inbound_t *in, const char *token)
+{
+    db_t *db = s_db(in);
+    if (!db)
+        return -1;
+    sbuf_t *err = sbuf_new(64);
+    unsub_result_t rc = unsub_token_apply(db, in->unsub_key, token, "mailto", NULL, NULL, NULL,
+                                          NULL, err);
+    if (rc == UNSUB_DONE)
+        metric_inc(in->m_unsub);
+    else if (rc == UNSUB_NOT_FOUND)
+        s_unknown(in, "unsubscribe: no such message", token);
+    else if (log_should("inbound-unsub", 13, 10000))
+        log_error("unsubscribe not recorded: %s", err ? sbuf_data(err) : "out of memory");
+    sbuf_destroy(&err);
+    return rc == UNSUB_ERROR ? -1 : 0;
+}
+
 /* The final dot: record the message for every recipient, then answer. */
 static void s_end_data(inbound_t *in, sess_t *s)
 {
@@ -321,8 +365,10 @@ static void s_end_data(inbound_t *in, sess_t *s)
         const char *raw = s->data ? sbuf_data(s->data) : "";
         size_t len = s->data ? sbuf_len(s->data) : 0;
         int failed = 0;
+        char utok[UNSUB_TOKEN_LEN + 1];
         for (int i = 0; i < s->nrcpts && !failed; i++)
-            failed = s_record(in, raw, len, s->rcpts[i]) != 0;
+            failed = (s_unsub_rcpt(in, s->rcpts[i], utok) ? s_unsubscribe(in, utok)
+                                                           : s_record(in, raw, len, s->rcpts[i])) != 0;
         s_reply(s, failed ? "451 4.3.0 Temporary failure, try again later"
                           : "250 2.0.0 Ok: report received");
     }
@@ -399,7 +445,7 @@ static void s_command(inbound_t *in, sess_t *s, char *line)
             return;
         }
         char token[128];
-        if (s_rcpt_token(to, token, sizeof token) != 0) {
+        if (s_rcpt_token(to, token, sizeof token) != 0 && !s_unsub_rcpt(in, to, token)) {
             free(to);
             s_bad(s, "550 5.1.1 Recipient address rejected: not a return path here");
             return;
@@ -712,7 +758,7 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
     static const char *const labels[] = {"kind", NULL};
     metric_family_t *f = metrics_family(METRIC_COUNTER, "postchi_inbound_reports_total",
                                         "Messages received on the return path, by what they were "
-                                        "(dsn_hard, dsn_delayed, arf, unknown).",
+                                        "(dsn_hard, dsn_delayed, arf, unsubscribe, unknown).",
                                         labels, NULL, 0);
     inbound_t *in = calloc(1, sizeof *in);
     if (!in) {
@@ -724,6 +770,8 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
     in->m_delayed = metrics_series(f, (const char *const[]){"dsn_delayed", NULL});
     in->m_arf = metrics_series(f, (const char *const[]){"arf", NULL});
     in->m_unknown = metrics_series(f, (const char *const[]){"unknown", NULL});
+    in->m_unsub = metrics_series(f, (const char *const[]){"unsubscribe", NULL});
+    in->have_unsub_key = secretbox_key_parse(config_str(cfg, "secret_key"), in->unsub_key) == 0;
     in->m_open = metrics_gauge("postchi_inbound_connections_open",
                                "SMTP sessions open on the return-path listener.");
     int port = (int)config_int(cfg, "inbound_port");

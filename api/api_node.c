@@ -38,6 +38,7 @@ typedef struct {
 extern int auth_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
 extern int domains_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
 extern int messages_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
+extern int unsubscribe_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
 
 static volatile sig_atomic_t s_stop;
 
@@ -98,7 +99,8 @@ int api_main(const config_t *cfg)
     rest_ready = 1;
     if ((auth_configure && auth_configure(cfg, err) != 0) ||
         (domains_configure && domains_configure(cfg, err) != 0) ||
-        (messages_configure && messages_configure(cfg, err) != 0)) {
+        (messages_configure && messages_configure(cfg, err) != 0) ||
+        (unsubscribe_configure && unsubscribe_configure(cfg, err) != 0)) {
         log_error("%s", sbuf_data(err));
         goto done;
     }

@@ -297,6 +297,14 @@ int api_json(api_req_t *req, int status, json_t *body)
     return status;
 }
 
+int api_text(api_req_t *req, int status, const char *content_type, const char *body)
+{
+    sbuf_reset(req->resp);
+    sbuf_append_str(req->resp, body);
+    s_set(req, status, content_type);
+    return status;
+}
+
 int api_no_content(api_req_t *req)
 {
     sbuf_reset(req->resp);

@@ -90,6 +90,9 @@ kv_t *api_kv(api_req_t *req);
 /* ---- responses: each returns the status, for `return api_json(...)` ---- */
 /* Send body (the reference is stolen) as application/json. */
 int api_json(api_req_t *req, int status, json_t *body);
+/* Send body (copied) as content_type, e.g. "text/html; charset=utf-8": for
+ * the few routes people open in a browser (unsubscribe pages). */
+int api_text(api_req_t *req, int status, const char *content_type, const char *body);
 /* 204, no body. */
 int api_no_content(api_req_t *req);
 /* application/problem+json (RFC 9457): type "about:blank"-style

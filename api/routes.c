@@ -22,6 +22,7 @@ TABLE(api_routes_webhooks);
 TABLE(api_routes_events);
 TABLE(api_routes_ops);
 TABLE(api_routes_messages);
+TABLE(api_routes_unsubscribe);
 
 const api_route_t *const *api_route_tables(void)
 {
@@ -34,7 +35,7 @@ const api_route_t *const *api_route_tables(void)
                                     api_routes_segments,  api_routes_suppressions,
                                     api_routes_templates, api_routes_webhooks,
                                     api_routes_events,    api_routes_ops,
-                                    api_routes_messages};
+                                    api_routes_messages,  api_routes_unsubscribe};
         int n = 0;
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
             if (all[i])

@@ -112,6 +112,9 @@ static const setting_t s_settings[] = {
     SECRET("secret_key", "",
            "64 hex digits (32 bytes) that encrypt DKIM private keys at rest; the API refuses to "
            "start without it"),
+    STR("public_url", "",
+        "base URL recipients' unsubscribe links use (https://mail.example.com); empty means "
+        "http://<api_bind>:<api_port>, which gets mailto-only List-Unsubscribe"),
     INT("rate_limit_rps", 100, 1, 1000000, "requests per second each API key may make, sustained"),
     INT("rate_limit_burst", 200, 1, 10000000, "requests an API key may make at once above its rate"),
     INT("login_max_failures", 5, 1, 1000,
