@@ -127,6 +127,8 @@ REDRIVEN=$(sql "SELECT count(*) FROM messages WHERE batch_id = '$BATCH' AND atte
 ATTEMPTS=$(sql "SELECT coalesce(string_agg(attempts || ':' || n, ' '), '') FROM (SELECT attempts, count(*) n
                  FROM messages WHERE batch_id = '$BATCH' GROUP BY attempts ORDER BY attempts) s")
 echo "all rows sent after $(python3 -c "print(round($T_END - $T0, 1))") s (from the POST; $(python3 -c "print(round($T_END - $T_KILL, 1))") s after the kill); not sent: $LEFT; rows by attempts: $ATTEMPTS (re-driven after the kill: $REDRIVEN)"
+MULTI=$(sql "SELECT count(*) FROM messages WHERE batch_id = '$BATCH' AND attempts > 2")
+[ "$MULTI" -eq 0 ] || echo "WARNING: $MULTI rows were claimed more than twice: a lease ($LEASE s) ran out on a live worker (claims run ahead of delivery by more than the lease), a source of duplicates the kill did not cause"
 
 # The sink's files: every transaction in flight has ended by now (the
 # outcome is recorded after the 250), give it a moment to close its files.
