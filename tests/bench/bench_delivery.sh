@@ -1,108 +1,105 @@
 #!/bin/sh
-# bench_delivery.sh - end-to-end delivery throughput, from API acceptance to
-# the SMTP server's receipt, with PostgreSQL durability, beside its
-# baselines measured in the same run:
-#   tests/bench/bench_delivery.sh [messages] [build dir]
-# - Postfix's smtp-source sending the same message size to the same
-#   smtp-sink with the same session count;
-# - `openssl speed rsa2048` sign/s (every message carries an RSA-2048 and an
-#   Ed25519 signature; RSA is the floor of the cost).
-# Postchi: broker, 2 workers (relay = the sink), API; N contacts on a list,
-# one bulk send (POST /messages with to_list); time from the POST to the
-# last row recorded 'sent'. Prints the rates and ratios.
+# bench_delivery.sh - end-to-end delivery benchmarks of issue 4, from API
+# acceptance to the SMTP server's receipt, with PostgreSQL durability, each
+# beside its baseline measured in the same run:
+#   tests/bench/bench_delivery.sh [messages]        (default 20,000)
+# 1. 2 KB, Ed25519 only (a domain with "signing": "ed25519") vs Postfix's
+#    smtp-source: same size, same sink, same session count (target >= 0.5);
+# 2. 2 KB, both signatures (the default) vs `openssl speed -multi 2
+#    rsa2048` sign/s, both cores (target >= 0.6; one core printed too);
+# 3. 100 KB, both signatures (target >= 1,000 msg/s), smtp-source at 100 KB
+#    as context;
+# 4. p99 from acceptance to the 'sent' record at 1,000 msg/s offered: a
+#    bulk send of 100 every 100 ms, open loop (target < 250 ms).
+# Throughput scenarios run BENCH_RUNS times (baseline and Postchi
+# interleaved) and report medians and the ratio of medians; a warm-up send
+# precedes each. The last lines are a Markdown table for docs/BENCHMARKS.md.
+#
+# Knobs (environment): BENCH_SCENARIOS (comma list of ed25519,both,100k,
+# latency; default all), BENCH_RUNS (3), BENCH_N100 (100 KB messages,
+# default messages/4), BENCH_SESSIONS (SMTP sessions in all, split over
+# the 2 workers; smtp-source gets the same; default 8), BENCH_LAT_SECONDS
+# (20), BENCH_BUILD (build dir, build-bench).
+#
+# Set-up: PostgreSQL + Redis (servers.sh, durable), two smtp-sinks (a
+# dumping one for the size calibration, a counting-nothing one for the
+# runs), a broker, 2 workers relaying to the sink, an API node; contacts
+# and lists are written in SQL (set-up, not measured). Message sizes: one
+# message of each kind goes through the dumping sink first and the text is
+# sized so Postchi's message is as long as smtp-source's at -l 2048 /
+# -l 102400. Every process is stopped on exit, failure included (trap in
+# delivery_env.sh).
 set -eu
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
 N=${1:-20000}
-B=${2:-build-bench}
-SIZE=2048
-SESSIONS=4
+N100=${BENCH_N100:-$((N / 4))}
+RUNS=${BENCH_RUNS:-3}
+SESSIONS=${BENCH_SESSIONS:-8}
+SCENARIOS=${BENCH_SCENARIOS:-ed25519,both,100k,latency}
+LAT_SECONDS=${BENCH_LAT_SECONDS:-20}
+[ "$N" -gt 0 ] && [ "$N100" -gt 0 ] && [ "$RUNS" -gt 0 ] || { echo "usage: $0 [messages > 0]" >&2; exit 2; }
+[ "$SESSIONS" -ge 2 ] && [ $((SESSIONS % 2)) -eq 0 ] || { echo "BENCH_SESSIONS must be even and >= 2" >&2; exit 2; }
+WARM_N=$((N / 10 < 500 ? N / 10 + 1 : 500))
+CMDLINE="tests/bench/bench_delivery.sh${1:+ $*}"
+for v in BENCH_SCENARIOS BENCH_RUNS BENCH_N100 BENCH_SESSIONS BENCH_LAT_SECONDS; do
+    eval "val=\${$v:-}"
+    [ -z "$val" ] || CMDLINE="$v=$val $CMDLINE"
+done
 
-cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$B" -j2 --target postchi >/dev/null
-BIN=$ROOT/$B/postchi
-S=$ROOT/$B/bench-delivery-servers
-W=$(mktemp -d /tmp/postchi-bench.XXXXXX)
-PIDS=""
-cleanup() {
-    for p in $PIDS; do kill "$p" 2>/dev/null || true; done
-    for p in $PIDS; do wait "$p" 2>/dev/null || true; done
-    POSTCHI_BIN=$BIN "$ROOT/tests/integration/servers.sh" stop "$S" >/dev/null 2>&1 || true
-    rm -rf "$W"
-}
-trap cleanup EXIT INT TERM
-SERVERS_DURABLE=1 POSTCHI_BIN=$BIN tests/integration/servers.sh start "$S" >/dev/null
-. "$S/servers.env"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/delivery_env.sh
+bench_init "${BENCH_BUILD:-build-bench}"
+echo "bench_delivery: $(nproc) CPUs, $(uname -r); logs in $W"
 
 SINK=$(free_port)
-/usr/sbin/smtp-sink -u nobody -c 127.0.0.1:$SINK 1000 >/dev/null 2>&1 &
-PIDS="$PIDS $!"
-sleep 0.3
+CAL_SINK=$(free_port)
+bench_sink sink "$SINK"
+bench_sink calsink "$CAL_SINK" "$W/mail"
+bench_broker
+PER_WORKER=$((SESSIONS / 2))
+start_workers() { # relay port
+    bench_worker worker1 bw1 "$1" "$PER_WORKER"
+    W1=$LAST_PID
+    bench_worker worker2 bw2 "$1" "$PER_WORKER"
+    W2=$LAST_PID
+}
+start_workers "$CAL_SINK"
+bench_api
+bench_wait_live 2
+bench_account
+bench_domain send.example both >/dev/null
+bench_domain ed.send.example ed25519 >/dev/null
 
-echo "== baseline: smtp-source, $N messages of $SIZE bytes, $SESSIONS sessions"
-t0=$(date +%s.%N)
-/usr/sbin/smtp-source -s $SESSIONS -m "$N" -l $SIZE -c -f bench@send.example -t rcpt@dest.example \
-    127.0.0.1:$SINK >/dev/null
-t1=$(date +%s.%N)
-SRC_RATE=$(python3 -c "print(round($N/($t1-$t0)))")
-echo "smtp-source: $SRC_RATE msg/s"
+echo "== set-up: lists (contacts written in SQL)"
+LIST_ED=$(bench_list ed "$N" ed.dest.example)
+LIST_BOTH=$(bench_list both "$N" both.dest.example)
+LIST_100K=$(bench_list big "$N100" big.dest.example)
+LIST_LAT=$(bench_list lat 100 lat.dest.example)
+WARM_ED=$(bench_list warm-ed "$WARM_N" ed.dest.example)
+WARM_BOTH=$(bench_list warm-both "$WARM_N" both.dest.example)
+WARM_100K=$(bench_list warm-big "$((WARM_N / 5 + 1))" big.dest.example)
+sql "VACUUM ANALYZE" >/dev/null
 
-echo "== baseline: openssl speed rsa2048 (sign/s, one core)"
-RSA=$(openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}')
-echo "openssl rsa2048: $RSA sign/s per core; target for both signatures: 0.6 x 2 cores = $(python3 -c "print(round(0.6*2*$RSA))") msg/s"
+export PSQL_BIN PG U KEY SINK CAL_SINK SIZE=2048 SIZE100=102400 SESSIONS N N100 RUNS \
+    FROM_ED=news@ed.send.example FROM_BOTH=news@send.example CAL_DIR="$W/mail"
+echo "== calibration: message sizes through a dumping smtp-sink"
+CAL=$(python3 tests/bench/bench_delivery.py calibrate)
+eval "export $CAL"
 
-PG="host=$PG_HOST port=$PG_PORT user=$PG_USER dbname=$PG_DATABASE"
-env POSTCHI_PG_PORT=$PG_PORT POSTCHI_REDIS_PORT=$REDIS_PORT "$BIN" migrate >/dev/null
-BROKER=$(free_port)
-API=$(free_port)
-COMMON="POSTCHI_PG_PORT=$PG_PORT POSTCHI_REDIS_PORT=$REDIS_PORT POSTCHI_BROKER_ENDPOINT=tcp://127.0.0.1:$BROKER POSTCHI_LOG_LEVEL=warn"
-KEYHEX=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
-env $COMMON "$BIN" broker >"$W/broker.log" 2>&1 &
-PIDS="$PIDS $!"
-for i in 1 2; do
-    env $COMMON POSTCHI_NODE_ID=bw$i POSTCHI_SMTP_RELAY=127.0.0.1:$SINK POSTCHI_SECRET_KEY=$KEYHEX \
-        POSTCHI_DELIVERY_CONNECTIONS=$SESSIONS POSTCHI_SHAPING_RATE=1000000 POSTCHI_SHAPING_BURST=1000000 "$BIN" worker >"$W/worker$i.log" 2>&1 &
-    PIDS="$PIDS $!"
+# The runs relay to the sink that dumps nothing: restart the workers.
+bench_stop "$W1" || echo "bench: worker 1 exited with status $? on SIGTERM" >&2
+bench_stop "$W2" || echo "bench: worker 2 exited with status $? on SIGTERM" >&2
+bench_wait_live 0
+start_workers "$SINK"
+bench_wait_live 2
+
+export LIST_ED LIST_BOTH LIST_100K LIST_LAT WARM_ED WARM_BOTH WARM_100K WARM_N \
+    BENCH_RUNS="$RUNS" BENCH_SCENARIOS="$SCENARIOS" LAT_SECONDS RCPT_LAT=lat.dest.example \
+    BENCH_COMMAND="$CMDLINE"
+python3 tests/bench/bench_delivery.py run
+
+# Errors the processes logged (warn level and above) during the run.
+for f in "$W"/worker1.log "$W"/worker2.log "$W"/api.log "$W"/broker.log; do
+    n=$(grep -c 'level=error\|level=fatal' "$f" || true)
+    w=$(grep 'level=warn' "$f" | grep -vc 'reason=said bye' || true) # bye: the calibration restart
+    [ "$n" -eq 0 ] && [ "$w" -eq 0 ] || { echo "bench: $(basename "$f"): $n error and $w warning lines, first:"; grep 'level=error\|level=fatal\|level=warn' "$f" | grep -v 'reason=said bye' | head -3; }
 done
-env $COMMON POSTCHI_API_PORT=$API POSTCHI_JWT_SECRET=bench-secret-0123456789abcdef0123456789 \
-    POSTCHI_SECRET_KEY=$KEYHEX POSTCHI_RATE_LIMIT_RPS=1000000 POSTCHI_RATE_LIMIT_BURST=1000000 \
-    "$BIN" api >"$W/api.log" 2>&1 &
-PIDS="$PIDS $!"
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null && break; sleep 0.2; done
-
-U="http://127.0.0.1:$API/api/v1"
-J='Content-Type: application/json'
-TOKEN=$(curl -s "$U/auth/register" -H "$J" -d '{"email":"bench@example.com","password":"bench password 1","organization":"Bench"}' |
-    python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
-KEY=$(curl -s "$U/api-keys" -H "Authorization: Bearer $TOKEN" -H "$J" -d '{"name":"b","scope":"full"}' |
-    python3 -c 'import sys,json; print(json.load(sys.stdin)["key"])')
-DID=$(curl -s "$U/domains" -H "Authorization: Bearer $KEY" -H "$J" -d '{"name":"send.example"}' |
-    python3 -c 'import sys,json; print(json.load(sys.stdin)["id"])')
-psql "$PG" -qc "UPDATE domains SET status = 'verified' WHERE id = '$DID'"
-LID=$(curl -s "$U/lists" -H "Authorization: Bearer $KEY" -H "$J" -d '{"name":"all"}' |
-    python3 -c 'import sys,json; print(json.load(sys.stdin)["id"])')
-python3 - "$N" "$U" "$KEY" "$LID" <<'PY'
-import json, sys, urllib.request
-n, u, key, lid = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-h = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
-for start in range(0, n, 10000):
-    emails = ["r%d@dest.example" % i for i in range(start, min(n, start + 10000))]
-    req = urllib.request.Request(u + "/lists/" + lid + "/contacts", json.dumps({"emails": emails}).encode(), h)
-    urllib.request.urlopen(req).read()
-PY
-BODY=$(python3 -c "print('x' * ($SIZE - 600))")
-echo "== postchi: $N messages of about $SIZE bytes signed Ed25519 + RSA-2048, bulk send to a list"
-t0=$(date +%s.%N)
-curl -s "$U/messages" -H "Authorization: Bearer $KEY" -H "$J" -H 'Expect:' \
-    -d "{\"from\":{\"email\":\"news@send.example\"},\"to_list\":\"$LID\",\"subject\":\"Bench\",\"text\":\"$BODY\"}" >/dev/null
-while :; do
-    SENT=$(psql "$PG" -tAc "SELECT count(*) FROM messages WHERE status = 'sent'")
-    [ "$SENT" -ge "$N" ] && break
-    sleep 0.2
-done
-t1=$(date +%s.%N)
-RATE=$(python3 -c "print(round($N/($t1-$t0)))")
-echo "postchi: $RATE msg/s (acceptance to receipt, durable)"
-echo "ratio to smtp-source: $(python3 -c "print(round($RATE/$SRC_RATE, 2))") (target >= 0.5 with Ed25519 only)"
-echo "ratio to 2 cores of rsa2048 signing: $(python3 -c "print(round($RATE/(2*$RSA), 2))") (target >= 0.6)"
