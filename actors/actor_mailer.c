@@ -609,6 +609,12 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
             goto done;
         }
         snprintf(job->host, sizeof job->host, "%s", hosts[0].addrs[0]);
+        /* Fallback, in preference order: the first host's other
+         * addresses, then the next hosts'. */
+        for (size_t h = 0; h < n; h++)
+            for (size_t a = h == 0 ? 1 : 0; a < hosts[h].naddrs && job->nalt < DELIVERY_MAX_ALTS;
+                 a++)
+                snprintf(job->alt[job->nalt++], sizeof job->alt[0], "%s", hosts[h].addrs[a]);
         job->port = M.mx_port;
         s_shape_mx(hosts[0].name, job);
     }

@@ -92,6 +92,7 @@ struct dest {
     double conn_tokens;    /* connection-rate bucket: tokens at conn_ts */
     int64_t conn_ts;       /* ms of its last refill */
     int64_t conn_at;       /* ms: open a connection no sooner (0: now) */
+    int64_t refused_until; /* ms: it refused us; jobs with another address go there */
 };
 
 struct delivery {
@@ -374,6 +375,8 @@ static dest_t *s_dest(delivery_t *d, const delivery_job_t *j)
     return dst;
 }
 
+static void s_enqueue(delivery_t *d, dest_t *dst, job_t *job);
+
 static void s_take_incoming(delivery_t *d)
 {
     char buf[256];
@@ -388,19 +391,31 @@ static void s_take_incoming(delivery_t *d)
         list = job->next;
         job->next = NULL;
         dest_t *dst = s_dest(d, job->j);
+        /* A destination that just refused us: straight to the next address. */
+        int64_t now = smtp_now_ms();
+        while (dst && dst->refused_until > now && job->j->alt_next < job->j->nalt) {
+            snprintf(job->j->host, sizeof job->j->host, "%s", job->j->alt[job->j->alt_next++]);
+            dst = s_dest(d, job->j);
+        }
         if (!dst) {
             s_job_done(d, job, 0, NULL, "delivery engine out of memory");
             continue;
         }
-        if (dst->tail)
-            dst->tail->next = job;
-        else
-            dst->head = job;
-        dst->tail = job;
-        job->seq = ++d->seq;
-        dst->njobs++;
-        d->queued++;
+        s_enqueue(d, dst, job);
     }
+}
+
+static void s_enqueue(delivery_t *d, dest_t *dst, job_t *job)
+{
+    job->next = NULL;
+    if (dst->tail)
+        dst->tail->next = job;
+    else
+        dst->head = job;
+    dst->tail = job;
+    job->seq = ++d->seq;
+    dst->njobs++;
+    d->queued++;
 }
 
 /* Take the head job of dst's queue (NULL when empty). */
@@ -422,12 +437,23 @@ static job_t *s_pop(delivery_t *d, dest_t *dst)
     return job;
 }
 
-/* Finish every job waiting for dst with the same outcome. */
+/* dst cannot be reached: every job waiting for it moves to its next
+ * address (MX fallback), or is deferred with why when it has none left. */
 static void s_defer_all(delivery_t *d, dest_t *dst, const char *why)
 {
     job_t *job;
-    while ((job = s_pop(d, dst)) != NULL)
-        s_job_done(d, job, 0, NULL, why);
+    while ((job = s_pop(d, dst)) != NULL) {
+        delivery_job_t *j = job->j;
+        dest_t *next = NULL;
+        if (j->alt_next < j->nalt) {
+            snprintf(j->host, sizeof j->host, "%s", j->alt[j->alt_next++]);
+            next = s_dest(d, j);
+        }
+        if (next && next != dst)
+            s_enqueue(d, next, job);
+        else
+            s_job_done(d, job, 0, NULL, why);
+    }
 }
 
 static void s_conn_close(delivery_t *d, dest_t *dst, conn_t *cn)
@@ -651,8 +677,9 @@ static void s_advance(delivery_t *d, dest_t *dst, conn_t *cn, short revents)
              * other connections are still being tried, and the destination
              * is left alone a while instead of being reconnected in a loop. */
             if (never_worked) {
-                s_defer_all(d, dst, reason);
                 int64_t later = smtp_now_ms() + REFUSED_PAUSE_MS;
+                dst->refused_until = later;
+                s_defer_all(d, dst, reason);
                 if (dst->conn_at < later)
                     dst->conn_at = later;
             }

@@ -18,6 +18,11 @@
  * Per destination: at most delivery_connections connections, at most
  * DELIVERY_CONN_RATE new connections a second (burst: the pool size), at
  * most DELIVERY_MAX_MESSAGES_PER_CONN messages per connection.
+ *
+ * Fallback: a destination that refuses or drops every connection before
+ * its first message (down, firewalled, not speaking SMTP) hands each
+ * waiting job to the job's next address (alt, in MX preference order)
+ * instead of deferring it; a job whose addresses are used up is deferred.
  */
 #ifndef POSTCHI_DELIVERY_H
 #define POSTCHI_DELIVERY_H
@@ -28,6 +33,10 @@
 #include "sbuf.h"
 
 typedef struct delivery delivery_t;
+
+/* Other addresses a job may fall back to (the MX host's other addresses,
+ * then the next MX hosts') when its destination cannot be reached. */
+#define DELIVERY_MAX_ALTS 4
 
 typedef struct {
     char id[40];        /* messages.id */
@@ -41,6 +50,9 @@ typedef struct {
     char shape_key[300]; /* shaping budget key (MX rollup); "": host:port */
     double shape_rate;  /* its messages per second; <= 0: shaping_rate */
     double shape_burst; /* its burst; <= 0: shaping_burst */
+    char alt[DELIVERY_MAX_ALTS][46]; /* addresses to try next, in MX preference order */
+    int nalt;           /* entries in alt */
+    int alt_next;       /* the next one to try */
 } delivery_job_t;
 
 /* New connections a second towards one destination (local to a worker). */
