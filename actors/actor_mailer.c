@@ -223,8 +223,8 @@ static const char *const SQL_CLAIM_DUE =
     " WHERE m.id IN (SELECT id FROM messages WHERE recipient_domain = $1"
     " AND status IN ('queued', 'deferred') AND next_attempt_at <= now()"
     " AND ($3::int < 0 OR " MAILER_SHARD_SQL("id") " = $3::int)"
-    " ORDER BY next_attempt_at LIMIT 200 FOR UPDATE SKIP LOCKED)" CLAIMED;
-#define CLAIM_BATCH 200 /* the LIMIT above */
+    " ORDER BY next_attempt_at LIMIT $4::int FOR UPDATE SKIP LOCKED)" CLAIMED;
+#define CLAIM_BATCH 200 /* rows claimed at most at once */
 
 static const char *const SQL_KEYS =
     "SELECT name, return_path, dkim_ed25519_selector, dkim_ed25519_private,"
@@ -282,6 +282,7 @@ typedef struct {
     key_entry_t keys[KEY_CACHE]; /* recently used sending domains */
     int next;                    /* slot to reuse next */
     body_cache_t body;           /* the current send's body */
+    char domain[256];            /* recipient domain (from the key) */
 } mailer_state_t;
 
 static void s_key_drop(key_entry_t *k)
@@ -583,6 +584,7 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
     if (!job || !verp)
         goto done;
     snprintf(job->id, sizeof job->id, "%s", id);
+    snprintf(job->domain, sizeof job->domain, "%s", st->domain);
     if (M.relay_host[0]) {
         snprintf(job->host, sizeof job->host, "%s", M.relay_host);
         job->port = M.relay_port;
@@ -672,6 +674,17 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
     domain[dl] = 0;
     if (hash)
         snprintf(shard, sizeof shard, "%d", atoi(hash + 1) % MAILER_SHARDS);
+    snprintf(st->domain, sizeof st->domain, "%s", domain);
+    /* Backpressure: while this worker holds enough of the domain's mail,
+     * claim nothing (the rows stay queued); the engine wakes us at its low
+     * mark. */
+    char self[300];
+    snprintf(self, sizeof self, "mailer/%s", key);
+    int room = delivery_admit(delivery_instance(), domain, self);
+    if (room <= 0)
+        return 0;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", room < CLAIM_BATCH ? room : CLAIM_BATCH);
     db_result_t *res = NULL;
     if (msg->name_len == 7 && memcmp(msg->name, "deliver", 7) == 0) {
         json_t *b = json_loadb(msg->body, msg->body_len, 0, NULL);
@@ -682,8 +695,8 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
         }
         json_decref(b);
     } else if (msg->name_len == 4 && memcmp(msg->name, "wake", 4) == 0) {
-        const char *p[] = {domain, M.lease, shard};
-        res = db_query_prepared(db, SQL_CLAIM_DUE, 3, p, NULL);
+        const char *p[] = {domain, M.lease, shard, limit};
+        res = db_query_prepared(db, SQL_CLAIM_DUE, 4, p, NULL);
     } else {
         return -1;
     }
@@ -696,9 +709,7 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
     /* A full batch means more may be due: keep draining through our own
      * mailbox (other actors get their turn in between) instead of waiting
      * for the sweeper's next round. */
-    if (rows == CLAIM_BATCH) {
-        char self[300];
-        snprintf(self, sizeof self, "mailer/%s", key);
+    if (rows > 0 && rows == atoi(limit)) {
         actor_send(ctx, self, "wake", "{}", 2);
     }
     return 0;

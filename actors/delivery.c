@@ -51,6 +51,8 @@
 #include "dict.h"
 #include "kv.h"
 #include "log.h"
+#include "mailer_shard.h"
+#include "mesh_client.h"
 #include "metrics.h"
 #include "ratelimit.h"
 #include "smtp_client.h"
@@ -118,6 +120,9 @@ struct delivery {
     pthread_cond_t rec_cond;  /* signals rec_head or rec_stopping */
     struct outcome *rec_head, *rec_tail; /* handed over, not yet written */
     int rec_stopping;       /* the engine is gone: write what is left, then end */
+    dict_t *backlog;        /* recipient domain -> backlog_t (under rec_lock) */
+    int backlog_max;        /* delivery_backlog */
+    mesh_client_t *client;  /* the recorder's mesh connection, for wake-ups */
     dict_t *shapers;        /* "rate/burst" -> ratelimit_t (thread only) */
     double def_rate;        /* shaping_rate, for jobs without a budget */
     double def_burst;       /* shaping_burst */
@@ -204,12 +209,78 @@ static const char *const SQL_REQUEUE =
  * the outbox untried (requeue_s > 0). */
 typedef struct outcome {
     struct outcome *next; /* in arrival order */
+    char domain[256];     /* the job's recipient domain (backlog) */
+    size_t bytes;         /* the job's size (backlog) */
     char id[40];          /* messages.id */
     int code;             /* SMTP code, 0 for connection trouble */
     int requeue_s;        /* > 0: back to 'queued', due in this many seconds */
     char enhanced[16];    /* enhanced status or "" */
     char response[600];   /* what goes into last_response (printable ASCII) */
 } outcome_t;
+
+/* One recipient domain's work held by this worker, and the mailers to
+ * wake when it is down to the low mark. */
+typedef struct {
+    int jobs;                              /* submitted, outcome not yet written */
+    size_t bytes;                          /* their sizes */
+    int nwait;                             /* entries in wait */
+    char wait[MAILER_SHARDS + 1][300];     /* mailer addresses that were refused */
+} backlog_t;
+
+/* Count a job in (n = 1) or out (n = -1); under rec_lock. Mailers to wake
+ * are appended to wake (NULL: none may be woken now). */
+static void s_backlog_add(delivery_t *d, const char *domain, size_t bytes, int n, sbuf_t *wake)
+{
+    size_t dl = strlen(domain);
+    backlog_t *b = dict_get(d->backlog, domain, dl);
+    if (!b) {
+        if (n < 0 || !(b = calloc(1, sizeof *b)))
+            return;
+        if (dict_put(d->backlog, domain, dl, b) != 0) {
+            free(b);
+            return;
+        }
+    }
+    b->jobs += n;
+    b->bytes = n > 0 ? b->bytes + bytes : (b->bytes > bytes ? b->bytes - bytes : 0);
+    if (b->nwait > 0 && wake && b->jobs <= d->backlog_max / 2 &&
+        b->bytes <= DELIVERY_BACKLOG_BYTES / 2) {
+        for (int i = 0; i < b->nwait; i++)
+            sbuf_append(wake, b->wait[i], strlen(b->wait[i]) + 1);
+        b->nwait = 0;
+    }
+    if (b->jobs <= 0 && b->nwait == 0)
+        free(dict_remove(d->backlog, domain, dl));
+}
+
+int delivery_admit(delivery_t *self, const char *domain, const char *address)
+{
+    pthread_mutex_lock(&self->rec_lock);
+    backlog_t *b = dict_get(self->backlog, domain, strlen(domain));
+    int ok = !b ? self->backlog_max
+             : b->jobs < self->backlog_max && b->bytes < DELIVERY_BACKLOG_BYTES
+                 ? self->backlog_max - b->jobs
+                 : 0;
+    if (!ok) {
+        int known = 0;
+        for (int i = 0; i < b->nwait && !known; i++)
+            known = strcmp(b->wait[i], address) == 0;
+        if (!known && b->nwait < MAILER_SHARDS + 1)
+            snprintf(b->wait[b->nwait++], sizeof b->wait[0], "%s", address);
+        else if (!known)
+            ok = 1; /* no room to remember it: better claim than be forgotten */
+    }
+    pthread_mutex_unlock(&self->rec_lock);
+    return ok;
+}
+
+/* A job that will never reach the recorder leaves the backlog now. */
+static void s_backlog_drop(delivery_t *d, const delivery_job_t *j)
+{
+    pthread_mutex_lock(&d->rec_lock);
+    s_backlog_add(d, j->domain, j->len, -1, NULL);
+    pthread_mutex_unlock(&d->rec_lock);
+}
 
 static void s_queue_outcome(delivery_t *d, outcome_t *o)
 {
@@ -229,8 +300,11 @@ static void s_record(delivery_t *d, job_t *job, int code, const char *enhanced,
         /* Not recorded: the row stays 'sending' and is re-driven when its
          * lease ends; a repeat send is the price of never losing one. */
         log_error("outcome not recorded message=%s code=%d: out of memory", job->j->id, code);
+        s_backlog_drop(d, job->j);
         return;
     }
+    snprintf(o->domain, sizeof o->domain, "%s", job->j->domain);
+    o->bytes = job->j->len;
     snprintf(o->id, sizeof o->id, "%s", job->j->id);
     o->code = code;
     snprintf(o->enhanced, sizeof o->enhanced, "%s", enhanced ? enhanced : "");
@@ -312,6 +386,22 @@ static void s_write_round(delivery_t *d, outcome_t *list)
     }
     free(doc);
     json_decref(arr);
+    /* Written (or given up: then the rows come back after their lease):
+     * either way these jobs leave the backlog, and mailers held back may
+     * claim again. */
+    sbuf_t *wake = sbuf_new(256);
+    pthread_mutex_lock(&d->rec_lock);
+    for (outcome_t *o = list; o; o = o->next)
+        s_backlog_add(d, o->domain, o->bytes, -1, wake);
+    pthread_mutex_unlock(&d->rec_lock);
+    for (size_t off = 0; wake && off < sbuf_len(wake);) {
+        const char *addr = sbuf_data(wake) + off;
+        if (mesh_client_send(d->client, addr, "wake", "{}", 2) != 0 &&
+            log_should("delivery-wake", 13, 10000))
+            log_warn("cannot wake %s (the sweeper will)", addr);
+        off += strlen(addr) + 1;
+    }
+    sbuf_destroy(&wake);
     while (list) {
         outcome_t *o = list;
         list = o->next;
@@ -580,7 +670,11 @@ static void s_requeue_stale(delivery_t *d, dest_t *dst, int64_t now)
          * 'sending' until its lease ends and is re-driven then; dropping
          * the job here is what keeps it single. */
         outcome_t *o = calloc(1, sizeof *o);
+        if (!o)
+            s_backlog_drop(d, job->j);
         if (o) {
+            snprintf(o->domain, sizeof o->domain, "%s", job->j->domain);
+            o->bytes = job->j->len;
             snprintf(o->id, sizeof o->id, "%s", job->j->id);
             o->requeue_s = secs > 86400 ? 86400 : (int)secs;
             s_queue_outcome(d, o);
@@ -850,7 +944,7 @@ oom:
     return -1;
 }
 
-delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
+delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err)
 {
     delivery_t *d = calloc(1, sizeof *d);
     if (!d)
@@ -861,6 +955,7 @@ delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
     d->wake[0] = d->wake[1] = -1;
     d->dests = dict_new();
     d->shapers = dict_new();
+    d->backlog = dict_new();
     d->redis_host = strdup(config_str(cfg, "redis_host"));
     d->conninfo = db_conninfo_from_config(cfg);
     d->helo = strdup(config_str(cfg, "smtp_helo_name"));
@@ -876,6 +971,7 @@ delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
         return NULL;
     }
     d->max_conns = (int)config_int(cfg, "delivery_connections");
+    d->backlog_max = (int)config_int(cfg, "delivery_backlog");
     d->def_rate = (double)config_int(cfg, "shaping_rate");
     d->def_burst = (double)config_int(cfg, "shaping_burst");
     d->hold_ms = config_int(cfg, "delivery_lease_s") * 1000 / 2;
@@ -897,6 +993,15 @@ delivery_t *delivery_start(const config_t *cfg, sbuf_t *err)
                                  "Messages held back by a destination's shaping budget.");
     d->m_depth = metrics_gauge("postchi_delivery_queue_depth",
                                "Messages waiting in the delivery engine, all destinations.");
+    char cid[160];
+    snprintf(cid, sizeof cid, "%s-delivery", node_id ? node_id : "");
+    if (!d->backlog || !(d->client = mesh_client_new(cfg, node_id ? cid : NULL, err))) {
+        sbuf_appendf(err, "%sdelivery: cannot set up its mesh connection", sbuf_len(err) ? "; " : "");
+        delivery_stop(&d);
+        return NULL;
+    }
+    /* pthread_create is a full barrier: the client moves to the recorder,
+     * its only user from here on. */
     if (pthread_create(&d->recorder, NULL, s_recorder, d) != 0) {
         sbuf_appendf(err, "delivery: cannot start its recorder thread");
         delivery_stop(&d);
@@ -937,6 +1042,15 @@ static int s_free_dest(void *arg, const void *key, size_t len, void *value)
     return 1;
 }
 
+static int s_free_value(void *arg, const void *key, size_t len, void *value)
+{
+    (void)arg;
+    (void)key;
+    (void)len;
+    free(value);
+    return 1;
+}
+
 static int s_free_shaper(void *arg, const void *key, size_t len, void *value)
 {
     ratelimit_t *rl = value;
@@ -967,6 +1081,12 @@ void delivery_stop(delivery_t **self_p)
         pthread_cond_signal(&d->rec_cond);
         pthread_mutex_unlock(&d->rec_lock);
         pthread_join(d->recorder, NULL);
+    }
+    mesh_client_destroy(&d->client);
+    if (d->backlog) {
+        size_t cursor = 0;
+        dict_sweep(d->backlog, &cursor, dict_size(d->backlog) + 16, s_free_value, NULL);
+        dict_destroy(&d->backlog);
     }
     /* Jobs not sent stay 'sending': their lease ends and they are re-driven. */
     while (d->in_head) {
@@ -1026,6 +1146,9 @@ int delivery_submit(delivery_t *self, delivery_job_t **job_p)
         free(job);
         return -1;
     }
+    pthread_mutex_lock(&self->rec_lock);
+    s_backlog_add(self, job->j->domain, job->j->len, 1, NULL);
+    pthread_mutex_unlock(&self->rec_lock);
     if (self->in_tail)
         self->in_tail->next = job;
     else

@@ -53,14 +53,24 @@ typedef struct {
     char alt[DELIVERY_MAX_ALTS][46]; /* addresses to try next, in MX preference order */
     int nalt;           /* entries in alt */
     int alt_next;       /* the next one to try */
+    char domain[256];   /* recipient domain (the mailer's): backlog accounting */
 } delivery_job_t;
+
+/* Backpressure: a worker holds at most delivery_backlog jobs (and this
+ * many bytes) of one recipient domain between a mailer's claim and the
+ * outcome's commit; mailers then stop claiming and are woken at half of
+ * each. This bounds memory, keeps rows' leases from running out while they
+ * wait in the engine, and bounds what a killed worker can have sent
+ * without the outcome being written. */
+#define DELIVERY_BACKLOG_BYTES ((size_t)128 << 20)
 
 /* New connections a second towards one destination (local to a worker). */
 #define DELIVERY_CONN_RATE 20.0
 /* Messages on one connection before QUIT and a fresh connection. */
 #define DELIVERY_MAX_MESSAGES_PER_CONN 1000
 
-delivery_t *delivery_start(const config_t *cfg, sbuf_t *err);
+/* node_id names the engine's own mesh connection (for wake-ups). */
+delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err);
 /* Stops the thread; jobs not yet sent stay 'sending' and are re-driven
  * when their lease ends. NULL-safe. */
 void delivery_stop(delivery_t **self_p);
@@ -68,6 +78,13 @@ void delivery_stop(delivery_t **self_p);
  * *job_p to NULL. 0 or -1 (stopping). */
 int delivery_submit(delivery_t *self, delivery_job_t **job_p);
 void delivery_job_free(delivery_job_t **job_p);
+/* How many rows of domain may the mailer at address
+ * ("mailer/<domain>#<shard>") claim now? > 0: that many (the room left
+ * under delivery_backlog). 0: the engine holds enough of that domain's
+ * mail; address gets a "wake" message once the backlog is down to half
+ * (and the sweeper's re-drive is the backstop should that message be
+ * lost). Thread-safe. */
+int delivery_admit(delivery_t *self, const char *domain, const char *address);
 
 /* The worker's engine, for mailer actors (set by worker_main). */
 delivery_t *delivery_instance(void);

@@ -563,7 +563,7 @@ int worker_main(const config_t *cfg)
         log_error("%s", sbuf_data(err));
         goto done;
     }
-    delivery = delivery_start(cfg, err);
+    delivery = delivery_start(cfg, w.node_id, err);
     if (!delivery) {
         log_error("%s", sbuf_data(err));
         goto done;

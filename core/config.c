@@ -148,6 +148,9 @@ static const setting_t s_settings[] = {
         "seconds to wait for the reply to the message's final dot (RFC: 10 min)"),
     INT("delivery_connections", 4, 1, 1000,
         "SMTP connections a worker opens at most towards one destination"),
+    INT("delivery_backlog", 2000, 10, 1000000,
+        "messages of one recipient domain a worker holds between claiming and recording them; "
+        "its mailers then stop claiming until half have been recorded"),
     INT("delivery_max_age_s", 259200, 60, 2592000,
         "a message still deferred this long after it was accepted fails"),
     INT("delivery_lease_s", 600, 5, 86400,
