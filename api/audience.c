@@ -137,8 +137,11 @@ int aud_page(api_req_t *req, int *limit, aud_pos_t *pos, int *has_pos)
         return -1;
     *limit = page.limit;
     if (page.pos) {
-        /* aud_pos_us allows at most 23 bytes: it fits pos->us. */
-        snprintf(pos->us, sizeof pos->us, "%s", page.pos);
+        /* aud_pos_us allows at most 23 bytes: it fits pos->us. (A copy
+         * with an explicit bound: the compiler cannot see that limit.) */
+        size_t n = strnlen(page.pos, sizeof pos->us - 1);
+        memcpy(pos->us, page.pos, n);
+        pos->us[n] = '\0';
         snprintf(pos->id, sizeof pos->id, "%s", page.id);
         *has_pos = 1;
     }

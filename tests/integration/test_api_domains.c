@@ -349,7 +349,8 @@ static void test_pagination_and_delete(void **state)
     api_resp_t r = {0};
     for (int i = 0; i < 3; i++) {
         assert_int_equal(s_create(names[i], &r), 201);
-        snprintf(ids[i], sizeof ids[i], "%s", s_str(r.json, "id"));
+        const char *id = s_str(r.json, "id");
+        snprintf(ids[i], sizeof ids[i], "%s", id ? id : "");
         api_resp_free(&r);
     }
     /* Walk the whole list two at a time: every domain exactly once. */
