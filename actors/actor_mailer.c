@@ -696,7 +696,10 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
         json_decref(b);
     } else if (msg->name_len == 4 && memcmp(msg->name, "wake", 4) == 0) {
         const char *p[] = {domain, M.lease, shard, limit};
-        res = db_query_prepared(db, SQL_CLAIM_DUE, 4, p, NULL);
+        /* Planned on every call, not prepared: a plan cached while the
+         * table was small (a hash of a sequential scan of messages) stays
+         * cached as it grows; planning now sees its current size. */
+        res = db_query(db, SQL_CLAIM_DUE, 4, p, NULL);
     } else {
         return -1;
     }

@@ -168,7 +168,7 @@ void delivery_job_free(delivery_job_t **job_p)
  * bounced and suppressed; anything else deferred with exponential back-off
  * and jitter, or failed once older than $2 seconds), and each gets its
  * message_events row. One statement is one transaction and one WAL flush
- * for the whole round, and it is prepared once per session. */
+ * for the whole round. */
 static const char *const SQL_OUTCOMES =
     "WITH o AS (SELECT * FROM jsonb_to_recordset($1::jsonb)"
     "   AS x(id uuid, code int, enhanced text, response text)),"
@@ -377,7 +377,13 @@ static void s_write_round(delivery_t *d, outcome_t *list)
     char *doc = rc == 0 && n > 0 ? json_dumps(arr, JSON_COMPACT) : NULL;
     if (n > 0) {
         const char *p[] = {doc, d->max_age};
-        db_result_t *res = doc ? db_query_prepared(db, SQL_OUTCOMES, 2, p, err) : NULL;
+        /* Planned per round, not prepared: a generic plan made while the
+         * table was small hashes a sequential scan of messages, and stays
+         * cached as the table grows (measured: a third of PostgreSQL's time
+         * in a 40,000-message send). A custom plan sees the current size
+         * and walks the primary key; planning costs less than a
+         * millisecond for a whole round. */
+        db_result_t *res = doc ? db_query(db, SQL_OUTCOMES, 2, p, err) : NULL;
         rc = res ? 0 : -1;
         db_result_free(&res);
         if (rc != 0 && log_should("delivery-record", 15, 10000))

@@ -107,7 +107,7 @@ DECLARE deadline timestamptz := clock_timestamp() + interval '%d seconds';
 BEGIN
   WHILE (SELECT count(*) FROM messages WHERE batch_id = '%s' AND status = 'sent') < %d
         AND clock_timestamp() < deadline LOOP
-    PERFORM pg_sleep(0.1);
+    PERFORM pg_sleep(0.5);
   END LOOP;
 END $$;
 SELECT count(*), coalesce(extract(epoch FROM max(updated_at)), 0)
