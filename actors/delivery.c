@@ -62,6 +62,7 @@
 #define KV_TIMEOUT_MS 100   /* the engine thread waits this long for Redis at most */
 #define KV_RETRY_MS 1000    /* a failing Redis is tried again this often */
 #define SHAPE_WAIT_MIN_MS 5 /* shortest wait before asking a budget again */
+#define SHAPE_BATCH_MAX 64  /* shaping tokens taken in one Redis round trip */
 
 typedef struct job {
     struct job *next;      /* FIFO link */
@@ -95,6 +96,9 @@ struct dest {
     int64_t conn_ts;       /* ms of its last refill */
     int64_t conn_at;       /* ms: open a connection no sooner (0: now) */
     int64_t refused_until; /* ms: it refused us; jobs with another address go there */
+    int credit;            /* shaping tokens taken in a batch, not yet spent */
+    char credit_key[320];  /* the budget they came from */
+    int64_t credit_until;  /* ms: unspent credit is dropped then */
 };
 
 struct delivery {
@@ -611,19 +615,32 @@ static int s_shape_take(delivery_t *d, dest_t *dst, int64_t now)
     job_t *job = dst->head;
     if (now < dst->shape_at)
         goto held;
+    char key[320];
+    snprintf(key, sizeof key, "shape:%s", job->j->shape_key[0] ? job->j->shape_key : dst->key);
+    if (dst->credit > 0 && now < dst->credit_until && strcmp(dst->credit_key, key) == 0) {
+        dst->credit--;
+        return 1;
+    }
     double rate = job->j->shape_rate > 0 ? job->j->shape_rate : d->def_rate;
     double burst = job->j->shape_burst > 0 ? job->j->shape_burst : d->def_burst;
     ratelimit_t *rl = s_shaper(d, rate, burst);
     if (!rl)
         return 1;
-    char key[320];
-    snprintf(key, sizeof key, "shape:%s", job->j->shape_key[0] ? job->j->shape_key : dst->key);
+    /* Tokens for the jobs already waiting, in one round trip, at most a
+     * tenth of a second's worth so one worker cannot take a budget's whole
+     * burst ahead of the others; spent within a second or dropped. */
+    int want = dst->njobs < SHAPE_BATCH_MAX ? dst->njobs : SHAPE_BATCH_MAX;
+    if (want > rate / 10)
+        want = rate / 10 < 1 ? 1 : (int)(rate / 10);
     kv_t *kv = s_kv(d, now);
     ratelimit_result_t r;
-    if (ratelimit_take(rl, kv, key, &r) == 1 && kv)
+    if (ratelimit_take_n(rl, kv, key, want, &r) == 1 && kv)
         d->kv_retry_at = smtp_now_ms() + KV_RETRY_MS; /* Redis failed: leave it a second */
-    if (r.allowed) {
+    if (r.granted > 0) {
         dst->shape_at = 0;
+        dst->credit = (int)r.granted - 1;
+        snprintf(dst->credit_key, sizeof dst->credit_key, "%s", key);
+        dst->credit_until = now + 1000;
         return 1;
     }
     /* A whole token is at most one token interval away; the bucket keeps

@@ -43,8 +43,9 @@
 #define MICRO 1000000.0
 #define BURST_MAX 1e9 /* tokens travel as millionths in an int64 */
 
-/* KEYS[1] the bucket; ARGV[1] rate per second, ARGV[2] burst.
- * Returns {allowed 1/0, tokens left in millionths}. */
+/* KEYS[1] the bucket; ARGV[1] rate per second, ARGV[2] burst, ARGV[3]
+ * tokens wanted. Returns {tokens granted (0..wanted: as many whole tokens
+ * as the bucket holds), tokens left in millionths}. */
 static const char *const s_script =
     "if redis.replicate_commands then redis.replicate_commands() end\n"
     "local key = KEYS[1]\n"
@@ -64,11 +65,10 @@ static const char *const s_script =
     "  tokens = math.min(burst, tokens + (now - ts) * rate / 1000000)\n"
     "  ts = now\n"
     "end\n"
-    "local allowed = 0\n"
-    "if tokens >= 1 then\n"
-    "  tokens = tokens - 1\n"
-    "  allowed = 1\n"
-    "end\n"
+    "local want = tonumber(ARGV[3])\n"
+    "local allowed = math.min(want, math.floor(tokens))\n"
+    "if allowed < 0 then allowed = 0 end\n"
+    "tokens = tokens - allowed\n"
     "redis.call('HSET', key, 'tokens', string.format('%.17g', tokens),\n"
     "           'ts', string.format('%.17g', ts))\n"
     "local ttl = math.min(math.ceil((burst - tokens) / rate * 1000) + 1000, 1e12)\n"
@@ -203,7 +203,8 @@ static double s_refilled(const s_bucket_t *b, double rate, double burst, int64_t
     return fmin(tokens, burst);
 }
 
-static void s_take_local(ratelimit_t *self, const char *key, ratelimit_result_t *out)
+static void s_take_local(ratelimit_t *self, const char *key, int want,
+                         ratelimit_result_t *out)
 {
     uint64_t h = s_hash(self->seed, key);
     pthread_mutex_lock(&self->lock);
@@ -231,15 +232,18 @@ static void s_take_local(ratelimit_t *self, const char *key, ratelimit_result_t 
     b->tokens = s_refilled(b, rate, burst, now);
     if (now > b->ts)
         b->ts = now; /* a clock that went back refills nothing */
-    int allowed = b->tokens >= 1.0;
-    if (allowed)
-        b->tokens -= 1.0;
-    s_result(b->tokens, rate, burst, allowed, 1, out);
+    int granted = (int)fmin((double)want, floor(b->tokens));
+    if (granted < 0)
+        granted = 0;
+    b->tokens -= granted;
+    s_result(b->tokens, rate, burst, granted > 0, 1, out);
+    out->granted = granted;
     pthread_mutex_unlock(&self->lock);
 }
 
 /* The shared bucket in Redis: 0 with out filled, or -1. */
-static int s_take_redis(ratelimit_t *self, kv_t *kv, const char *key, ratelimit_result_t *out)
+static int s_take_redis(ratelimit_t *self, kv_t *kv, const char *key, int want,
+                        ratelimit_result_t *out)
 {
     size_t len = strlen(KEY_PREFIX) + strlen(key) + 1;
     char *rkey = malloc(len);
@@ -247,31 +251,40 @@ static int s_take_redis(ratelimit_t *self, kv_t *kv, const char *key, ratelimit_
         return -1;
     snprintf(rkey, len, "%s%s", KEY_PREFIX, key);
     const char *keys[] = {rkey};
-    const char *args[] = {self->rate_arg, self->burst_arg};
+    char want_arg[16];
+    snprintf(want_arg, sizeof want_arg, "%d", want);
+    const char *args[] = {self->rate_arg, self->burst_arg, want_arg};
     int64_t r[2];
     size_t n = 0;
-    int rc = kv_eval_ints(kv, s_script, 1, keys, 2, args, r, 2, &n);
+    int rc = kv_eval_ints(kv, s_script, 1, keys, 3, args, r, 2, &n);
     free(rkey);
     if (rc != 0)
         return -1;
-    if (n != 2 || (r[0] != 0 && r[0] != 1) || r[1] < 0) {
+    if (n != 2 || r[0] < 0 || r[0] > want || r[1] < 0) {
         if (log_should("ratelimit_reply", strlen("ratelimit_reply"), 60000))
             log_warn("unexpected reply from the rate limit script (n=%zu)", n);
         return -1;
     }
-    s_result((double)r[1] / MICRO, self->rate, self->burst, (int)r[0], 0, out);
+    s_result((double)r[1] / MICRO, self->rate, self->burst, r[0] > 0, 0, out);
+    out->granted = r[0];
     return 0;
 }
 
-int ratelimit_take(ratelimit_t *self, kv_t *kv, const char *key, ratelimit_result_t *out)
+int ratelimit_take_n(ratelimit_t *self, kv_t *kv, const char *key, int want,
+                     ratelimit_result_t *out)
 {
-    assert(self && key && out);
+    assert(self && key && out && want >= 1);
     if (kv) {
-        if (s_take_redis(self, kv, key, out) == 0)
+        if (s_take_redis(self, kv, key, want, out) == 0)
             return 0;
         if (log_should("ratelimit_redis", strlen("ratelimit_redis"), 60000))
             log_warn("Redis failed, local limit applies: %s", kv_error(kv));
     }
-    s_take_local(self, key, out);
+    s_take_local(self, key, want, out);
     return 1;
+}
+
+int ratelimit_take(ratelimit_t *self, kv_t *kv, const char *key, ratelimit_result_t *out)
+{
+    return ratelimit_take_n(self, kv, key, 1, out);
 }

@@ -31,6 +31,7 @@ typedef struct {
     int64_t reset_s;       /* seconds until the bucket is full again, rounded up (RateLimit-Reset) */
     int64_t retry_after_s; /* refused: seconds until a token is there (>= 1, Retry-After); else 0 */
     int local;             /* 1 when the local fallback decided (Redis down or failing) */
+    int64_t granted;       /* tokens taken (ratelimit_take_n; 0 or 1 for ratelimit_take) */
 } ratelimit_result_t;
 
 /* Monotonic clock in microseconds, for the local bucket. */
@@ -51,5 +52,10 @@ void ratelimit_set_clock(ratelimit_t *self, ratelimit_clock_fn fn);
  * local bucket did (Redis NULL or failing; the failure is logged at most
  * once a minute). Never fails otherwise. */
 int ratelimit_take(ratelimit_t *self, kv_t *kv, const char *key, ratelimit_result_t *out);
+/* The same for up to want (>= 1) tokens at once: as many whole tokens as
+ * the bucket holds, at most want, in out->granted (allowed: granted > 0).
+ * For callers that spend tokens in batches (the delivery engine). */
+int ratelimit_take_n(ratelimit_t *self, kv_t *kv, const char *key, int want,
+                     ratelimit_result_t *out);
 
 #endif

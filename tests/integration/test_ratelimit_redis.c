@@ -82,6 +82,32 @@ static void test_burst_then_refusal(void **state)
     kv_destroy(&kv);
 }
 
+/* Batches: as many whole tokens as the bucket holds, never more than
+ * asked, and the same shared bucket as single takes. */
+static void test_take_n_grants_what_is_there(void **state)
+{
+    (void)state;
+    kv_t *kv = s_connect();
+    ratelimit_t *rl = ratelimit_new(0.5, 10);
+    ratelimit_result_t r;
+    assert_int_equal(ratelimit_take_n(rl, kv, s_key("batch"), 4, &r), 0);
+    assert_int_equal(r.granted, 4);
+    assert_int_equal(r.allowed, 1);
+    assert_int_equal(r.remaining, 6);
+    assert_int_equal(ratelimit_take_n(rl, kv, s_key("batch"), 64, &r), 0);
+    assert_int_equal(r.granted, 6);
+    assert_int_equal(r.remaining, 0);
+    assert_int_equal(ratelimit_take_n(rl, kv, s_key("batch"), 64, &r), 0);
+    assert_int_equal(r.granted, 0);
+    assert_int_equal(r.allowed, 0);
+    assert_true(r.retry_after_s >= 1);
+    ratelimit_result_t one = s_take(rl, kv, s_key("batch"), 0);
+    assert_int_equal(one.allowed, 0);
+    assert_int_equal(one.granted, 0);
+    ratelimit_destroy(&rl);
+    kv_destroy(&kv);
+}
+
 static void test_refill_over_time(void **state)
 {
     (void)state;
@@ -294,6 +320,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_burst_then_refusal),
+        cmocka_unit_test(test_take_n_grants_what_is_there),
         cmocka_unit_test(test_refill_over_time),
         cmocka_unit_test(test_two_nodes_share_one_budget),
         cmocka_unit_test(test_keys_are_isolated),

@@ -83,6 +83,27 @@ static void test_burst_then_refusal(void **state)
     ratelimit_destroy(&rl);
 }
 
+/* Batches through the local bucket: whole tokens only, at most as asked. */
+static void test_take_n_local(void **state)
+{
+    (void)state;
+    ratelimit_t *rl = s_new(10, 20, 2); /* local share: 5/s, burst 10 */
+    ratelimit_result_t r;
+    assert_int_equal(ratelimit_take_n(rl, NULL, "k", 3, &r), 1);
+    assert_int_equal(r.granted, 3);
+    assert_int_equal(r.remaining, 7);
+    assert_int_equal(ratelimit_take_n(rl, NULL, "k", 100, &r), 1);
+    assert_int_equal(r.granted, 7);
+    assert_int_equal(ratelimit_take_n(rl, NULL, "k", 100, &r), 1);
+    assert_int_equal(r.granted, 0);
+    assert_int_equal(r.allowed, 0);
+    s_now_us += 500000; /* 2.5 tokens at 5/s: two whole ones */
+    assert_int_equal(ratelimit_take_n(rl, NULL, "k", 100, &r), 1);
+    assert_int_equal(r.granted, 2);
+    assert_int_equal(s_take(rl, "k").allowed, 0); /* the half token is not one */
+    ratelimit_destroy(&rl);
+}
+
 static void test_default_share_is_half(void **state)
 {
     (void)state;
@@ -227,6 +248,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_refuses_bad_values),
         cmocka_unit_test(test_burst_then_refusal),
+        cmocka_unit_test(test_take_n_local),
         cmocka_unit_test(test_default_share_is_half),
         cmocka_unit_test(test_refill_over_time),
         cmocka_unit_test(test_slow_rate_retry_after),
