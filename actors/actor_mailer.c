@@ -415,6 +415,15 @@ done:
     return out;
 }
 
+/* Copy src into dst[size], cut to fit (names and addresses from core/mx,
+ * which already bounds them). */
+static void s_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 /* The body of claimed row i: its send's cached one, or read (bodies from
  * message_contents, or the row itself when written before it existed;
  * attachments when the claim said there are some), encoded and hashed now
@@ -611,12 +620,17 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
             goto done;
         }
         snprintf(job->host, sizeof job->host, "%s", hosts[0].addrs[0]);
+        snprintf(job->tls_name, sizeof job->tls_name, "%s", hosts[0].name);
         /* Fallback, in preference order: the first host's other
          * addresses, then the next hosts'. */
-        for (size_t h = 0; h < n; h++)
+        for (size_t h = 0; h < n; h++) {
             for (size_t a = h == 0 ? 1 : 0; a < hosts[h].naddrs && job->nalt < DELIVERY_MAX_ALTS;
-                 a++)
-                snprintf(job->alt[job->nalt++], sizeof job->alt[0], "%s", hosts[h].addrs[a]);
+                 a++) {
+                s_copy(job->alt[job->nalt], sizeof job->alt[0], hosts[h].addrs[a]);
+                s_copy(job->alt_name[job->nalt], sizeof job->alt_name[0], hosts[h].name);
+                job->nalt++;
+            }
+        }
         job->port = M.mx_port;
         s_shape_mx(hosts[0].name, job);
     }

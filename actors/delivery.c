@@ -83,8 +83,9 @@ typedef struct conn {
 } conn_t;
 
 struct dest {
-    char key[300];         /* "host:port" */
+    char key[600];         /* "host:port", or "host:port/tls name" */
     char host[256];        /* numeric address */
+    char tls_name[256];    /* the MX host name its certificate must match, or "" */
     int port;              /* port */
     job_t *head, *tail;    /* waiting jobs */
     conn_t *conns;         /* open connections */
@@ -97,7 +98,7 @@ struct dest {
     int64_t conn_at;       /* ms: open a connection no sooner (0: now) */
     int64_t refused_until; /* ms: it refused us; jobs with another address go there */
     int credit;            /* shaping tokens taken in a batch, not yet spent */
-    char credit_key[320];  /* the budget they came from */
+    char credit_key[620];  /* the budget they came from */
     int64_t credit_until;  /* ms: unspent credit is dropped then */
 };
 
@@ -139,6 +140,8 @@ struct delivery {
     uint64_t seq;           /* arrivals so far */
     metric_t *m_sent, *m_deferred, *m_bounced, *m_failed, *m_open, *m_latency;
     metric_t *m_waits, *m_depth; /* shaping waits, queue depth */
+    metric_t *m_backlog, *m_refused; /* held between claim and outcome; claims refused */
+    int backlog_total;      /* jobs held, all domains (under rec_lock) */
 };
 
 static delivery_t *s_instance;
@@ -247,6 +250,8 @@ static void s_backlog_add(delivery_t *d, const char *domain, size_t bytes, int n
     }
     b->jobs += n;
     b->bytes = n > 0 ? b->bytes + bytes : (b->bytes > bytes ? b->bytes - bytes : 0);
+    d->backlog_total += n;
+    metric_set(d->m_backlog, d->backlog_total);
     if (b->nwait > 0 && wake && b->jobs <= d->backlog_max / 2 &&
         b->bytes <= DELIVERY_BACKLOG_BYTES / 2) {
         for (int i = 0; i < b->nwait; i++)
@@ -273,6 +278,8 @@ int delivery_admit(delivery_t *self, const char *domain, const char *address)
             snprintf(b->wait[b->nwait++], sizeof b->wait[0], "%s", address);
         else if (!known)
             ok = 1; /* no room to remember it: better claim than be forgotten */
+        if (!ok)
+            metric_inc(self->m_refused);
     }
     pthread_mutex_unlock(&self->rec_lock);
     return ok;
@@ -457,8 +464,11 @@ static void s_job_done(delivery_t *d, job_t *job, int code, const char *enhanced
 
 static dest_t *s_dest(delivery_t *d, const delivery_job_t *j)
 {
-    char key[300];
-    snprintf(key, sizeof key, "%s:%d", j->host, j->port);
+    char key[600];
+    /* With a name to verify, connections to one address for two MX names
+     * are two destinations: each must check its own certificate name. */
+    snprintf(key, sizeof key, "%s:%d%s%s", j->host, j->port, j->tls_name[0] ? "/" : "",
+             j->tls_name);
     dest_t *dst = dict_get(d->dests, key, strlen(key));
     if (dst)
         return dst;
@@ -467,6 +477,7 @@ static dest_t *s_dest(delivery_t *d, const delivery_job_t *j)
         return NULL;
     snprintf(dst->key, sizeof dst->key, "%s", key);
     snprintf(dst->host, sizeof dst->host, "%s", j->host);
+    snprintf(dst->tls_name, sizeof dst->tls_name, "%s", j->tls_name);
     dst->port = j->port;
     if (dict_put(d->dests, key, strlen(key), dst) != 0) {
         free(dst);
@@ -476,6 +487,14 @@ static dest_t *s_dest(delivery_t *d, const delivery_job_t *j)
 }
 
 static void s_enqueue(delivery_t *d, dest_t *dst, job_t *job);
+
+/* Move a job to its next fallback address (the caller checked one is left). */
+static void s_next_alt(delivery_job_t *j)
+{
+    snprintf(j->host, sizeof j->host, "%s", j->alt[j->alt_next]);
+    snprintf(j->tls_name, sizeof j->tls_name, "%s", j->alt_name[j->alt_next]);
+    j->alt_next++;
+}
 
 static void s_take_incoming(delivery_t *d)
 {
@@ -494,7 +513,7 @@ static void s_take_incoming(delivery_t *d)
         /* A destination that just refused us: straight to the next address. */
         int64_t now = smtp_now_ms();
         while (dst && dst->refused_until > now && job->j->alt_next < job->j->nalt) {
-            snprintf(job->j->host, sizeof job->j->host, "%s", job->j->alt[job->j->alt_next++]);
+            s_next_alt(job->j);
             dst = s_dest(d, job->j);
         }
         if (!dst) {
@@ -546,7 +565,7 @@ static void s_defer_all(delivery_t *d, dest_t *dst, const char *why)
         delivery_job_t *j = job->j;
         dest_t *next = NULL;
         if (j->alt_next < j->nalt) {
-            snprintf(j->host, sizeof j->host, "%s", j->alt[j->alt_next++]);
+            s_next_alt(j);
             next = s_dest(d, j);
         }
         if (next && next != dst)
@@ -615,7 +634,7 @@ static int s_shape_take(delivery_t *d, dest_t *dst, int64_t now)
     job_t *job = dst->head;
     if (now < dst->shape_at)
         goto held;
-    char key[320];
+    char key[620];
     snprintf(key, sizeof key, "shape:%s", job->j->shape_key[0] ? job->j->shape_key : dst->key);
     if (dst->credit > 0 && now < dst->credit_until && strcmp(dst->credit_key, key) == 0) {
         dst->credit--;
@@ -740,7 +759,10 @@ static void s_dispatch(delivery_t *d, dest_t *dst)
     while (dst->head && dst->nconns < d->max_conns && now >= dst->shape_at &&
            s_conn_take(d, dst, now)) {
         sbuf_t *err = sbuf_new(64);
-        smtp_conn_t *c = smtp_conn_new(dst->host, dst->port, &d->opts, err);
+        smtp_opts_t opts = d->opts;
+        if (dst->tls_name[0])
+            opts.tls_name = dst->tls_name; /* SNI, and the name verified mode checks */
+        smtp_conn_t *c = smtp_conn_new(dst->host, dst->port, &opts, err);
         conn_t *cn = c ? calloc(1, sizeof *cn) : NULL;
         if (!cn) {
             /* Cannot even start: defer what waits here rather than spin. */
@@ -901,10 +923,9 @@ static void *s_thread(void *arg)
  * does by default; so opportunistic plus a password is allowed and
  * behaves as required for that relay.
  *
- * verified needs a relay too: the engine connects to addresses, and for
- * MX delivery the MX host name the certificate must match is not carried
- * to the connection, so every message would be deferred. Refusing to start
- * says so at once instead. */
+ * verified towards MX hosts checks each certificate against the MX host
+ * name the address came from (carried on the job, one destination per
+ * address and name), as RFC 7672 / MTA-STS style verification does. */
 static int s_smtp_opts(delivery_t *d, const config_t *cfg, sbuf_t *err)
 {
     const char *relay = config_str(cfg, "smtp_relay");
@@ -914,11 +935,6 @@ static int s_smtp_opts(delivery_t *d, const config_t *cfg, sbuf_t *err)
     const char *pass = config_str(cfg, "smtp_relay_password");
     d->opts.tls = strcmp(tls, "opportunistic") == 0 ? SMTP_TLS_OPPORTUNISTIC : SMTP_TLS_REQUIRED;
     d->opts.tls_verify = strcmp(tls, "verified") == 0;
-    if (d->opts.tls_verify && !relay[0]) {
-        sbuf_appendf(err, "setting 'smtp_tls': verified needs smtp_relay: direct MX delivery "
-                          "cannot verify MX host names yet");
-        return -1;
-    }
     if (ca[0] && !d->opts.tls_verify)
         log_warn("setting 'smtp_tls_ca_file' is ignored unless smtp_tls is verified");
     if (ca[0] && d->opts.tls_verify) {
@@ -1014,6 +1030,12 @@ delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err
                                      NULL, 0);
     d->m_waits = metrics_counter("postchi_delivery_shaping_waits_total",
                                  "Messages held back by a destination's shaping budget.");
+    d->m_backlog = metrics_gauge("postchi_delivery_backlog",
+                                 "Messages this worker holds between a mailer's claim and the "
+                                 "recorded outcome, all destinations.");
+    d->m_refused = metrics_counter("postchi_delivery_claims_held_total",
+                                   "Mailer claims held back because the worker already holds "
+                                   "delivery_backlog messages of that domain.");
     d->m_depth = metrics_gauge("postchi_delivery_queue_depth",
                                "Messages waiting in the delivery engine, all destinations.");
     char cid[160];

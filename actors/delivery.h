@@ -50,7 +50,9 @@ typedef struct {
     char shape_key[300]; /* shaping budget key (MX rollup); "": host:port */
     double shape_rate;  /* its messages per second; <= 0: shaping_rate */
     double shape_burst; /* its burst; <= 0: shaping_burst */
+    char tls_name[256]; /* MX host name the certificate must match (smtp_tls=verified); "": host */
     char alt[DELIVERY_MAX_ALTS][46]; /* addresses to try next, in MX preference order */
+    char alt_name[DELIVERY_MAX_ALTS][256]; /* the MX host name of each */
     int nalt;           /* entries in alt */
     int alt_next;       /* the next one to try */
     char domain[256];   /* recipient domain (the mailer's): backlog accounting */

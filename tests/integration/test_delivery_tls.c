@@ -11,8 +11,12 @@
  *   A relay that requires AUTH but offers no STARTTLS, smtp_tls left
  *   opportunistic: the password is not sent in the clear, the message is
  *   deferred saying so.
- *   Start-up refusals: credentials with no relay, verified with no relay,
- *   an unreadable CA file: the worker exits non-zero naming the setting.
+ *   smtp_tls=verified with direct MX delivery (dnsmasq serves the MX
+ *   records): the certificate is checked against the MX host name, so a
+ *   certificate for mx.tls.test delivers mail for tls.test and defers mail
+ *   for wrong.test, whose MX host (same address) it does not name.
+ *   Start-up refusals: credentials with no relay, an unreadable CA file:
+ *   the worker exits non-zero naming the setting.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,6 +31,7 @@
 #include <unistd.h>
 
 #include "delivery_util.h"
+#include "dns_util.h"
 #include "smtp_fake_util.h"
 
 #define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -34,6 +39,7 @@
 static api_env_t E;
 static char s_tmp[] = "/tmp/delivery-tls.XXXXXX";
 static char s_cert[64], s_key[64];
+static char s_mxcert[64], s_mxkey[64]; /* names mx.tls.test */
 
 /* Restart worker 0 with the current environment (settings via setenv). */
 static void s_restart_worker(void)
@@ -51,14 +57,19 @@ static void s_relay(const smtp_fake_t *f)
     setenv("POSTCHI_SMTP_RELAY", relay, 1);
 }
 
-static char *s_send_wait(const char *subject, const char *want, char *id)
+static char *s_send_to(const char *rcpt, const char *subject, const char *want, char *id)
 {
     assert_int_equal(dl_send(&E, id,
-                             "{\"from\":{\"email\":\"news@send.example\"},\"to\":\"x@dest.test\","
+                             "{\"from\":{\"email\":\"news@send.example\"},\"to\":\"%s\","
                              "\"subject\":\"%s\",\"text\":\"tls body\"}",
-                             subject),
+                             rcpt, subject),
                      202);
     return dl_wait_status(&E, id, want, 20000);
+}
+
+static char *s_send_wait(const char *subject, const char *want, char *id)
+{
+    return s_send_to("x@dest.test", subject, want, id);
 }
 
 static void test_verified_and_auth(void **state)
@@ -167,6 +178,55 @@ static void s_refused(char *const *env, const char *needle)
     assert_true(harness_stop(p, SIGTERM, 1000) != 0);
 }
 
+static void test_verified_mx(void **state)
+{
+    (void)state;
+    char *records[] = {"--mx-host=tls.test,mx.tls.test,10", "--host-record=mx.tls.test,127.0.0.1",
+                       "--mx-host=wrong.test,mx.wrong.test,10",
+                       "--host-record=mx.wrong.test,127.0.0.1", NULL};
+    char *local[] = {"tls.test", "wrong.test", NULL};
+    int dns_port = 0;
+    harness_proc_t *dns = dns_util_start("dnsmasq-tls", records, local, &dns_port);
+    assert_non_null(dns);
+    smtp_fake_t f = {.offer_tls = 1, .cert = s_mxcert, .key = s_mxkey};
+    assert_int_equal(smtp_fake_start(&f), 0);
+    char resolver[64], port[16];
+    snprintf(resolver, sizeof resolver, "127.0.0.1:%d", dns_port);
+    snprintf(port, sizeof port, "%d", f.port);
+    setenv("POSTCHI_SMTP_RELAY", "", 1);
+    setenv("POSTCHI_SMTP_PORT", port, 1);
+    setenv("POSTCHI_DNS_RESOLVER", resolver, 1);
+    setenv("POSTCHI_SMTP_TLS", "verified", 1);
+    setenv("POSTCHI_SMTP_TLS_CA_FILE", s_mxcert, 1);
+    unsetenv("POSTCHI_SMTP_RELAY_USER");
+    unsetenv("POSTCHI_SMTP_RELAY_PASSWORD");
+    s_restart_worker();
+
+    char id[64];
+    char *st = s_send_to("a@tls.test", "Subject-mx-verified", "sent", id);
+    assert_string_equal(st, "sent");
+    free(st);
+    assert_int_equal(smtp_fake_get(&f, &f.messages), 1);
+    /* Same address, but the MX name is not on the certificate. */
+    st = s_send_to("b@wrong.test", "Subject-mx-wrong-name", "deferred", id);
+    assert_string_equal(st, "deferred");
+    free(st);
+    char *why = dl_sql(&E, "SELECT last_response FROM messages WHERE id = '%s'", id);
+    assert_non_null(why);
+    assert_non_null(strstr(why, "verif"));
+    free(why);
+    assert_int_equal(smtp_fake_get(&f, &f.messages), 1);
+
+    setenv("POSTCHI_SMTP_RELAY", "127.0.0.1:9", 1);
+    setenv("POSTCHI_SMTP_TLS", "opportunistic", 1);
+    unsetenv("POSTCHI_SMTP_TLS_CA_FILE");
+    unsetenv("POSTCHI_DNS_RESOLVER");
+    unsetenv("POSTCHI_SMTP_PORT");
+    s_restart_worker();
+    smtp_fake_stop(&f);
+    harness_stop(dns, SIGTERM, 5000);
+}
+
 static void test_startup_refusals(void **state)
 {
     (void)state;
@@ -176,9 +236,6 @@ static void test_startup_refusals(void **state)
     char *user_only[] = {"POSTCHI_SMTP_RELAY=127.0.0.1:9", "POSTCHI_SMTP_RELAY_USER=u",
                          "POSTCHI_SMTP_RELAY_PASSWORD=", "POSTCHI_METRICS_PORT=0", NULL};
     s_refused(user_only, "set both or neither");
-    char *verified_mx[] = {"POSTCHI_SMTP_RELAY=", "POSTCHI_SMTP_TLS=verified",
-                           "POSTCHI_METRICS_PORT=0", NULL};
-    s_refused(verified_mx, "verified needs smtp_relay");
     char *bad_ca[] = {"POSTCHI_SMTP_RELAY=127.0.0.1:9", "POSTCHI_SMTP_TLS=verified",
                       "POSTCHI_SMTP_TLS_CA_FILE=/nonexistent/ca.pem", "POSTCHI_METRICS_PORT=0",
                       NULL};
@@ -199,6 +256,16 @@ static int s_setup(void **state)
              "-subj /CN=relay.test -addext subjectAltName=IP:127.0.0.1 -days 2 "
              "-keyout %s -out %s 2>/dev/null",
              s_key, s_cert);
+    if (system(cmd) != 0)
+        return -1;
+    /* Direct MX delivery checks the MX host's name. */
+    snprintf(s_mxcert, sizeof s_mxcert, "%s/mx-cert.pem", s_tmp);
+    snprintf(s_mxkey, sizeof s_mxkey, "%s/mx-key.pem", s_tmp);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-subj /CN=mx.tls.test -addext subjectAltName=DNS:mx.tls.test -days 2 "
+             "-keyout %s -out %s 2>/dev/null",
+             s_mxkey, s_mxcert);
     if (system(cmd) != 0)
         return -1;
     setenv("POSTCHI_SMTP_RELAY", "127.0.0.1:9", 1); /* replaced per test */
@@ -226,6 +293,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_verified_and_auth),
         cmocka_unit_test(test_no_auth_in_clear),
+        cmocka_unit_test(test_verified_mx),
         cmocka_unit_test(test_startup_refusals),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
