@@ -141,6 +141,8 @@ struct delivery {
     metric_t *m_sent, *m_deferred, *m_bounced, *m_failed, *m_open, *m_latency;
     metric_t *m_waits, *m_depth; /* shaping waits, queue depth */
     metric_t *m_backlog, *m_refused; /* held between claim and outcome; claims refused */
+    dict_t *by_dest;        /* destination label -> dest_metrics_t (thread only) */
+    metric_family_t *f_dest_out, *f_dest_depth; /* per destination families */
     int backlog_total;      /* jobs held, all domains (under rec_lock) */
 };
 
@@ -166,6 +168,50 @@ void delivery_job_free(delivery_job_t **job_p)
     free(j->data);
     free(j);
     *job_p = NULL;
+}
+
+/* ------------------------------------------------- per destination metrics */
+
+/* Series of one destination: the shaping key (the MX rollup: a provider,
+ * or the relay), so the label's values are as many as the budgets, not as
+ * the recipient domains. Past DEST_LABELS_MAX distinct values, "other". */
+#define DEST_LABELS_MAX 200
+
+typedef struct {
+    metric_t *sent, *bounced, *deferred; /* outcomes */
+    metric_t *depth;                     /* jobs waiting in the engine */
+    int waiting;                         /* this round's sum over its destinations */
+} dest_metrics_t;
+
+static dest_metrics_t *s_dest_metrics(delivery_t *d, const char *label)
+{
+    dest_metrics_t *m = dict_get(d->by_dest, label, strlen(label));
+    if (m)
+        return m;
+    if (dict_size(d->by_dest) >= DEST_LABELS_MAX)
+        label = "other";
+    if ((m = dict_get(d->by_dest, label, strlen(label))) != NULL)
+        return m;
+    if (!(m = calloc(1, sizeof *m)))
+        return NULL;
+    m->sent = metrics_series(d->f_dest_out, (const char *const[]){label, "sent", NULL});
+    m->bounced = metrics_series(d->f_dest_out, (const char *const[]){label, "bounced", NULL});
+    m->deferred = metrics_series(d->f_dest_out, (const char *const[]){label, "deferred", NULL});
+    m->depth = metrics_series(d->f_dest_depth, (const char *const[]){label, NULL});
+    if (dict_put(d->by_dest, label, strlen(label), m) != 0) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* The label of a job: its shaping key, else its destination address. */
+static const char *s_dest_label(const delivery_job_t *j, char *buf, size_t size)
+{
+    if (j->shape_key[0])
+        return j->shape_key;
+    snprintf(buf, size, "%s:%d", j->host, j->port);
+    return buf;
 }
 
 /* ---------------------------------------------------------------- outcomes */
@@ -223,6 +269,7 @@ typedef struct outcome {
     int requeue_s;        /* > 0: back to 'queued', due in this many seconds */
     char enhanced[16];    /* enhanced status or "" */
     char response[600];   /* what goes into last_response (printable ASCII) */
+    metric_t *counted;    /* the destination's series for this outcome, or NULL */
 } outcome_t;
 
 /* One recipient domain's work held by this worker, and the mailers to
@@ -318,6 +365,12 @@ static void s_record(delivery_t *d, job_t *job, int code, const char *enhanced,
     o->bytes = job->j->len;
     snprintf(o->id, sizeof o->id, "%s", job->j->id);
     o->code = code;
+    char lb[320];
+    dest_metrics_t *dm = s_dest_metrics(d, s_dest_label(job->j, lb, sizeof lb));
+    if (dm)
+        o->counted = code >= 200 && code < 300 ? dm->sent
+                     : code >= 500 && code < 600 ? dm->bounced
+                                                 : dm->deferred;
     snprintf(o->enhanced, sizeof o->enhanced, "%s", enhanced ? enhanced : "");
     snprintf(o->response, sizeof o->response, "%d%s%s %s", code,
              enhanced && enhanced[0] ? " " : "", enhanced ? enhanced : "", text ? text : "");
@@ -422,10 +475,13 @@ static void s_write_round(delivery_t *d, outcome_t *list)
     while (list) {
         outcome_t *o = list;
         list = o->next;
-        if (rc == 0 && o->requeue_s <= 0)
+        if (rc == 0 && o->requeue_s <= 0) {
             metric_inc(o->code >= 200 && o->code < 300   ? d->m_sent
                        : o->code >= 500 && o->code < 600 ? d->m_bounced
                                                          : d->m_deferred);
+            if (o->counted)
+                metric_inc(o->counted);
+        }
         free(o);
     }
     sbuf_destroy(&err);
@@ -829,6 +885,18 @@ static void s_advance(delivery_t *d, dest_t *dst, conn_t *cn, short revents)
     }
 }
 
+/* Publish a destination's queue depth summed this round, and start over. */
+static int s_depth_publish(void *arg, const void *key, size_t len, void *value)
+{
+    dest_metrics_t *m = value;
+    (void)arg;
+    (void)key;
+    (void)len;
+    metric_set(m->depth, m->waiting);
+    m->waiting = 0;
+    return 0;
+}
+
 typedef struct {
     delivery_t *d;            /* the engine */
     struct pollfd *fds;       /* poll set being built */
@@ -845,6 +913,12 @@ static int s_collect(void *arg, const void *key, size_t len, void *value)
     (void)key;
     (void)len;
     s_dispatch(ps->d, dst);
+    if (dst->head) {
+        char lb[320];
+        dest_metrics_t *dm = s_dest_metrics(ps->d, s_dest_label(dst->head->j, lb, sizeof lb));
+        if (dm)
+            dm->waiting += dst->njobs;
+    }
     /* Held jobs wake the loop when their budget or connection slot is due. */
     int64_t waits[] = {dst->shape_at, dst->conn_at};
     for (size_t i = 0; i < 2 && dst->head; i++)
@@ -884,6 +958,8 @@ static void *s_thread(void *arg)
         size_t cursor = 0;
         dict_sweep(d->dests, &cursor, dict_size(d->dests) + 16, s_collect, &ps);
         metric_set(d->m_depth, d->queued);
+        cursor = 0;
+        dict_sweep(d->by_dest, &cursor, dict_size(d->by_dest) + 16, s_depth_publish, NULL);
         fds[0].fd = d->wake[0];
         fds[0].events = POLLIN;
         fds[0].revents = 0;
@@ -995,6 +1071,7 @@ delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err
     d->dests = dict_new();
     d->shapers = dict_new();
     d->backlog = dict_new();
+    d->by_dest = dict_new();
     d->redis_host = strdup(config_str(cfg, "redis_host"));
     d->conninfo = db_conninfo_from_config(cfg);
     d->helo = strdup(config_str(cfg, "smtp_helo_name"));
@@ -1030,6 +1107,15 @@ delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err
                                      NULL, 0);
     d->m_waits = metrics_counter("postchi_delivery_shaping_waits_total",
                                  "Messages held back by a destination's shaping budget.");
+    static const char *const dest_out[] = {"destination", "outcome", NULL};
+    static const char *const dest_only[] = {"destination", NULL};
+    d->f_dest_out = metrics_family(METRIC_COUNTER, "postchi_delivery_destination_messages_total",
+                                   "Delivery outcomes recorded, by destination (the shaping key: "
+                                   "MX rollup or relay; at most 200, then \"other\") and outcome.",
+                                   dest_out, NULL, 0);
+    d->f_dest_depth = metrics_family(METRIC_GAUGE, "postchi_delivery_destination_queue_depth",
+                                     "Messages waiting in the delivery engine, by destination.",
+                                     dest_only, NULL, 0);
     d->m_backlog = metrics_gauge("postchi_delivery_backlog",
                                  "Messages this worker holds between a mailer's claim and the "
                                  "recorded outcome, all destinations.");
@@ -1040,7 +1126,8 @@ delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err
                                "Messages waiting in the delivery engine, all destinations.");
     char cid[160];
     snprintf(cid, sizeof cid, "%s-delivery", node_id ? node_id : "");
-    if (!d->backlog || !(d->client = mesh_client_new(cfg, node_id ? cid : NULL, err))) {
+    if (!d->backlog || !d->by_dest ||
+        !(d->client = mesh_client_new(cfg, node_id ? cid : NULL, err))) {
         sbuf_appendf(err, "%sdelivery: cannot set up its mesh connection", sbuf_len(err) ? "; " : "");
         delivery_stop(&d);
         return NULL;
@@ -1128,6 +1215,11 @@ void delivery_stop(delivery_t **self_p)
         pthread_join(d->recorder, NULL);
     }
     mesh_client_destroy(&d->client);
+    if (d->by_dest) {
+        size_t cursor = 0;
+        dict_sweep(d->by_dest, &cursor, dict_size(d->by_dest) + 16, s_free_value, NULL);
+        dict_destroy(&d->by_dest);
+    }
     if (d->backlog) {
         size_t cursor = 0;
         dict_sweep(d->backlog, &cursor, dict_size(d->backlog) + 16, s_free_value, NULL);

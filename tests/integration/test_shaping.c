@@ -127,6 +127,13 @@ static void test_default_budget_sends_at_once(void **state)
     assert_true(span < 1.5);
     assert_int_equal(mesh_metric(E.mesh.worker_metrics[0], "postchi_delivery_shaping_waits_total"),
                      0);
+    /* Outcomes by destination: the relay's shaping key. */
+    char series[200];
+    snprintf(series, sizeof series,
+             "postchi_delivery_destination_messages_total{destination=\"relay:%s\","
+             "outcome=\"sent\"}",
+             s_relay);
+    assert_true(mesh_metric(E.mesh.worker_metrics[0], series) >= 20);
 }
 
 static void test_budget_holds_one_destination(void **state)
