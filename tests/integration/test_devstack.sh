@@ -33,17 +33,30 @@ alive() {
     case $st in "" | Z*) return 1 ;; *) return 0 ;; esac
 }
 
+# Six free ports, then a base for three consecutive status ports, all three
+# checked free and taken below the kernel's ephemeral range (32768 and up),
+# so no port another test gets by binding port 0 can land on them.
 set -- $(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(7)]
+import random, socket
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')
+while True:
+    base = random.randrange(20000, 30000)
+    trial = [socket.socket() for _ in range(3)]
+    try:
+        for i, t in enumerate(trial):
+            t.bind(("127.0.0.1", base + i))
+        break
+    except OSError:
+        pass
+    finally:
+        for t in trial:
+            t.close()
+print(" ".join(str(s.getsockname()[1]) for s in socks), base)')
 export POSTCHI_PG_PORT=$1 POSTCHI_REDIS_PORT=$2 POSTCHI_SMTP_SINK_PORT=$3
 export POSTCHI_PG_USER=postchi POSTCHI_PG_DATABASE=devstack_test
-# The mesh: one worker; the status ports are up_metrics_port + 0..2, so the
-# base is the free port found, and +1, +2 are hoped free (they nearly always
-# are; a clash shows as a node that did not start, with its log).
+# The mesh: one worker; the status ports are up_metrics_port + 0..2.
 export POSTCHI_UP_WORKERS=1 POSTCHI_UP_INBOUND_PORT=$4 POSTCHI_API_PORT=$5
 export POSTCHI_BROKER_ENDPOINT=tcp://127.0.0.1:$6 POSTCHI_UP_METRICS_PORT=$7
 
