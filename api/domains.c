@@ -77,6 +77,7 @@ enum {
 static unsigned char s_key[SECRETBOX_KEY_LEN]; /* seals DKIM private keys */
 static int s_configured;                       /* 1 once domains_configure succeeded */
 static char *s_resolver;                       /* dns_resolver setting ("" = resolv.conf) */
+static int s_skip_dns;                         /* domains_skip_dns (the dev stack) */
 
 /* One DNS record a domain publishes, built from its row. */
 typedef struct {
@@ -119,6 +120,10 @@ int domains_configure(const config_t *cfg, sbuf_t *err)
         sbuf_append_str(err, "domains_configure: out of memory");
         return -1;
     }
+    s_skip_dns = config_bool(cfg, "domains_skip_dns");
+    if (s_skip_dns)
+        log_warn("domains_skip_dns is on: domains are verified without DNS lookups "
+                 "(dev stack only)");
     s_configured = 1;
     return 0;
 }
@@ -692,6 +697,22 @@ static void s_judge(const s_record_t *r, const dnscheck_query_t *q, const db_res
 static int s_check_all(const db_result_t *res, const s_record_t *r, json_t **checks_out,
                        const char **status_out, sbuf_t *err)
 {
+    if (s_skip_dns) {
+        /* The dev stack has no DNS for the user's domains: say so on every
+         * record rather than pretend they were found. */
+        json_t *checks = json_object();
+        for (int i = 0; checks && i < N_RECORDS; i++)
+            json_object_set_new(checks, r[i].key,
+                                json_pack("{s:s, s:s}", "status", "ok", "reason",
+                                          "not looked up: domains_skip_dns is on (dev stack)"));
+        if (!checks) {
+            sbuf_append_str(err, "out of memory");
+            return -1;
+        }
+        *status_out = "verified";
+        *checks_out = checks;
+        return 0;
+    }
     dnscheck_t *dns = dnscheck_new(s_resolver, VERIFY_BUDGET_MS, err);
     if (!dns)
         return -1;
