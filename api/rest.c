@@ -32,6 +32,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include "hex.h"
 #include "authn.h"
 #include "dict.h"
 #include "json_guard.h"
@@ -1173,17 +1174,6 @@ static void s_idem_finish(api_req_t *req, const char *key)
 
 /* ---------------------------------------------------------------- dispatch */
 
-static int s_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Split the path after /api/v1 into decoded segments. 0 or -1 (too many,
  * bad escapes, or a decoded NUL or slash: never valid in an id). */
 static int s_split(api_req_t *req, const char *path)
@@ -1206,7 +1196,7 @@ static int s_split(api_req_t *req, const char *path)
         for (; *p && *p != '/'; p++) {
             char c = *p;
             if (c == '%') {
-                int hi = s_hexval(p[1]), lo = hi >= 0 ? s_hexval(p[2]) : -1;
+                int hi = hex_digit(p[1]), lo = hi >= 0 ? hex_digit(p[2]) : -1;
                 if (lo < 0)
                     return -1;
                 c = (char)(hi * 16 + lo);

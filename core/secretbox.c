@@ -16,18 +16,8 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "hex.h"
 #include "secretbox.h"
-
-static int s_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 int secretbox_key_parse(const char *hex, unsigned char key[SECRETBOX_KEY_LEN])
 {
@@ -35,7 +25,7 @@ int secretbox_key_parse(const char *hex, unsigned char key[SECRETBOX_KEY_LEN])
     if (!hex || strlen(hex) != 2 * SECRETBOX_KEY_LEN)
         return -1;
     for (size_t i = 0; i < SECRETBOX_KEY_LEN; i++) {
-        int hi = s_hexval(hex[2 * i]), lo = s_hexval(hex[2 * i + 1]);
+        int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
         if (hi < 0 || lo < 0) {
             OPENSSL_cleanse(tmp, sizeof tmp);
             return -1;

@@ -23,6 +23,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "hex.h"
 #include "unsub_token.h"
 
 #define UUID_BYTES 16
@@ -48,17 +49,6 @@ static int s_mac(const unsigned char key[UNSUB_TOKEN_KEY_LEN], const unsigned ch
     return ok ? 0 : -1;
 }
 
-static int s_hex(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Canonical uuid text (8-4-4-4-12 hex digits, either case) to bytes. */
 static int s_uuid_parse(const char *text, unsigned char out[UUID_BYTES])
 {
@@ -71,7 +61,7 @@ static int s_uuid_parse(const char *text, unsigned char out[UUID_BYTES])
                 return -1;
             continue;
         }
-        int hi = s_hex(text[i]), lo = s_hex(text[i + 1]);
+        int hi = hex_digit(text[i]), lo = hex_digit(text[i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
         out[j++] = (unsigned char)(hi << 4 | lo);
