@@ -245,8 +245,9 @@ static const char *const SQL_FAIL =
     " INSERT INTO message_events (organization_id, message_id, type, detail)"
     " SELECT organization_id, id, 'failed', jsonb_build_object('reason', $2::text) FROM m";
 
-/* DNS trouble: try again later (the engine's back-off is for SMTP
- * answers; a resolver hiccup gets a flat five minutes). */
+/* DNS trouble, or the message's content could not be read: try again
+ * later (the engine's back-off is for SMTP answers; a resolver or database
+ * hiccup gets a flat five minutes). */
 static const char *const SQL_TEMPFAIL =
     "WITH m AS (UPDATE messages SET status = 'deferred', lease_until = NULL, last_response = $2,"
     " next_attempt_at = now() + interval '5 minutes', updated_at = now()"
@@ -429,9 +430,11 @@ static void s_copy(char *dst, size_t size, const char *src)
  * attachments when the claim said there are some), encoded and hashed now
  * and kept for the send's next rows when not too big (else it is put in
  * tmp, which the caller destroys). NULL with *why (and err) when it cannot
- * be built. */
+ * be built; *transient set when that is because a read failed (the message
+ * is fine and must be tried again, never sent without its attachments). */
 static const body_cache_t *s_body(mailer_state_t *st, db_t *db, db_result_t *res, int i,
-                                  body_cache_t *tmp, const char **why, sbuf_t *err)
+                                  body_cache_t *tmp, const char **why, int *transient,
+                                  sbuf_t *err)
 {
     const char *org = db_result_get(res, i, 1), *send = db_result_get(res, i, 13);
     if (st->body.body && strcmp(st->body.send_id, send) == 0)
@@ -447,8 +450,16 @@ static const body_cache_t *s_body(mailer_state_t *st, db_t *db, db_result_t *res
         }
     }
     /* Most sends have no attachments: ask only when the claim said so. */
-    if (strcmp(db_result_get(res, i, 15), "t") == 0)
+    int want_att = strcmp(db_result_get(res, i, 15), "t") == 0;
+    if (want_att)
         att = db_query_prepared(db, SQL_ATTACHMENTS, 2, p, err);
+    if ((!html && !text && !content) || (want_att && !att)) {
+        *why = "the message's content could not be read";
+        *transient = 1;
+        db_result_free(&content);
+        db_result_free(&att);
+        return NULL;
+    }
     int natt = att ? db_result_rows(att) : 0;
     sbuf_t *blobs = sbuf_new(1024);
     size_t *offs = natt ? calloc((size_t)natt * 2, sizeof *offs) : NULL;
@@ -516,11 +527,17 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         s_fail(db, id, why);
         goto done;
     }
-    const body_cache_t *body = s_body(st, db, res, i, &tmp, &why, err);
+    int transient = 0;
+    const body_cache_t *body = s_body(st, db, res, i, &tmp, &why, &transient, err);
     if (!body) {
         char reason[300];
         snprintf(reason, sizeof reason, "%s: %s", why, sbuf_data(err));
-        s_fail(db, id, reason);
+        if (transient) {
+            const char *p[] = {id, reason};
+            db_exec(db, SQL_TEMPFAIL, 2, p, NULL);
+        } else {
+            s_fail(db, id, reason);
+        }
         goto done;
     }
     size_t nh = json_object_size(hdrs), k = 0;
