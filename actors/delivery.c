@@ -19,7 +19,8 @@
  * Shaping (see delivery.h): the head job of a destination goes on an idle
  * connection only with a token from "shape:<its shape key>" (ratelimit:
  * a Redis bucket shared by all workers, one ratelimit_t per distinct
- * budget). Refused, the destination notes when to ask again (one token
+ * budget), taken in batches for the jobs waiting and spent within a
+ * second. Refused, the destination notes when to ask again (one token
  * interval later) and the poll timeout wakes the loop then, so a held queue
  * costs one Redis call per token interval, not a spin. New connections go
  * through a small local bucket per destination. The thread has its own
@@ -30,8 +31,10 @@
  * What can go wrong: a queue longer than the budget drains in half a lease
  * would outlive the rows' leases and be sent twice; such jobs go back to
  * the outbox ('queued', due when the queue ahead should have drained)
- * instead, which is how backpressure reaches the outbox and the API's
- * queue depth rather than memory.
+ * instead. Before that, the backlog bound (delivery_admit) keeps mailers
+ * from claiming more of a domain than the worker holds room for, so
+ * backpressure reaches the outbox and the API's queue depth rather than
+ * memory.
  */
 #include <errno.h>
 #include <fcntl.h>
