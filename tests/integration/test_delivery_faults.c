@@ -471,9 +471,59 @@ static void test_send_at_then_sent_and_cancel(void **state)
     api_resp_free(&r);
 }
 
+/* The mailer cannot read a message's content (the table renamed away: a
+ * real PostgreSQL error on the read, as a failing disk or a half-applied
+ * migration would give): the message is deferred, not failed and not sent
+ * half-built; once reads work again it goes out. */
+static void test_content_read_failure_defers(void **state)
+{
+    (void)state;
+    assert_int_equal(dsink_start(&S, NULL), 0);
+    char at[40];
+    s_rfc3339(time(NULL) + 3, at, sizeof at);
+    char id[64];
+    int st = dl_send(&E, id,
+                     "{" FROM ",\"to\":\"unread@dest.example\",\"subject\":\"unread\","
+                     "\"text\":\"unreadable body\",\"send_at\":\"%s\"}",
+                     at);
+    assert_int_equal(st, 202);
+    /* The table is out of the mailer's reach under its name (a fresh
+     * worker, so no statement on it is prepared yet). */
+    free(dl_sql(&E, "ALTER TABLE message_contents RENAME TO message_contents_hidden"));
+    char *v = dl_sql(&E, "SELECT count(*) FROM pg_class WHERE relname = 'message_contents'");
+    assert_non_null(v);
+    assert_string_equal(v, "0");
+    free(v);
+    assert_int_equal(harness_stop(E.mesh.workers[0], SIGTERM, 10000), 0);
+    E.mesh.workers[0] = NULL;
+    assert_int_equal(mesh_start_worker(&E.mesh, 0), 0);
+    assert_int_equal(mesh_wait_live(&E.mesh, 1, 10000), 0);
+    s_expect(id, "deferred", 15000);
+    v = dl_sql(&E, "SELECT last_response FROM messages WHERE id = '%s'", id);
+    assert_non_null(v);
+    assert_non_null(strstr(v, "could not be read"));
+    free(v);
+    free(dl_sql(&E, "ALTER TABLE message_contents_hidden RENAME TO message_contents"));
+    v = dl_sql(&E, "SELECT count(*) FROM pg_class WHERE relname = 'message_contents'");
+    assert_string_equal(v, "1");
+    free(v);
+    assert_int_equal(dsink_count(&S, "unreadable body"), 0);
+    /* Due again now: sent once, whole. */
+    v = dl_sql(&E, "UPDATE messages SET next_attempt_at = now() WHERE id = '%s' RETURNING 'ok'",
+               id);
+    free(v);
+    s_expect(id, "sent", 20000);
+    assert_int_equal(dsink_count(&S, "unreadable body"), 1);
+    v = dl_sql(&E, "SELECT count(*) FROM message_events WHERE message_id = '%s' AND type = 'failed'",
+               id);
+    assert_string_equal(v, "0");
+    free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_content_read_failure_defers, s_case_done),
         cmocka_unit_test_teardown(test_hard_reject_bounces_and_suppresses, s_case_done),
         cmocka_unit_test_teardown(test_soft_reject_defers_then_delivers, s_case_done),
         cmocka_unit_test_teardown(test_disconnect_at_data_defers, s_case_done),
