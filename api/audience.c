@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "db.h"
+#include "log.h"
 #include "sbuf.h"
 
 #if __has_include("email_addr.h")
@@ -319,6 +320,20 @@ json_t *aud_json_col(const char *text)
 {
     json_t *j = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
     return j ? j : json_null();
+}
+
+json_t *aud_row_json(const char *text)
+{
+    json_error_t jerr;
+    json_t *j = text ? json_loads(text, JSON_DECODE_ANY, &jerr) : NULL;
+    if (!j)
+        log_error("cannot parse row JSON: %s", text ? jerr.text : "NULL");
+    return j;
+}
+
+json_t *aud_row_item(const db_result_t *res, int row)
+{
+    return aud_row_json(db_result_get(res, row, 0));
 }
 
 json_t *aud_body_object(api_req_t *req)

@@ -139,5 +139,10 @@ json_t *aud_body_object(api_req_t *req);
 
 /* JSON of a text column that holds JSON (jsonb::text), or json null. */
 json_t *aud_json_col(const char *text);
+/* The same for a row PostgreSQL built as JSON, where anything but JSON is a
+ * bug: NULL then (logged), so the handler answers 500. */
+json_t *aud_row_json(const char *text);
+/* A list item that is the row JSON in column 0 (an aud_item_fn). */
+json_t *aud_row_item(const db_result_t *res, int row);
 
 #endif

@@ -80,23 +80,6 @@ static char *s_created_by(api_req_t *req)
     return s;
 }
 
-/* Parse text (a JSON row PostgreSQL built) into the response object. NULL
- * only when the server produced something that is not JSON (a bug). */
-static json_t *s_row_json(const char *text)
-{
-    json_error_t jerr;
-    json_t *j = text ? json_loads(text, JSON_DECODE_ANY, &jerr) : NULL;
-    if (!j)
-        log_error("cannot parse row JSON: %s", text ? jerr.text : "NULL");
-    return j;
-}
-
-/* A list item: the row JSON in column 0 (aud_page_reply). */
-static json_t *s_item(const db_result_t *res, int row)
-{
-    return s_row_json(db_result_get(res, row, 0));
-}
-
 /* Cursors are "<created_at in whole microseconds>|<uuid>". */
 static const aud_paging_t s_paging = {PAGE_DEFAULT, PAGE_MAX, aud_pos_digits,
                                       "is not a cursor this list produced"};
@@ -183,7 +166,7 @@ static int s_save(api_req_t *req, const char *lock_sql, const char *sql, int n,
         status = api_not_found(req, "template");
         goto done;
     }
-    out = s_row_json(db_result_get(res, 0, 0));
+    out = aud_row_json(db_result_get(res, 0, 0));
     json_t *detail =
         json_pack("{s:I, s:b}", "version", (json_int_t)strtoll(db_result_get(res, 0, 2), NULL, 10),
                   "new_version", strcmp(db_result_get(res, 0, 3), "t") == 0);
@@ -274,7 +257,7 @@ static int s_list(api_req_t *req)
         "ORDER BY t.created_at, t.id LIMIT $4::int";
     /* clang-format on */
     const char *params[] = {api_org(req), page.pos, page.id, page.lim};
-    return aud_page_query(req, &page, sql, 4, params, s_item, 1, -1);
+    return aud_page_query(req, &page, sql, 4, params, aud_row_item, 1, -1);
 }
 
 /* ------------------------------------------------------------------- get -- */
@@ -298,7 +281,7 @@ static int s_get(api_req_t *req)
     db_result_t *res = aud_query(req, 0, sql, 3, params, &status);
     if (!res)
         return status;
-    json_t *out = db_result_rows(res) == 1 ? s_row_json(db_result_get(res, 0, 0)) : NULL;
+    json_t *out = db_result_rows(res) == 1 ? aud_row_json(db_result_get(res, 0, 0)) : NULL;
     int missing = db_result_rows(res) != 1;
     db_result_free(&res);
     if (missing)
@@ -504,7 +487,7 @@ static int s_preview(api_req_t *req)
             status = api_not_found(req, "contact");
             goto done;
         }
-        json_t *contact = s_row_json(contact_text);
+        json_t *contact = aud_row_json(contact_text);
         if (!contact) {
             status = api_problem(req, 500, "Internal Server Error", "cannot read the contact");
             goto done;

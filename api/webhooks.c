@@ -72,21 +72,6 @@ static const char *const s_events[] = {"message.sent",
 
 /* ------------------------------------------------------------- helpers -- */
 
-static json_t *s_row_json(const char *text)
-{
-    json_error_t jerr;
-    json_t *j = text ? json_loads(text, JSON_DECODE_ANY, &jerr) : NULL;
-    if (!j)
-        log_error("cannot parse row JSON: %s", text ? jerr.text : "NULL");
-    return j;
-}
-
-/* A list item: the row JSON in column 0 (aud_page_reply). */
-static json_t *s_item(const db_result_t *res, int row)
-{
-    return s_row_json(db_result_get(res, row, 0));
-}
-
 /* Cursors are "<created_at in whole microseconds>|<uuid>". */
 static const aud_paging_t s_paging = {PAGE_DEFAULT, PAGE_MAX, aud_pos_digits,
                                       "is not a cursor this list produced"};
@@ -278,7 +263,7 @@ static int s_write(api_req_t *req, const char *sql, int n, const char *const *pa
         status = api_not_found(req, "webhook");
         goto done;
     }
-    out = s_row_json(db_result_get(res, 0, 0));
+    out = aud_row_json(db_result_get(res, 0, 0));
     api_audit(req, action, "webhook", db_result_get(res, 0, 1), detail);
     detail = NULL;
     if (!out) {
@@ -352,7 +337,7 @@ static int s_list(api_req_t *req)
         "+ ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid)) "
         "ORDER BY w.created_at, w.id LIMIT $4::int";
     const char *params[] = {api_org(req), page.pos, page.id, page.lim};
-    return aud_page_query(req, &page, sql, 4, params, s_item, 1, -1);
+    return aud_page_query(req, &page, sql, 4, params, aud_row_item, 1, -1);
 }
 
 static int s_get(api_req_t *req)
@@ -367,7 +352,7 @@ static int s_get(api_req_t *req)
     db_result_t *res = aud_query(req, 0, sql, 2, params, &status);
     if (!res)
         return status;
-    json_t *out = db_result_rows(res) == 1 ? s_row_json(db_result_get(res, 0, 0)) : NULL;
+    json_t *out = db_result_rows(res) == 1 ? aud_row_json(db_result_get(res, 0, 0)) : NULL;
     int missing = db_result_rows(res) != 1;
     db_result_free(&res);
     if (missing)
