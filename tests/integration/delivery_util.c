@@ -1,8 +1,14 @@
 /*
  * delivery_util - see delivery_util.h. Test code: failures print a line
  * and return NULL / -1 so the calling assertion fails where the test can
- * say what it expected.
+ * say what it expected (dl_dkim_verify_both, a whole check, fails the test
+ * itself).
  */
+#include <setjmp.h>
+#include <stddef.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
@@ -16,6 +22,7 @@
 #include <unistd.h>
 
 #include "delivery_util.h"
+#include "dkim_verify_py.h"
 
 #define TEST_SECRET_KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
@@ -225,4 +232,32 @@ int dl_env_stop(api_env_t *e, dsink_t *s)
     int bad = api_env_stop(e);
     dsink_destroy(s);
     return bad;
+}
+
+void dl_dkim_verify_both(api_env_t *e, const char *domain, const char *msg)
+{
+    char *keys = dl_sql(e,
+                        "SELECT dkim_ed25519_selector || '|' || dkim_ed25519_public || '|' ||"
+                        " dkim_rsa_selector || '|' || dkim_rsa_public FROM domains"
+                        " WHERE name = '%s' AND organization_id = '%s'",
+                        domain, e->org_id);
+    assert_non_null(keys);
+    char *sel_e = strtok(keys, "|"), *pub_e = strtok(NULL, "|"), *sel_r = strtok(NULL, "|"),
+         *pub_r = strtok(NULL, "|");
+    assert_non_null(pub_r);
+    char name_e[300], name_r[300], val_e[256], val_r[1024];
+    snprintf(name_e, sizeof name_e, "%s._domainkey.%s", sel_e, domain);
+    snprintf(name_r, sizeof name_r, "%s._domainkey.%s", sel_r, domain);
+    snprintf(val_e, sizeof val_e, "v=DKIM1; k=ed25519; p=%s", pub_e);
+    snprintf(val_r, sizeof val_r, "v=DKIM1; k=rsa; p=%s", pub_r);
+    const char *names[] = {name_e, name_r}, *values[] = {val_e, val_r};
+    const char *msgs[] = {msg};
+    size_t lens[] = {strlen(msg)};
+    int want[] = {2};
+    sbuf_t *out = sbuf_new(256);
+    int ok = dkim_verify_py(msgs, lens, want, 1, names, values, 2, 0, out);
+    if (ok != 1)
+        fail_msg("dkimpy did not verify both signatures: %s", sbuf_data(out));
+    sbuf_destroy(&out);
+    free(keys);
 }

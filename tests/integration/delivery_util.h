@@ -52,5 +52,9 @@ char *dl_status(api_env_t *e, const char *id);
 char *dl_wait_status(api_env_t *e, const char *id, const char *want, int ms);
 /* api_sql with printf formatting (caller frees). */
 char *dl_sql(api_env_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Both DKIM signatures (Ed25519 and RSA) of msg, a delivered message that
+ * starts at its first DKIM-Signature field, verify with dkimpy against the
+ * keys domain (of e's organization) publishes. Fails the test otherwise. */
+void dl_dkim_verify_both(api_env_t *e, const char *domain, const char *msg);
 
 #endif

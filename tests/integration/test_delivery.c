@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "api_util.h"
+#include "delivery_util.h"
 #include "dkim_verify_py.h"
 #include "secretbox.h"
 #include "verp.h"
@@ -194,29 +195,7 @@ static void test_send_signed_through_relay(void **state)
      * message at the first DKIM-Signature. */
     const char *start = strstr(text, "DKIM-Signature:");
     assert_non_null(start);
-    snprintf(sql, sizeof sql,
-             "SELECT dkim_ed25519_selector || '|' || dkim_ed25519_public || '|' ||"
-             " dkim_rsa_selector || '|' || dkim_rsa_public FROM domains WHERE id = '%s'",
-             s_domain_id);
-    char *keys = api_sql(&E, sql);
-    assert_non_null(keys);
-    char *sel_e = strtok(keys, "|"), *pub_e = strtok(NULL, "|"), *sel_r = strtok(NULL, "|"),
-         *pub_r = strtok(NULL, "|");
-    char name_e[128], name_r[128], val_e[256], val_r[1024];
-    snprintf(name_e, sizeof name_e, "%s._domainkey.send.example", sel_e);
-    snprintf(name_r, sizeof name_r, "%s._domainkey.send.example", sel_r);
-    snprintf(val_e, sizeof val_e, "v=DKIM1; k=ed25519; p=%s", pub_e);
-    snprintf(val_r, sizeof val_r, "v=DKIM1; k=rsa; p=%s", pub_r);
-    const char *names[] = {name_e, name_r}, *values[] = {val_e, val_r};
-    const char *msgs[] = {start};
-    size_t lens[] = {strlen(start)};
-    int want[] = {2};
-    sbuf_t *out = sbuf_new(256);
-    int ok = dkim_verify_py(msgs, lens, want, 1, names, values, 2, 0, out);
-    if (ok != 1)
-        fail_msg("dkimpy did not verify both signatures: %s", sbuf_data(out));
-    sbuf_destroy(&out);
-    free(keys);
+    dl_dkim_verify_both(&E, "send.example", start);
     sbuf_destroy(&msg);
 
     sbuf_t *m = sbuf_new(4096);
