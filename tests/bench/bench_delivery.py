@@ -16,6 +16,12 @@ written after the relay's 250, in the recorder's transaction). One psql
 process per run waits for completion in a server-side loop (no polling
 processes). Same clock: PostgreSQL runs on this machine.
 
+Each Postchi run also reports where both cores went between those two
+instants: a sampler thread reads /proc/stat and every process's
+/proc/<pid>/stat every 100 ms, and the run prints the idle share and the
+busiest programs (postgres, postchi, smtp-sink, redis-server, ...) as
+shares of the machine.
+
 What can go wrong: an API error or a run that does not finish within its
 timeout raises (the shell's trap cleans up); psql failures raise too.
 """
@@ -121,6 +127,75 @@ SELECT coalesce(string_agg(status || '=' || n, ','), '') FROM
     return int(sent), float(last), (lines[1] if len(lines) > 1 else "")
 
 
+class CpuSampler:
+    """Samples machine and per-program CPU ticks every 100 ms until stop();
+    share(t0, t1) is the busy/idle split between two epochs (the samples
+    nearest inside them)."""
+
+    def __init__(self):
+        self.samples = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def read():
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        progs = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % pid) as f:
+                    st = f.read()
+            except OSError:
+                continue
+            comm = st[st.index("(") + 1:st.rindex(")")]
+            f = st[st.rindex(")") + 2:].split()
+            progs[(pid, comm)] = int(f[11]) + int(f[12])  # utime + stime
+        # idle + iowait, and all ticks
+        return time.time(), cpu[3] + cpu[4], sum(cpu[:8]), progs
+
+    def loop(self):
+        while not self.done.is_set():
+            self.samples.append(self.read())
+            self.done.wait(0.1)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+
+    def share(self, t0, t1):
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return None
+        a, b = inside[0], inside[-1]
+        total = b[2] - a[2]
+        if total <= 0:
+            return None
+        byprog = {}
+        for key, ticks in b[3].items():
+            prog = key[1]
+            if prog.startswith("postgres") or prog in ("postmaster",):
+                prog = "postgres"
+            byprog[prog] = byprog.get(prog, 0) + ticks - a[3].get(key, 0)
+        top = sorted(((v, k) for k, v in byprog.items() if v > 0), reverse=True)[:5]
+        return (b[1] - a[1]) / total, [(k, v / total) for v, k in top]
+
+
+SAMPLER = None
+
+
+def cpu_note(t0, t1):
+    got = SAMPLER.share(t0, t1) if SAMPLER else None
+    if not got:
+        return ""
+    idle, top = got
+    return "; CPU idle %.0f%%, %s" % (100 * idle, ", ".join("%s %.0f%%" % (k, 100 * v)
+                                                              for k, v in top))
+
+
 def postchi_run(api, frm, list_id, n, text, label):
     """One timed bulk send of the list's n members (None: as many as were
     queued): (msg/s, POST seconds, total seconds)."""
@@ -134,7 +209,11 @@ def postchi_run(api, frm, list_id, n, text, label):
     sent, last, rest = wait_batch(r["batch_id"], n, max(120, n // 50))
     if sent != n:
         raise RuntimeError("%s: %d of %d rows sent in time; the rest: %s" % (label, sent, n, rest))
+    run_cpu[label] = cpu_note(t0, last)
     return n / (last - t0), t_post, last - t0
+
+
+run_cpu = {}
 
 
 def smtp_source(n, size, sessions):
@@ -247,8 +326,8 @@ def throughput(name, frm, list_id, n, text, src_size, runs, sessions, warm_list)
         rate, t_post, total = postchi_run(api, frm, list_id, n, text, "%s run %d" % (name, i + 1))
         ours.append(rate)
         posts.append(t_post)
-        print("  %s run %d: Postchi %.0f msg/s (%d in %.2f s; the POST took %.2f s)%s"
-              % (name, i + 1, rate, n, total, t_post,
+        print("  %s run %d: Postchi %.0f msg/s (%d in %.2f s; the POST took %.2f s%s)%s"
+              % (name, i + 1, rate, n, total, t_post, run_cpu.get("%s run %d" % (name, i + 1), ""),
                  "; smtp-source %.0f msg/s" % src[-1] if src_size else ""), flush=True)
     return ours, src, posts
 
@@ -333,6 +412,8 @@ SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY l),
 
 
 def run():
+    global SAMPLER
+    SAMPLER = CpuSampler()
     scen = set(ENV.get("BENCH_SCENARIOS", "ed25519,both,100k,latency").split(","))
     runs = int(ENV["BENCH_RUNS"])
     n, n100 = int(ENV["N"]), int(ENV["N100"])
