@@ -14,6 +14,13 @@
  * lost; "AND dispatched_at IS NULL" makes a second delivery a no-op, so each
  * row is dispatched once however often it is announced.
  *
+ * "expand" {"batch_id"} writes the next step of a bulk send
+ * (messages_expand, its own transaction), wakes the mailers of the
+ * domains it queued, and sends itself "expand" again until the batch is
+ * whole, so other triggers of the organization interleave with a long
+ * expansion. A lost "expand" is re-sent by the sweeper; a repeated one
+ * writes nothing twice (the step locks the batch and moves its cursor).
+ *
  * A request named "stats" answers with this activation's counters:
  *   {"received": {"list_added": n, ...}, "last_event_id": id|null,
  *    "dispatched_total": n}
@@ -37,6 +44,8 @@
 
 #include "actor.h"
 #include "log.h"
+#include "mailer_shard.h"
+#include "messages.h"
 
 /* Trigger names this actor accepts; received[] is indexed the same way. */
 static const char *const s_triggers[] = {"list_added", "tag_added", "subscribed", "event",
@@ -192,6 +201,55 @@ static int s_dispatch(actor_ctx_t *ctx, tenant_state_t *s, const event_range_t *
     return 0;
 }
 
+/* One step of a bulk send: see the header. 0, or -1 (nothing written; the
+ * sweeper announces the batch again). */
+static int s_expand(actor_ctx_t *ctx, const envelope_t *msg)
+{
+    json_t *root = json_loadb(msg->body, msg->body_len, JSON_REJECT_DUPLICATES, NULL);
+    const char *batch = json_string_value(json_object_get(root, "batch_id"));
+    if (!batch || !s_is_uuid(batch)) {
+        if (log_should("tenant-bad-expand", 17, 10000))
+            log_warn("refusing expand org=%s: the body needs a batch_id uuid", actor_key(ctx));
+        json_decref(root);
+        return -1;
+    }
+    db_t *db = actor_db(ctx);
+    sbuf_t *err = sbuf_new(128);
+    messages_step_t step = {0};
+    int rc = db && err ? 0 : -1;
+    if (rc == 0 && (db_exec(db, "BEGIN", 0, NULL, err) != 0 ||
+                    db_exec(db, "SET LOCAL statement_timeout = '60s'", 0, NULL, err) != 0 ||
+                    messages_expand(db, actor_key(ctx), batch, &step, err) != 0 ||
+                    db_exec(db, "COMMIT", 0, NULL, err) != 0)) {
+        db_exec(db, "ROLLBACK", 0, NULL, NULL);
+        rc = -1;
+    }
+    if (rc != 0) {
+        if (log_should("tenant-expand", 13, 10000))
+            log_error("bulk send step not written org=%s batch=%s (the sweeper retries): %s",
+                      actor_key(ctx), batch, err && sbuf_len(err) ? sbuf_data(err) : "no database");
+    } else {
+        char body[64], addr[320];
+        int n = snprintf(body, sizeof body, "{\"batch_id\":\"%s\"}", batch);
+        size_t i;
+        json_t *d;
+        json_array_foreach(step.domains, i, d) {
+            for (int shard = 0; json_is_string(d) && shard < MAILER_SHARDS; shard++) {
+                mailer_address(addr, sizeof addr, json_string_value(d), shard);
+                actor_send(ctx, addr, "wake", body, (size_t)n);
+            }
+        }
+        if (!step.done) {
+            snprintf(addr, sizeof addr, "tenant/%s", actor_key(ctx));
+            actor_send(ctx, addr, "expand", body, (size_t)n);
+        }
+    }
+    messages_step_clear(&step);
+    sbuf_destroy(&err);
+    json_decref(root);
+    return rc;
+}
+
 /* Answer "stats". 0 or -1. */
 static int s_stats(actor_ctx_t *ctx, const tenant_state_t *s)
 {
@@ -232,6 +290,8 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
         return 0;
     if (msg->name_len == 5 && memcmp(msg->name, "stats", 5) == 0)
         return msg->corr ? s_stats(ctx, s) : 0;
+    if (msg->name_len == 6 && memcmp(msg->name, "expand", 6) == 0)
+        return s_expand(ctx, msg);
     int t = s_trigger_index(msg->name, msg->name_len);
     event_range_t r;
     const char *why = "unknown trigger name";

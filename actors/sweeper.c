@@ -167,7 +167,9 @@ done:
  * whose lease ran out (a worker died mid-send) become deferred, and every
  * destination with due rows (queued or deferred, past a short grace so the
  * API's own wake-up goes first) gets a "wake" for its mailer actor, which
- * claims the rows itself. A lost wake-up costs one round, never a message. */
+ * claims the rows itself. A lost wake-up costs one round, never a message.
+ * Then bulk sends still expanding that stopped moving are announced to
+ * their tenant actors again. */
 static const char s_mail_select[] =
     "WITH promoted AS (UPDATE messages SET status = 'queued', updated_at = now()"
     " WHERE status = 'scheduled' AND send_at <= now() RETURNING recipient_domain),"
@@ -198,6 +200,25 @@ static void s_mail_round(sweeper_t *self)
         }
         if (full)
             break; /* pipe full: the rest next round */
+    }
+    db_result_free(&res);
+    sbuf_reset(err);
+    /* Bulk sends whose expansion stopped moving (an "expand" lost with its
+     * worker): announced again. A step in progress holds its batch row
+     * locked and is skipped; touching updated_at spaces the announcements. */
+    res = db_query(self->db,
+                   "UPDATE batches SET updated_at = now() WHERE id IN (SELECT id FROM batches"
+                   " WHERE status = 'expanding' AND updated_at < now() - interval '10 seconds'"
+                   " LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id, organization_id",
+                   0, NULL, err);
+    if (!res && log_should("sweeper-expand", 14, 60000))
+        log_error("cannot read the bulk sends being expanded: %s", sbuf_data(err));
+    for (int i = 0; res && i < db_result_rows(res); i++) {
+        char addr[64], body[64];
+        snprintf(addr, sizeof addr, "tenant/%s", db_result_get(res, i, 1));
+        int n = snprintf(body, sizeof body, "{\"batch_id\":\"%s\"}", db_result_get(res, i, 0));
+        if (mesh_client_send(self->client, addr, "expand", body, (size_t)n) != 0)
+            break; /* the next round, 10 s on */
     }
 done:
     db_result_free(&res);

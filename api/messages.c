@@ -16,8 +16,12 @@
  * it in the same transaction. Suppressed recipients (an unexpired
  * suppression, or a contact that unsubscribed, bounced or complained) get a
  * row with status 'suppressed' and a 'suppressed' event, never a delivery.
- * A bulk send (to_list / to_segment) is one INSERT ... SELECT over the
- * members. Only after COMMIT does the API answer 202 and wake the mailer
+ * A bulk send (to_list / to_segment) is written in steps of bulk_chunk
+ * members (messages_expand): the batch and its first step before the 202,
+ * the rest by the tenant actor, one transaction per step with the cursor,
+ * so no transaction grows with the list and delivery starts at once; the
+ * batch's status says "expanding" until the last step. Only after COMMIT
+ * does the API answer 202 and wake the mailer
  * actors (mailer/<recipient_domain>): the outbox rule, so a message is never
  * announced before it exists, and a lost wake-up only delays it (mailers
  * scan their queue).
@@ -53,10 +57,12 @@
 #include "audience.h"
 #include "config.h"
 #include "mailer_shard.h"
+#include "messages.h"
 #include "rest.h"
 
 /* max_message_bytes (25 MB unless configured), read at start-up. */
 static size_t s_max_message_bytes = 25 * 1024 * 1024;
+static int s_bulk_chunk = 5000; /* bulk_chunk: recipients per expansion step */
 #define MESSAGE_MAX_BYTES s_max_message_bytes
 
 int messages_configure(const config_t *cfg, sbuf_t *err);
@@ -65,6 +71,7 @@ int messages_configure(const config_t *cfg, sbuf_t *err)
 {
     (void)err;
     s_max_message_bytes = (size_t)config_int(cfg, "max_message_bytes");
+    s_bulk_chunk = (int)config_int(cfg, "bulk_chunk");
     return 0;
 }
 #define RECIPIENTS_MAX 50     /* to + cc + bcc of one send, after de-duplication */
@@ -722,6 +729,13 @@ static int s_render(api_req_t *req, send_t *s, json_t *warnings, int *rc)
 #define MSG_CONTENT_CTE                                                                            \
     "ct AS (INSERT INTO message_contents (send_id, organization_id, html, text) "                  \
     "SELECT p.send_id, $1, p.j->>'html', p.j->>'text' FROM p)"
+/* The attachments, once per send. */
+#define MSG_ATTACHMENTS_CTE                                                                        \
+    "a AS (INSERT INTO message_attachments (organization_id, send_id, idx, filename, "             \
+    "content_type, content_id, data) SELECT $1, p.send_id, x.idx, x.filename, "                    \
+    "x.content_type, x.content_id, decode(x.content, 'base64') "                                   \
+    "FROM p, jsonb_to_recordset(coalesce(p.j->'attachments', '[]')) AS x(idx int, "                \
+    "filename text, content_type text, content_id text, content text))"
 /* Why a recipient is skipped (NULL: it is not): an unexpired suppression
  * first, then its contact's status. x is the recipient with x.email. */
 #define MSG_REASON(email)                                                                          \
@@ -777,11 +791,7 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
         "SELECT r.id, $1, p.send_id, NULL, NULL, " MSG_STATUS ", " MSG_INSERT_DOC " FROM p, r "
         "RETURNING id, send_id, recipient, status, send_at), "
         MSG_CONTENT_CTE ", "
-        "a AS (INSERT INTO message_attachments (organization_id, send_id, idx, filename, "
-        "content_type, content_id, data) SELECT $1, p.send_id, x.idx, x.filename, "
-        "x.content_type, x.content_id, decode(x.content, 'base64') "
-        "FROM p, jsonb_to_recordset(coalesce(p.j->'attachments', '[]')) AS x(idx int, "
-        "filename text, content_type text, content_id text, content text)), "
+        MSG_ATTACHMENTS_CTE ", "
         MSG_EVENTS " "
         "SELECT m.send_id, m.id, m.recipient, m.status, r.reason, r.domain "
         "FROM m JOIN r ON r.id = m.id ORDER BY r.ord";
@@ -836,7 +846,126 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
     return api_json(req, 202, out);
 }
 
-/* Write a bulk send to a list's or segment's members and answer 202. */
+/* One expansion step of a batch: the next bulk_chunk members after the
+ * batch's cursor (contacts in (created_at, id) order, the
+ * contacts_org_created index), each a messages row with its event, and the
+ * cursor moved past them, in the statement's transaction. $1 organization,
+ * $2 batch, $3 from domain, $4 step size, then $5 the list, or the
+ * segment's rule parameters from $5. The batch row p reads is the one the
+ * caller locked. */
+/* clang-format off */
+#define EXPAND_SQL_HEAD                                                                            \
+    "WITH p AS (SELECT b.doc AS j, b.send_id, "                                                    \
+    "'epoch'::timestamptz + (b.doc->>'send_at_us')::bigint * interval '1 microsecond' AS send_at " \
+    "FROM batches b WHERE b.id = $2::uuid AND b.organization_id = $1), "                           \
+    "r AS (SELECT gen_random_uuid() AS id, c.id AS contact_id, c.created_at, c.email, "           \
+    "lower(split_part(c.email, '@', 2)) AS domain, 'to' AS kind, "                                \
+    MSG_REASON("c.email") " AS reason FROM contacts c, batches b "                                 \
+    "WHERE b.id = $2::uuid AND b.organization_id = $1 AND c.organization_id = $1 "                 \
+    "AND (c.created_at, c.id) > (b.expand_at, b.expand_id) AND "
+#define EXPAND_SQL_TAIL                                                                            \
+    " ORDER BY c.created_at, c.id LIMIT $4::int), "                                                \
+    "m AS (INSERT INTO messages (" MSG_INSERT_COLS ") "                                            \
+    "SELECT r.id, $1, p.send_id, $2::uuid, r.contact_id, " MSG_STATUS ", " MSG_INSERT_DOC          \
+    " FROM p, r RETURNING id, status, send_at, recipient, recipient_domain), "                    \
+    MSG_EVENTS ", "                                                                                \
+    "l AS (SELECT created_at, contact_id FROM r ORDER BY created_at DESC, contact_id DESC "        \
+    "LIMIT 1), "                                                                                   \
+    "u AS (UPDATE batches b SET total = b.total + (SELECT count(*) FROM r), "                      \
+    "expand_at = coalesce((SELECT created_at FROM l), b.expand_at), "                              \
+    "expand_id = coalesce((SELECT contact_id FROM l), b.expand_id), "                              \
+    "status = CASE WHEN (SELECT count(*) FROM r) < $4::int THEN 'expanded' ELSE 'expanding' END, " \
+    "doc = CASE WHEN (SELECT count(*) FROM r) < $4::int THEN NULL ELSE b.doc END, "               \
+    "updated_at = now() WHERE b.id = $2::uuid AND b.organization_id = $1 RETURNING b.status) "     \
+    "SELECT count(m.id), count(m.id) FILTER (WHERE m.status = 'queued'), "                        \
+    "count(m.id) FILTER (WHERE m.status = 'scheduled'), "                                          \
+    "count(m.id) FILTER (WHERE m.status = 'suppressed'), "                                         \
+    "coalesce(array_to_json(array_agg(DISTINCT m.recipient_domain) "                               \
+    "FILTER (WHERE m.status = 'queued'))::text, '[]'), (SELECT status FROM u) FROM m"
+#define EXPAND_LIST_MEMBER                                                                         \
+    "EXISTS (SELECT 1 FROM list_members lm WHERE lm.organization_id = $1 "                         \
+    "AND lm.list_id = $5::uuid AND lm.contact_id = c.id)"
+/* clang-format on */
+
+void messages_step_clear(messages_step_t *step)
+{
+    if (!step)
+        return;
+    json_decref(step->domains);
+    memset(step, 0, sizeof *step);
+}
+
+int messages_expand(db_t *db, const char *org, const char *batch_id, messages_step_t *out,
+                    sbuf_t *err)
+{
+    messages_step_clear(out);
+    const char *bp[] = {batch_id, org};
+    db_result_t *res = db_query(db,
+                                "SELECT status, kind, target_id, rule, expand_chunk, "
+                                "doc->>'from_domain' FROM batches WHERE id = $1::uuid "
+                                "AND organization_id = $2 FOR UPDATE",
+                                2, bp, err);
+    if (!res)
+        return -1;
+    if (db_result_rows(res) != 1 || strcmp(db_result_get(res, 0, 0), "expanding") != 0) {
+        /* Gone (its organization deleted) or already whole: nothing to do. */
+        db_result_free(&res);
+        out->done = 1;
+        return 0;
+    }
+    int list = strcmp(db_result_get(res, 0, 1), "list") == 0;
+    rule_sql_t rule = {0};
+    if (!list) {
+        const char *text = db_result_get(res, 0, 3);
+        rule_t *r = text ? rule_parse_text(text, strlen(text), err) : NULL;
+        int ok = r && rule_compile_sql(r, 5, &rule, err) == 0;
+        rule_destroy(&r);
+        if (!ok) {
+            if (err && !text)
+                sbuf_appendf(err, "the batch has no rule");
+            db_result_free(&res);
+            return -1;
+        }
+    }
+    sbuf_t *sql = sbuf_new(4096);
+    const char **params = calloc((size_t)(5 + rule.n_params), sizeof *params);
+    int n = 4;
+    db_result_t *step = NULL;
+    if (sql && params && sbuf_append_str(sql, EXPAND_SQL_HEAD) == 0 &&
+        sbuf_append_str(sql, list ? EXPAND_LIST_MEMBER : rule.sql) == 0 &&
+        sbuf_append_str(sql, EXPAND_SQL_TAIL) == 0) {
+        params[0] = org;
+        params[1] = batch_id;
+        params[2] = db_result_get(res, 0, 5);
+        params[3] = db_result_get(res, 0, 4);
+        if (list)
+            params[n++] = db_result_get(res, 0, 2);
+        for (int i = 0; i < rule.n_params; i++)
+            params[n++] = rule.params[i];
+        step = db_query(db, sbuf_data(sql), n, params, err);
+    } else if (err) {
+        sbuf_appendf(err, "out of memory");
+    }
+    free(params);
+    sbuf_destroy(&sql);
+    rule_sql_clear(&rule);
+    db_result_free(&res);
+    if (!step)
+        return -1;
+    out->written = strtol(db_result_get(step, 0, 0), NULL, 10);
+    out->queued = strtol(db_result_get(step, 0, 1), NULL, 10);
+    out->scheduled = strtol(db_result_get(step, 0, 2), NULL, 10);
+    out->suppressed = strtol(db_result_get(step, 0, 3), NULL, 10);
+    out->domains = aud_json_col(db_result_get(step, 0, 4));
+    const char *status = db_result_get(step, 0, 5);
+    out->done = !status || strcmp(status, "expanded") == 0;
+    db_result_free(&step);
+    return 0;
+}
+
+/* Write a bulk send to a list's or segment's members and answer 202: the
+ * batch and its first step in one transaction; a longer list goes on in
+ * the background (tenant/<org>, "expand"), each step its own transaction. */
 static int s_send_bulk(api_req_t *req, send_t *s, json_t *warnings)
 {
     int rc = 0;
@@ -848,7 +977,6 @@ static int s_send_bulk(api_req_t *req, send_t *s, json_t *warnings)
         sbuf_destroy(&err);
         return rc;
     }
-    sbuf_destroy(&err);
     const char *target = s->list_id ? s->list_id : s->segment_id;
     const char *field = s->list_id ? "to_list" : "to_segment";
     const char *lp[] = {api_org(req), target};
@@ -857,25 +985,33 @@ static int s_send_bulk(api_req_t *req, send_t *s, json_t *warnings)
         s->list_id ? "SELECT NULL FROM lists WHERE organization_id = $1 AND id = $2"
                    : "SELECT rule::text FROM segments WHERE organization_id = $1 AND id = $2",
         2, lp, &rc);
-    if (!res)
+    if (!res) {
+        sbuf_destroy(&err);
         return rc;
+    }
     if (db_result_rows(res) != 1) {
         db_result_free(&res);
+        sbuf_destroy(&err);
         api_tx_rollback(req);
         api_error_add(api_errors(req), field, "no such %s in this organization",
                       s->list_id ? "list" : "segment");
         return api_invalid(req);
     }
-    /* Members: list membership, or the segment's rule compiled from $6. */
-    rule_sql_t rule = {0};
+    /* The segment's rule must compile now: a send is refused here, not
+     * half-expanded later. Its text is kept with the batch, so an edit of
+     * the segment does not change a send already accepted. */
+    char *rule_text = s->segment_id ? strdup(db_result_get(res, 0, 0)) : NULL;
+    db_result_free(&res);
     if (s->segment_id) {
         sbuf_t *why = sbuf_new(128);
-        const char *text = db_result_get(res, 0, 0);
-        rule_t *r = why ? rule_parse_text(text, strlen(text), why) : NULL;
-        int ok = r && rule_compile_sql(r, 6, &rule, why) == 0;
+        rule_t *r = rule_text && why ? rule_parse_text(rule_text, strlen(rule_text), why) : NULL;
+        rule_sql_t rule = {0};
+        int ok = r && rule_compile_sql(r, 5, &rule, why) == 0;
+        rule_sql_clear(&rule);
         rule_destroy(&r);
         if (!ok) {
-            db_result_free(&res);
+            free(rule_text);
+            sbuf_destroy(&err);
             api_tx_rollback(req);
             rc = api_problem(req, 500, "Stored Rule Invalid",
                              "the segment's stored rule no longer compiles: %s",
@@ -885,85 +1021,77 @@ static int s_send_bulk(api_req_t *req, send_t *s, json_t *warnings)
         }
         sbuf_destroy(&why);
     }
-    db_result_free(&res);
-
-    sbuf_t *sql = sbuf_new(4096);
+    /* The batch keeps what every row needs; the bodies and attachments are
+     * stored once, in message_contents and message_attachments. */
     json_object_set_new(s->doc, "size", json_integer((json_int_t)s->size));
+    json_object_set_new(s->doc, "from_domain", json_string(s->from_domain));
     char *doc = json_dumps(s->doc, JSON_COMPACT);
-    const char **params = calloc((size_t)(5 + rule.n_params), sizeof *params);
+    char chunk[24];
+    snprintf(chunk, sizeof chunk, "%d", s_bulk_chunk);
     /* clang-format off */
-    if (sql && doc && params &&
-        sbuf_appendf(sql,
+    const char *sql =
         "WITH " MSG_DOC_CTE ", "
-        "r AS (SELECT gen_random_uuid() AS id, c.id AS contact_id, c.email, "
-        "lower(split_part(c.email, '@', 2)) AS domain, 'to' AS kind, "
-        MSG_REASON("c.email") " AS reason FROM contacts c WHERE c.organization_id = $1 AND %s), "
-        "b AS (INSERT INTO batches (organization_id, kind, target_id, total) "
-        "SELECT $1, $5, $4::uuid, (SELECT count(*) FROM r) RETURNING id), "
-        "m AS (INSERT INTO messages (" MSG_INSERT_COLS ") "
-        "SELECT r.id, $1, p.send_id, b.id, r.contact_id, " MSG_STATUS ", " MSG_INSERT_DOC
-        " FROM p, b, r RETURNING id, status, send_at, recipient, recipient_domain), "
+        "b AS (INSERT INTO batches (organization_id, kind, target_id, status, send_id, doc, rule, "
+        "expand_chunk) SELECT $1, $3, $4::uuid, 'expanding', p.send_id, "
+        "p.j - 'html' - 'text' - 'attachments' - 'recipients', $5, $6::int FROM p "
+        "RETURNING id, send_id), "
         MSG_CONTENT_CTE ", "
-        MSG_EVENTS " "
-        "SELECT b.id, (SELECT send_id FROM p), count(m.id), "
-        "count(m.id) FILTER (WHERE m.status = 'queued'), "
-        "count(m.id) FILTER (WHERE m.status = 'scheduled'), "
-        "count(m.id) FILTER (WHERE m.status = 'suppressed'), "
-        "coalesce(array_to_json(array_agg(DISTINCT m.recipient_domain) "
-        "FILTER (WHERE m.status = 'queued'))::text, '[]') "
-        "FROM b LEFT JOIN m ON true GROUP BY b.id",
-        s->list_id ? "EXISTS (SELECT 1 FROM list_members lm WHERE lm.organization_id = $1 "
-                     "AND lm.list_id = $4::uuid AND lm.contact_id = c.id)"
-                   : rule.sql) == 0) {
-        /* clang-format on */
-        params[0] = api_org(req);
-        params[1] = doc;
-        params[2] = s->from_domain;
-        params[3] = target;
-        params[4] = s->list_id ? "list" : "segment";
-        for (int i = 0; i < rule.n_params; i++)
-            params[5 + i] = rule.params[i];
-        res = aud_query(req, 1, sbuf_data(sql), 5 + rule.n_params, params, &rc);
-    } else {
-        api_tx_rollback(req);
-        rc = api_problem(req, 500, "Internal Server Error", "out of memory");
-    }
-    free(params);
+        MSG_ATTACHMENTS_CTE " "
+        "SELECT b.id, b.send_id FROM b";
+    /* clang-format on */
+    const char *bp[] = {api_org(req), doc, s->list_id ? "list" : "segment", target, rule_text,
+                        chunk};
+    res = doc ? aud_query(req, 1, sql, 6, bp, &rc) : NULL;
     free(doc);
-    sbuf_destroy(&sql);
-    rule_sql_clear(&rule);
-    if (!res)
+    free(rule_text);
+    if (!res) {
+        sbuf_destroy(&err);
+        if (!rc) {
+            api_tx_rollback(req);
+            rc = api_problem(req, 500, "Internal Server Error", "out of memory");
+        }
         return rc;
-    const char *batch_id = db_result_get(res, 0, 0);
-    json_t *out = json_pack(
-        "{s:s, s:s, s:I, s:I, s:I, s:I}", "batch_id", batch_id, "id", db_result_get(res, 0, 1),
-        "total", (json_int_t)strtoll(db_result_get(res, 0, 2), NULL, 10), "queued",
-        (json_int_t)strtoll(db_result_get(res, 0, 3), NULL, 10), "scheduled",
-        (json_int_t)strtoll(db_result_get(res, 0, 4), NULL, 10), "suppressed",
-        (json_int_t)strtoll(db_result_get(res, 0, 5), NULL, 10));
+    }
+    char batch_id[40], send_id[40];
+    snprintf(batch_id, sizeof batch_id, "%s", db_result_get(res, 0, 0));
+    snprintf(send_id, sizeof send_id, "%s", db_result_get(res, 0, 1));
+    db_result_free(&res);
+    messages_step_t step = {0};
+    if (messages_expand(api_db(req), api_org(req), batch_id, &step, err) != 0) {
+        rc = aud_db_fail(req, 1, err);
+        sbuf_destroy(&err);
+        return rc;
+    }
+    sbuf_destroy(&err);
+    json_t *out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "batch_id", batch_id, "id",
+                            send_id, "status", step.done ? "expanded" : "expanding", "total",
+                            (json_int_t)step.written, "queued", (json_int_t)step.queued,
+                            "scheduled", (json_int_t)step.scheduled, "suppressed",
+                            (json_int_t)step.suppressed);
     if (json_array_size(warnings))
         json_object_set(out, "warnings", warnings);
     api_audit(req, "message.bulk_send", "batch", batch_id,
               json_pack("{s:s, s:s, s:O}", "kind", s->list_id ? "list" : "segment", "target_id",
                         target, "total", json_object_get(out, "total")));
-    json_t *domains = aud_json_col(db_result_get(res, 0, 6));
-    char *bid = strdup(batch_id);
-    db_result_free(&res);
     if (api_tx_commit(req) != 0) {
         json_decref(out);
-        json_decref(domains);
-        free(bid);
+        messages_step_clear(&step);
         return api_problem(req, 500, "Internal Server Error", "the send was not accepted");
     }
     /* One wake-up per destination, not per row: the mailer scans its queue. */
     size_t i;
     json_t *d;
-    json_array_foreach(domains, i, d) {
-        if (json_is_string(d) && bid)
-            s_wake(req, json_string_value(d), "wake", "batch_id", bid);
+    json_array_foreach(step.domains, i, d) {
+        if (json_is_string(d))
+            s_wake(req, json_string_value(d), "wake", "batch_id", batch_id);
     }
-    json_decref(domains);
-    free(bid);
+    messages_step_clear(&step);
+    /* The rest in the background. Lost, the sweeper announces it again. */
+    if (strcmp(json_string_value(json_object_get(out, "status")), "expanding") == 0) {
+        char tenant[64];
+        snprintf(tenant, sizeof tenant, "tenant/%s", api_org(req));
+        api_mesh_send(req, tenant, "expand", json_pack("{s:s}", "batch_id", batch_id));
+    }
     return api_json(req, 202, out);
 }
 
@@ -1204,7 +1332,7 @@ static int s_batch(api_req_t *req)
     /* clang-format off */
     const char *sql =
         "SELECT json_build_object('id', b.id, 'kind', b.kind, 'target_id', b.target_id, "
-        "'total', b.total, 'created_at', " AUD_TS("b.created_at") ", "
+        "'status', b.status, 'total', b.total, 'created_at', " AUD_TS("b.created_at") ", "
         "'counts', coalesce((SELECT json_object_agg(s.status, s.n) FROM (SELECT status, "
         "count(*) AS n FROM messages WHERE organization_id = $2 AND batch_id = b.id "
         "GROUP BY status) s), '{}'))::text "

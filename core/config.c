@@ -148,6 +148,10 @@ static const setting_t s_settings[] = {
         "seconds to wait for the reply to the message's final dot (RFC: 10 min)"),
     INT("delivery_connections", 4, 1, 1000,
         "SMTP connections a worker opens at most towards one destination"),
+    INT("bulk_chunk", 5000, 1, 100000,
+        "recipients a bulk send writes per transaction: the first step before the API answers, "
+        "the rest in the background, so delivery starts at once and no transaction grows with "
+        "the list"),
     INT("delivery_backlog", 2000, 10, 1000000,
         "messages of one recipient domain a worker holds between claiming and recording them; "
         "its mailers then stop claiming until half have been recorded"),
