@@ -14,7 +14,7 @@
  *    sweeper announces the stalled batch again and it is finished with the
  *    rule as it was at acceptance, one row per member.
  * 3. A list larger than one step but with a future send_at: every row is
- *    'scheduled', none sent.
+ *    'scheduled', none sent; its attachment is stored once for the send.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -233,7 +233,10 @@ static void test_scheduled_bulk_send_is_scheduled_in_every_step(void **state)
     char *list = s_list("later", 20);
     api_resp_t r = {0};
     char batch[64];
-    s_post_bulk("to_list", list, "Later", ",\"send_at\":\"2099-01-01T00:00:00Z\"", batch, &r);
+    s_post_bulk("to_list", list, "Later",
+                ",\"send_at\":\"2099-01-01T00:00:00Z\",\"attachments\":[{\"filename\":"
+                "\"a.txt\",\"content_type\":\"text/plain\",\"content\":\"aGVsbG8=\"}]",
+                batch, &r);
     free(list);
     assert_int_equal(json_integer_value(json_object_get(r.json, "scheduled")), 7);
     api_resp_free(&r);
@@ -242,6 +245,11 @@ static void test_scheduled_bulk_send_is_scheduled_in_every_step(void **state)
     api_resp_free(&r);
     assert_int_equal(s_count(batch, "status = 'scheduled' AND send_at = '2099-01-01T00:00:00Z'"),
                      20);
+    /* The attachment is stored once for the whole send. */
+    assert_int_equal(api_sql_long(&E,
+                                  "SELECT count(*) FROM message_attachments a JOIN batches b ON"
+                                  " b.send_id = a.send_id WHERE b.id = '%s' AND"
+                                  " a.data = 'hello'::bytea", batch), 1);
 }
 
 int main(void)
