@@ -850,9 +850,11 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
  * batch's cursor (contacts in (created_at, id) order, the
  * contacts_org_created index), each a messages row with its event, and the
  * cursor moved past them, in the statement's transaction. $1 organization,
- * $2 batch, $3 from domain, $4 step size, then $5 the list, or the
- * segment's rule parameters from $5. The batch row p reads is the one the
- * caller locked. */
+ * $2 batch, $3 from domain, $4 step size, $5 and $6 the cursor (given as
+ * parameters, so it bounds the index scan: read from the batch row in a
+ * join it was only a filter, and every step walked the list from its start),
+ * then $7 the list, or the segment's rule parameters from $7. The batch
+ * row p reads is the one the caller locked. */
 /* clang-format off */
 #define EXPAND_SQL_HEAD                                                                            \
     "WITH p AS (SELECT b.doc AS j, b.send_id, "                                                    \
@@ -860,9 +862,8 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
     "FROM batches b WHERE b.id = $2::uuid AND b.organization_id = $1), "                           \
     "r AS (SELECT gen_random_uuid() AS id, c.id AS contact_id, c.created_at, c.email, "           \
     "lower(split_part(c.email, '@', 2)) AS domain, 'to' AS kind, "                                \
-    MSG_REASON("c.email") " AS reason FROM contacts c, batches b "                                 \
-    "WHERE b.id = $2::uuid AND b.organization_id = $1 AND c.organization_id = $1 "                 \
-    "AND (c.created_at, c.id) > (b.expand_at, b.expand_id) AND "
+    MSG_REASON("c.email") " AS reason FROM contacts c WHERE c.organization_id = $1 "               \
+    "AND (c.created_at, c.id) > ($5::timestamptz, $6::uuid) AND "
 #define EXPAND_SQL_TAIL                                                                            \
     " ORDER BY c.created_at, c.id LIMIT $4::int), "                                                \
     "m AS (INSERT INTO messages (" MSG_INSERT_COLS ") "                                            \
@@ -884,7 +885,7 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
     "FILTER (WHERE m.status = 'queued'))::text, '[]'), (SELECT status FROM u) FROM m"
 #define EXPAND_LIST_MEMBER                                                                         \
     "EXISTS (SELECT 1 FROM list_members lm WHERE lm.organization_id = $1 "                         \
-    "AND lm.list_id = $5::uuid AND lm.contact_id = c.id)"
+    "AND lm.list_id = $7::uuid AND lm.contact_id = c.id)"
 /* clang-format on */
 
 void messages_step_clear(messages_step_t *step)
@@ -902,7 +903,8 @@ int messages_expand(db_t *db, const char *org, const char *batch_id, messages_st
     const char *bp[] = {batch_id, org};
     db_result_t *res = db_query(db,
                                 "SELECT status, kind, target_id, rule, expand_chunk, "
-                                "doc->>'from_domain' FROM batches WHERE id = $1::uuid "
+                                "doc->>'from_domain', expand_at::text, expand_id "
+                                "FROM batches WHERE id = $1::uuid "
                                 "AND organization_id = $2 FOR UPDATE",
                                 2, bp, err);
     if (!res)
@@ -918,7 +920,7 @@ int messages_expand(db_t *db, const char *org, const char *batch_id, messages_st
     if (!list) {
         const char *text = db_result_get(res, 0, 3);
         rule_t *r = text ? rule_parse_text(text, strlen(text), err) : NULL;
-        int ok = r && rule_compile_sql(r, 5, &rule, err) == 0;
+        int ok = r && rule_compile_sql(r, 7, &rule, err) == 0;
         rule_destroy(&r);
         if (!ok) {
             if (err && !text)
@@ -928,8 +930,8 @@ int messages_expand(db_t *db, const char *org, const char *batch_id, messages_st
         }
     }
     sbuf_t *sql = sbuf_new(4096);
-    const char **params = calloc((size_t)(5 + rule.n_params), sizeof *params);
-    int n = 4;
+    const char **params = calloc((size_t)(7 + rule.n_params), sizeof *params);
+    int n = 6;
     db_result_t *step = NULL;
     if (sql && params && sbuf_append_str(sql, EXPAND_SQL_HEAD) == 0 &&
         sbuf_append_str(sql, list ? EXPAND_LIST_MEMBER : rule.sql) == 0 &&
@@ -938,6 +940,8 @@ int messages_expand(db_t *db, const char *org, const char *batch_id, messages_st
         params[1] = batch_id;
         params[2] = db_result_get(res, 0, 5);
         params[3] = db_result_get(res, 0, 4);
+        params[4] = db_result_get(res, 0, 6);
+        params[5] = db_result_get(res, 0, 7);
         if (list)
             params[n++] = db_result_get(res, 0, 2);
         for (int i = 0; i < rule.n_params; i++)
@@ -1006,7 +1010,7 @@ static int s_send_bulk(api_req_t *req, send_t *s, json_t *warnings)
         sbuf_t *why = sbuf_new(128);
         rule_t *r = rule_text && why ? rule_parse_text(rule_text, strlen(rule_text), why) : NULL;
         rule_sql_t rule = {0};
-        int ok = r && rule_compile_sql(r, 5, &rule, why) == 0;
+        int ok = r && rule_compile_sql(r, 7, &rule, why) == 0;
         rule_sql_clear(&rule);
         rule_destroy(&r);
         if (!ok) {
