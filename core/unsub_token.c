@@ -192,24 +192,40 @@ static const char SQL_LOOKUP[] =
     " WHERE s.organization_id = m.organization_id AND lower(s.email) = lower(m.recipient)))"
     " FROM messages m WHERE m.id = $1::uuid";
 
+/* Check token, then run sql with the row id as $1 (and via, ip as $2, $3
+ * when n is 3). UNSUB_DONE leaves the single row in *res_p (the
+ * caller frees it) with its first column, the recipient, copied to email. */
+static unsub_result_t s_run(db_t *db, const unsigned char key[UNSUB_TOKEN_KEY_LEN],
+                            const char *token, const char *sql, int n, const char *via,
+                            const char *ip, sbuf_t *email, db_result_t **res_p, sbuf_t *err)
+{
+    char uuid[37];
+    *res_p = NULL;
+    if (unsub_token_check(key, token, uuid) != 0)
+        return UNSUB_NOT_FOUND;
+    const char *p[] = {uuid, via, ip};
+    db_result_t *res = db_query(db, sql, n, p, err);
+    if (!res)
+        return UNSUB_ERROR;
+    if (db_result_rows(res) != 1) {
+        db_result_free(&res);
+        return UNSUB_NOT_FOUND;
+    }
+    if (email)
+        sbuf_append_str(email, db_result_get(res, 0, 0));
+    *res_p = res;
+    return UNSUB_DONE;
+}
+
 unsub_result_t unsub_token_apply(db_t *db, const unsigned char key[UNSUB_TOKEN_KEY_LEN],
                                  const char *token, const char *via, const char *ip,
                                  sbuf_t *email, char *org, long long *event_id, sbuf_t *err)
 {
-    char uuid[37];
     if (event_id)
         *event_id = 0;
-    if (unsub_token_check(key, token, uuid) != 0)
-        return UNSUB_NOT_FOUND;
-    const char *p[] = {uuid, via, ip};
-    db_result_t *res = db_query(db, SQL_APPLY, 3, p, err);
-    if (!res)
-        return UNSUB_ERROR;
-    unsub_result_t rc = UNSUB_NOT_FOUND;
-    if (db_result_rows(res) == 1) {
-        rc = UNSUB_DONE;
-        if (email)
-            sbuf_append_str(email, db_result_get(res, 0, 0));
+    db_result_t *res;
+    unsub_result_t rc = s_run(db, key, token, SQL_APPLY, 3, via, ip, email, &res, err);
+    if (rc == UNSUB_DONE) {
         if (org)
             snprintf(org, 37, "%s", db_result_get(res, 0, 1));
         const char *ev = db_result_get(res, 0, 2);
@@ -223,22 +239,11 @@ unsub_result_t unsub_token_apply(db_t *db, const unsigned char key[UNSUB_TOKEN_K
 unsub_result_t unsub_token_lookup(db_t *db, const unsigned char key[UNSUB_TOKEN_KEY_LEN],
                                   const char *token, sbuf_t *email, int *subscribed, sbuf_t *err)
 {
-    char uuid[37];
-    if (unsub_token_check(key, token, uuid) != 0)
-        return UNSUB_NOT_FOUND;
-    const char *p[] = {uuid};
-    db_result_t *res = db_query(db, SQL_LOOKUP, 1, p, err);
-    if (!res)
-        return UNSUB_ERROR;
-    unsub_result_t rc = UNSUB_NOT_FOUND;
-    if (db_result_rows(res) == 1) {
-        rc = UNSUB_DONE;
-        if (email)
-            sbuf_append_str(email, db_result_get(res, 0, 0));
-        if (subscribed) {
-            const char *s = db_result_get(res, 0, 1);
-            *subscribed = s && s[0] == 't';
-        }
+    db_result_t *res;
+    unsub_result_t rc = s_run(db, key, token, SQL_LOOKUP, 1, NULL, NULL, email, &res, err);
+    if (rc == UNSUB_DONE && subscribed) {
+        const char *s = db_result_get(res, 0, 1);
+        *subscribed = s && s[0] == 't';
     }
     db_result_free(&res);
     return rc;
