@@ -208,7 +208,7 @@ static void s_mail_round(sweeper_t *self)
      * locked and is skipped; touching updated_at spaces the announcements. */
     res = db_query(self->db,
                    "UPDATE batches SET updated_at = now() WHERE id IN (SELECT id FROM batches"
-                   " WHERE status = 'expanding' AND updated_at < now() - interval '10 seconds'"
+                   " WHERE status = 'expanding' AND updated_at < now() - interval '5 seconds'"
                    " LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id, organization_id",
                    0, NULL, err);
     if (!res && log_should("sweeper-expand", 14, 60000))
@@ -218,7 +218,7 @@ static void s_mail_round(sweeper_t *self)
         snprintf(addr, sizeof addr, "tenant/%s", db_result_get(res, i, 1));
         int n = snprintf(body, sizeof body, "{\"batch_id\":\"%s\"}", db_result_get(res, i, 0));
         if (mesh_client_send(self->client, addr, "expand", body, (size_t)n) != 0)
-            break; /* the next round, 10 s on */
+            break; /* a later round */
     }
 done:
     db_result_free(&res);

@@ -877,7 +877,8 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
     "expand_id = coalesce((SELECT contact_id FROM l), b.expand_id), "                              \
     "status = CASE WHEN (SELECT count(*) FROM r) < $4::int THEN 'expanded' ELSE 'expanding' END, " \
     "doc = CASE WHEN (SELECT count(*) FROM r) < $4::int THEN NULL ELSE b.doc END, "               \
-    "updated_at = now() WHERE b.id = $2::uuid AND b.organization_id = $1 RETURNING b.status) "     \
+    "updated_at = clock_timestamp() WHERE b.id = $2::uuid AND b.organization_id = $1 "           \
+    "RETURNING b.status) "                                                                         \
     "SELECT count(m.id), count(m.id) FILTER (WHERE m.status = 'queued'), "                        \
     "count(m.id) FILTER (WHERE m.status = 'scheduled'), "                                          \
     "count(m.id) FILTER (WHERE m.status = 'suppressed'), "                                         \

@@ -12,9 +12,10 @@ the environment; this file sends through the API, times, and prints.
 
 Timing of a throughput run: from just before the bulk POST to the last row
 of its batch recorded 'sent' (max(messages.updated_at): the outcome is
-written after the relay's 250, in the recorder's transaction). One psql
-process per run waits for completion in a server-side loop (no polling
-processes). Same clock: PostgreSQL runs on this machine.
+written after the relay's 250, in the recorder's transaction). Completion
+is polled with a short psql every 0.25 s (a server-side DO loop would hold
+one snapshot for the whole run and keep PostgreSQL from pruning anything).
+Same clock: PostgreSQL runs on this machine.
 
 Each Postchi run also reports where both cores went between those two
 instants: a sampler thread reads /proc/stat and every process's
@@ -106,111 +107,35 @@ def send_bulk(api, frm, list_id, text, subject):
 
 def wait_batch(batch, n, timeout_s):
     """Until n rows of the batch are 'sent' (or timeout_s): returns
-    (rows sent, epoch of the last 'sent' outcome, other statuses)."""
+    (rows sent, epoch of the last 'sent' outcome, other statuses). Polled
+    with one short psql every 0.25 s, not a server-side loop: a DO block
+    keeps its first snapshot's xmin for as long as it runs, and that alone
+    kept every dead row version of the run from being pruned."""
+    deadline = time.time() + timeout_s
+    count = "SELECT count(*) FROM messages WHERE batch_id = '%s' AND status = 'sent'" % batch
+    while int(sql(count)) < n and time.time() < deadline:
+        time.sleep(0.25)
     q = """
-DO $$
-DECLARE deadline timestamptz := clock_timestamp() + interval '%d seconds';
-BEGIN
-  WHILE (SELECT count(*) FROM messages WHERE batch_id = '%s' AND status = 'sent') < %d
-        AND clock_timestamp() < deadline LOOP
-    PERFORM pg_sleep(0.5);
-  END LOOP;
-END $$;
 SELECT count(*), coalesce(extract(epoch FROM max(updated_at)), 0)
   FROM messages WHERE batch_id = '%s' AND status = 'sent';
 SELECT coalesce(string_agg(status || '=' || n, ','), '') FROM
   (SELECT status, count(*) n FROM messages WHERE batch_id = '%s' AND status <> 'sent'
    GROUP BY status) s;
-""" % (timeout_s, batch, n, batch, batch)
+""" % (batch, batch)
     lines = sql(q).splitlines()
     sent, last = lines[0].split("|")
     return int(sent), float(last), (lines[1] if len(lines) > 1 else "")
 
 
-class CpuSampler:
-    """Samples machine and per-program CPU ticks every 100 ms until stop();
-    share(t0, t1) is the busy/idle split between two epochs (the samples
-    nearest inside them)."""
-
-    def __init__(self):
-        self.samples = []
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def read():
-        with open("/proc/stat") as f:
-            cpu = [int(x) for x in f.readline().split()[1:]]
-        progs = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open("/proc/%s/stat" % pid) as f:
-                    st = f.read()
-            except OSError:
-                continue
-            comm = st[st.index("(") + 1:st.rindex(")")]
-            f = st[st.rindex(")") + 2:].split()
-            progs[(pid, comm)] = int(f[11]) + int(f[12])  # utime + stime
-        # idle + iowait, and all ticks
-        return time.time(), cpu[3] + cpu[4], sum(cpu[:8]), progs
-
-    def loop(self):
-        while not self.done.is_set():
-            self.samples.append(self.read())
-            self.done.wait(0.1)
-
-    def stop(self):
-        self.done.set()
-        self.thread.join()
-
-    def share(self, t0, t1):
-        inside = [s for s in self.samples if t0 <= s[0] <= t1]
-        if len(inside) < 2:
-            return None
-        a, b = inside[0], inside[-1]
-        total = b[2] - a[2]
-        if total <= 0:
-            return None
-        byprog = {}
-        for key, ticks in b[3].items():
-            prog = key[1]
-            if prog.startswith("postgres") or prog in ("postmaster",):
-                prog = "postgres"
-            byprog[prog] = byprog.get(prog, 0) + ticks - a[3].get(key, 0)
-        top = sorted(((v, k) for k, v in byprog.items() if v > 0), reverse=True)[:5]
-        return (b[1] - a[1]) / total, [(k, v / total) for v, k in top]
-
-
-SAMPLER = None
-
-
-def cpu_note(t0, t1):
-    got = SAMPLER.share(t0, t1) if SAMPLER else None
-    if not got:
-        return ""
-    idle, top = got
-    return "; CPU idle %.0f%%, %s" % (100 * idle, ", ".join("%s %.0f%%" % (k, 100 * v)
-                                                              for k, v in top))
-
-
 def expanded_queued(batch, timeout_s):
     """Once the batch is whole (a bulk send is written in steps), its rows
     that are to be sent (neither suppressed nor scheduled)."""
-    q = """
-DO $$
-DECLARE deadline timestamptz := clock_timestamp() + interval '%d seconds';
-BEGIN
-  WHILE (SELECT status FROM batches WHERE id = '%s') = 'expanding'
-        AND clock_timestamp() < deadline LOOP
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
-SELECT count(*) FROM messages WHERE batch_id = '%s' AND status NOT IN ('suppressed', 'scheduled');
-""" % (timeout_s, batch, batch)
-    return int(sql(q).splitlines()[0])
+    deadline = time.time() + timeout_s
+    while (sql("SELECT status FROM batches WHERE id = '%s'" % batch).strip() == "expanding"
+           and time.time() < deadline):
+        time.sleep(0.1)
+    return int(sql("SELECT count(*) FROM messages WHERE batch_id = '%s'"
+                   " AND status NOT IN ('suppressed', 'scheduled')" % batch).splitlines()[0])
 
 
 def postchi_run(api, frm, list_id, n, text, label):

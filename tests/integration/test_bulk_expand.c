@@ -212,7 +212,7 @@ static void test_stalled_segment_send_resumes_with_its_rule(void **state)
     int64_t restarted = harness_now_ms();
     assert_int_equal(mesh_start_worker(&E.mesh, 0), 0);
     assert_int_equal(mesh_wait_live(&E.mesh, 1, 10000), 0);
-    /* The sweeper re-announces batches idle for 10 s. */
+    /* The sweeper re-announces batches idle for 5 s. */
     s_wait_expanded(batch, 40000, &r);
     assert_string_equal(json_string_value(json_object_get(r.json, "status")), "expanded");
     assert_int_equal(json_integer_value(json_object_get(r.json, "total")), 40);
