@@ -138,6 +138,75 @@ def expanded_queued(batch, timeout_s):
                    " AND status NOT IN ('suppressed', 'scheduled')" % batch).splitlines()[0])
 
 
+class CpuSampler:
+    """Samples machine and per-program CPU ticks every 100 ms until stop();
+    share(t0, t1) is the busy/idle split between two epochs (the samples
+    nearest inside them)."""
+
+    def __init__(self):
+        self.samples = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def read():
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        progs = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % pid) as f:
+                    st = f.read()
+            except OSError:
+                continue
+            comm = st[st.index("(") + 1:st.rindex(")")]
+            f = st[st.rindex(")") + 2:].split()
+            progs[(pid, comm)] = int(f[11]) + int(f[12])  # utime + stime
+        # idle + iowait, and all ticks
+        return time.time(), cpu[3] + cpu[4], sum(cpu[:8]), progs
+
+    def loop(self):
+        while not self.done.is_set():
+            self.samples.append(self.read())
+            self.done.wait(0.1)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+
+    def share(self, t0, t1):
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return None
+        a, b = inside[0], inside[-1]
+        total = b[2] - a[2]
+        if total <= 0:
+            return None
+        byprog = {}
+        for key, ticks in b[3].items():
+            prog = key[1]
+            if prog.startswith("postgres") or prog in ("postmaster",):
+                prog = "postgres"
+            byprog[prog] = byprog.get(prog, 0) + ticks - a[3].get(key, 0)
+        top = sorted(((v, k) for k, v in byprog.items() if v > 0), reverse=True)[:5]
+        return (b[1] - a[1]) / total, [(k, v / total) for v, k in top]
+
+
+SAMPLER = None
+
+
+def cpu_note(t0, t1):
+    got = SAMPLER.share(t0, t1) if SAMPLER else None
+    if not got:
+        return ""
+    idle, top = got
+    return "; CPU idle %.0f%%, %s" % (100 * idle, ", ".join("%s %.0f%%" % (k, 100 * v)
+                                                              for k, v in top))
+
+
 def postchi_run(api, frm, list_id, n, text, label):
     """One timed bulk send of the list's n members (None: as many as were
     queued): (msg/s, POST seconds, total seconds)."""
