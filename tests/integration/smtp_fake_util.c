@@ -1,6 +1,9 @@
 /*
- * smtp_fake_util - see smtp_fake_util.h. Test code: a peer that misbehaves
- * just gets its connection closed.
+ * smtp_fake_util - see smtp_fake_util.h. One thread per connection reads
+ * a line at a time (into an sbuf: no limit on what the client sends) and
+ * hands it to the command table; the modes hook in at the greeting, at
+ * EHLO and inside DATA. Test code: a peer that misbehaves just gets its
+ * connection closed.
  */
 #include <netinet/in.h>
 #include <poll.h>
@@ -21,20 +24,28 @@ typedef struct {
     int fd;         /* this connection */
     SSL_CTX *ctx;   /* once STARTTLS ran */
     SSL *ssl;       /* likewise */
+    sbuf_t *line;   /* the line being handled, CRLF stripped */
+    sbuf_t *msg;    /* the message being received */
+    int authed;     /* an AUTH matched user/pass */
+    int in_data;    /* between DATA and the final dot */
 } fconn_t;
 
-static int s_write(fconn_t *c, const char *s)
+static int s_send(fconn_t *c, const char *s, size_t len)
 {
-    size_t len = strlen(s);
     if (c->ssl)
         return SSL_write(c->ssl, s, (int)len) == (int)len ? 0 : -1;
     return send(c->fd, s, len, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
 }
 
-/* One line, CRLF stripped, into buf; -1 at EOF. */
-static int s_line(fconn_t *c, char *buf, size_t size)
+static int s_write(fconn_t *c, const char *s)
 {
-    size_t n = 0;
+    return s_send(c, s, strlen(s));
+}
+
+/* One line, CRLF stripped, into c->line; -1 at EOF or out of memory. */
+static int s_line(fconn_t *c)
+{
+    sbuf_reset(c->line);
     for (;;) {
         char ch;
         int r = c->ssl ? SSL_read(c->ssl, &ch, 1) : (int)recv(c->fd, &ch, 1, 0);
@@ -42,28 +53,13 @@ static int s_line(fconn_t *c, char *buf, size_t size)
             return -1;
         if (ch == '\n')
             break;
-        if (n + 1 < size)
-            buf[n++] = ch;
+        if (sbuf_append(c->line, &ch, 1) != 0)
+            return -1;
     }
-    if (n && buf[n - 1] == '\r')
-        n--;
-    buf[n] = 0;
-    return (int)n;
-}
-
-/* 1 when base64 text in decodes to "\0user\0pass" (AUTH PLAIN). */
-static int s_plain_ok(const smtp_fake_t *f, const char *in)
-{
-    unsigned char raw[600];
-    size_t il = strlen(in);
-    if (!f->user || il >= 800)
-        return 0;
-    int n = EVP_DecodeBlock(raw, (const unsigned char *)in, (int)il);
-    while (n > 0 && il > 0 && in[il - 1] == '=')
-        n--, il--;
-    char want[600];
-    int wl = snprintf(want, sizeof want, "%c%s%c%s", 0, f->user, 0, f->pass);
-    return n == wl && memcmp(raw, want, (size_t)n) == 0;
+    size_t n = sbuf_len(c->line);
+    if (n && sbuf_data(c->line)[n - 1] == '\r')
+        sbuf_truncate(c->line, n - 1);
+    return 0;
 }
 
 static void s_count(smtp_fake_t *f, int *field)
@@ -73,69 +69,232 @@ static void s_count(smtp_fake_t *f, int *field)
     pthread_mutex_unlock(&f->lock);
 }
 
+/* Replace a recorded text with len bytes of s, under the lock. */
+static void s_record(smtp_fake_t *f, sbuf_t *field, const char *s, size_t len)
+{
+    pthread_mutex_lock(&f->lock);
+    sbuf_reset(field);
+    sbuf_append(field, s, len);
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* Base64 text in, decoded, into out (emptied first). -1 when it is not
+ * base64 or memory runs out. */
+static int s_b64(const char *in, sbuf_t *out)
+{
+    size_t il = strlen(in);
+    sbuf_reset(out);
+    if (il == 0 || il % 4 || il > 1 << 20)
+        return il == 0 ? 0 : -1;
+    unsigned char *raw = malloc(il / 4 * 3 + 1);
+    if (!raw)
+        return -1;
+    int n = EVP_DecodeBlock(raw, (const unsigned char *)in, (int)il);
+    while (n > 0 && in[il - 1] == '=') /* DecodeBlock counts the padding */
+        n--, il--;
+    int rc = n < 0 || sbuf_append(out, raw, (size_t)n) != 0 ? -1 : 0;
+    free(raw);
+    return rc;
+}
+
+/* 1 when b holds exactly the string s. */
+static int s_is(const sbuf_t *b, const char *s)
+{
+    return s && sbuf_len(b) == strlen(s) && memcmp(sbuf_data(b), s, sbuf_len(b)) == 0;
+}
+
+/* AUTH PLAIN <"authzid\0user\0pass" in base64>: 1 when it matches
+ * user/pass with an empty authzid, else 0. The credentials go to seen,
+ * NULs shown as ':'. */
+static int s_auth_plain(fconn_t *c, const char *arg, sbuf_t *seen)
+{
+    const smtp_fake_t *f = c->f;
+    sbuf_t *raw = sbuf_new(0);
+    int ok = 0;
+    if (raw && s_b64(arg, raw) == 0) {
+        const char *d = sbuf_data(raw);
+        size_t n = sbuf_len(raw), ul = f->user ? strlen(f->user) : 0;
+        ok = f->user && f->pass && n == ul + 2 + strlen(f->pass) && d[0] == 0 &&
+             memcmp(d + 1, f->user, ul) == 0 && d[ul + 1] == 0 &&
+             memcmp(d + ul + 2, f->pass, n - ul - 2) == 0;
+        for (size_t i = 0; i < n; i++)
+            sbuf_append(seen, d[i] ? d + i : ":", 1);
+    }
+    sbuf_destroy(&raw);
+    return ok;
+}
+
+/* AUTH LOGIN: user name and password each answer a 334 prompt. The
+ * credentials go to *seen as "login:user:pass"; -1 when the client hangs
+ * up in between. */
+static int s_auth_login(fconn_t *c, sbuf_t *seen)
+{
+    static const char *const prompts[] = {"334 VXNlcm5hbWU6\r\n", "334 UGFzc3dvcmQ6\r\n"};
+    const char *want[] = {c->f->user, c->f->pass};
+    sbuf_t *v = sbuf_new(0);
+    if (!v)
+        return -1;
+    int ok = sbuf_append_str(seen, "login") == 0;
+    for (int i = 0; i < 2; i++) {
+        if (s_write(c, prompts[i]) != 0 || s_line(c) != 0) {
+            ok = -1;
+            break;
+        }
+        if (s_b64(sbuf_data(c->line), v) != 0 || !s_is(v, want[i]))
+            ok = 0;
+        sbuf_append(seen, ":", 1);
+        sbuf_append(seen, sbuf_data(v), sbuf_len(v));
+    }
+    sbuf_destroy(&v);
+    return ok;
+}
+
+/* ---- commands: each returns 0 to go on, -1 to end the connection ---- */
+
+static int s_ehlo(fconn_t *c)
+{
+    smtp_fake_t *f = c->f;
+    if (f->mode == SMTP_FAKE_LONG_LINE) {
+        char chunk[1000];
+        memset(chunk, 'x', sizeof chunk);
+        s_write(c, "250-");
+        for (int i = 0; i < 10; i++)
+            s_send(c, chunk, sizeof chunk);
+        return s_write(c, "\r\n250 ok\r\n");
+    }
+    if (c->ssl)
+        s_count(f, &f->ehlo_tls);
+    s_write(c, "250-fake\r\n250-PIPELINING\r\n");
+    s_write(c, f->ehlo_auth ? f->ehlo_auth : "250-AUTH PLAIN LOGIN\r\n");
+    if (f->offer_tls && !c->ssl)
+        s_write(c, "250-STARTTLS\r\n");
+    if (f->ehlo_extra)
+        s_write(c, f->ehlo_extra);
+    return s_write(c, "250 8BITMIME\r\n");
+}
+
+static int s_starttls(fconn_t *c)
+{
+    smtp_fake_t *f = c->f;
+    if (!f->offer_tls || c->ssl)
+        return s_write(c, "454 4.7.0 TLS not available\r\n");
+    s_write(c, "220 2.0.0 go ahead\r\n");
+    c->ctx = SSL_CTX_new(TLS_server_method());
+    if (!c->ctx || SSL_CTX_use_certificate_file(c->ctx, f->cert, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_use_PrivateKey_file(c->ctx, f->key, SSL_FILETYPE_PEM) != 1)
+        return -1;
+    c->ssl = SSL_new(c->ctx);
+    if (!c->ssl)
+        return -1;
+    SSL_set_fd(c->ssl, c->fd);
+    if (SSL_accept(c->ssl) != 1)
+        return -1; /* a client refusing our certificate ends here */
+    s_count(f, &f->tls_ok);
+    return 0;
+}
+
+static int s_auth(fconn_t *c)
+{
+    smtp_fake_t *f = c->f;
+    const char *line = sbuf_data(c->line);
+    sbuf_t *seen = sbuf_new(0);
+    if (!seen)
+        return -1;
+    s_count(f, &f->auth_tries);
+    int ok = 0;
+    if (!strncasecmp(line, "AUTH PLAIN ", 11))
+        ok = s_auth_plain(c, line + 11, seen);
+    else if (!strcasecmp(line, "AUTH LOGIN"))
+        ok = s_auth_login(c, seen);
+    if (ok >= 0)
+        s_record(f, f->auth, sbuf_data(seen), sbuf_len(seen));
+    sbuf_destroy(&seen);
+    if (ok < 0)
+        return -1;
+    if (ok) {
+        c->authed = 1;
+        s_count(f, &f->auth_ok);
+        return s_write(c, "235 2.7.0 authenticated\r\n");
+    }
+    return s_write(c, "535 5.7.8 authentication failed\r\n");
+}
+
+static int s_mail(fconn_t *c)
+{
+    smtp_fake_t *f = c->f;
+    s_record(f, f->mail, sbuf_data(c->line), sbuf_len(c->line));
+    return s_write(c, f->user && !c->authed ? "530 5.7.0 authentication required\r\n"
+                                            : "250 2.1.0 ok\r\n");
+}
+
+static int s_rcpt(fconn_t *c)
+{
+    return s_write(c, "250 2.1.5 ok\r\n");
+}
+
+static int s_data(fconn_t *c)
+{
+    c->in_data = 1;
+    return s_write(c, "354 go\r\n");
+}
+
+static int s_quit(fconn_t *c)
+{
+    s_write(c, "221 2.0.0 bye\r\n");
+    return -1;
+}
+
+/* A line between DATA and the final dot (still dot-stuffed). */
+static int s_data_line(fconn_t *c)
+{
+    smtp_fake_t *f = c->f;
+    if (f->mode == SMTP_FAKE_DROP_DATA && sbuf_len(c->msg) > 20)
+        return -1;
+    if (strcmp(sbuf_data(c->line), ".") != 0) {
+        sbuf_append(c->msg, sbuf_data(c->line), sbuf_len(c->line));
+        return sbuf_append(c->msg, "\n", 1);
+    }
+    c->in_data = 0;
+    pthread_mutex_lock(&f->lock);
+    f->messages++;
+    sbuf_append(f->data, sbuf_data(c->msg), sbuf_len(c->msg));
+    pthread_mutex_unlock(&f->lock);
+    sbuf_reset(c->msg);
+    return s_write(c, "250 2.0.0 queued\r\n");
+}
+
+static const struct {
+    const char *verb; /* command name, case-insensitive */
+    int whole;        /* the line must be just the verb (else it is a prefix) */
+    int (*handle)(fconn_t *c);
+} S_COMMANDS[] = {
+    {"EHLO", 0, s_ehlo}, {"STARTTLS", 1, s_starttls}, {"AUTH", 0, s_auth}, {"MAIL", 0, s_mail},
+    {"RCPT", 0, s_rcpt}, {"DATA", 1, s_data},         {"QUIT", 1, s_quit},
+};
+
+static int s_command(fconn_t *c)
+{
+    const char *line = sbuf_data(c->line);
+    for (size_t i = 0; i < sizeof S_COMMANDS / sizeof S_COMMANDS[0]; i++) {
+        const char *v = S_COMMANDS[i].verb;
+        if (S_COMMANDS[i].whole ? !strcasecmp(line, v) : !strncasecmp(line, v, strlen(v)))
+            return S_COMMANDS[i].handle(c);
+    }
+    return s_write(c, "250 ok\r\n"); /* HELO, RSET, NOOP, anything else */
+}
+
 static void *s_serve(void *arg)
 {
     fconn_t *c = arg;
-    smtp_fake_t *f = c->f;
-    char line[2048];
-    int authed = 0, in_data = 0;
-    sbuf_t *msg = sbuf_new(0);
-    s_write(c, "220 fake ESMTP\r\n");
-    while (s_line(c, line, sizeof line) >= 0) {
-        if (in_data) {
-            if (strcmp(line, ".") != 0) {
-                sbuf_append_str(msg, line);
-                sbuf_append(msg, "\n", 1);
-                continue;
-            }
-            in_data = 0;
-            pthread_mutex_lock(&f->lock);
-            f->messages++;
-            sbuf_append(f->data, sbuf_data(msg), sbuf_len(msg));
-            pthread_mutex_unlock(&f->lock);
-            sbuf_reset(msg);
-            s_write(c, "250 2.0.0 queued\r\n");
-        } else if (!strncasecmp(line, "EHLO", 4)) {
-            s_write(c, "250-fake\r\n250-PIPELINING\r\n250-AUTH PLAIN LOGIN\r\n");
-            if (f->offer_tls && !c->ssl)
-                s_write(c, "250-STARTTLS\r\n");
-            s_write(c, "250 8BITMIME\r\n");
-        } else if (!strcasecmp(line, "STARTTLS") && f->offer_tls && !c->ssl) {
-            s_write(c, "220 2.0.0 go ahead\r\n");
-            c->ctx = SSL_CTX_new(TLS_server_method());
-            if (!c->ctx || SSL_CTX_use_certificate_file(c->ctx, f->cert, SSL_FILETYPE_PEM) != 1 ||
-                SSL_CTX_use_PrivateKey_file(c->ctx, f->key, SSL_FILETYPE_PEM) != 1)
-                break;
-            c->ssl = SSL_new(c->ctx);
-            SSL_set_fd(c->ssl, c->fd);
-            if (SSL_accept(c->ssl) != 1)
-                break; /* a client refusing our certificate ends here */
-            s_count(f, &f->tls_ok);
-        } else if (!strncasecmp(line, "AUTH", 4)) {
-            s_count(f, &f->auth_tries);
-            if (!strncasecmp(line, "AUTH PLAIN ", 11) && s_plain_ok(f, line + 11)) {
-                authed = 1;
-                s_count(f, &f->auth_ok);
-                s_write(c, "235 2.7.0 authenticated\r\n");
-            } else {
-                s_write(c, "535 5.7.8 authentication failed\r\n");
-            }
-        } else if (!strncasecmp(line, "MAIL", 4)) {
-            s_write(c, f->user && !authed ? "530 5.7.0 authentication required\r\n"
-                                          : "250 2.1.0 ok\r\n");
-        } else if (!strncasecmp(line, "RCPT", 4)) {
-            s_write(c, "250 2.1.5 ok\r\n");
-        } else if (!strcasecmp(line, "DATA")) {
-            in_data = 1;
-            s_write(c, "354 go\r\n");
-        } else if (!strcasecmp(line, "QUIT")) {
-            s_write(c, "221 2.0.0 bye\r\n");
-            break;
-        } else {
-            s_write(c, "250 ok\r\n");
-        }
-    }
-    sbuf_destroy(&msg);
+    c->line = sbuf_new(0);
+    c->msg = sbuf_new(0);
+    if (c->f->mode == SMTP_FAKE_GARBAGE)
+        s_write(c, "HELLO THERE\x01\x02\r\n");
+    else if (c->line && c->msg && s_write(c, "220 fake ESMTP\r\n") == 0)
+        while (s_line(c) == 0 && (c->in_data ? s_data_line(c) : s_command(c)) == 0)
+            ;
+    sbuf_destroy(&c->line);
+    sbuf_destroy(&c->msg);
     if (c->ssl)
         SSL_free(c->ssl);
     SSL_CTX_free(c->ctx);
@@ -148,7 +307,8 @@ static void *s_accept(void *arg)
 {
     smtp_fake_t *f = arg;
     for (;;) {
-        struct pollfd p[2] = {{.fd = f->lfd, .events = POLLIN}, {.fd = f->stop[0], .events = POLLIN}};
+        struct pollfd p[2] = {{.fd = f->lfd, .events = POLLIN},
+                              {.fd = f->stop[0], .events = POLLIN}};
         if (poll(p, 2, -1) < 0 || p[1].revents)
             return NULL;
         int fd = accept(f->lfd, NULL, NULL);
@@ -174,13 +334,15 @@ static void *s_accept(void *arg)
 int smtp_fake_start(smtp_fake_t *f)
 {
     f->data = sbuf_new(0);
+    f->mail = sbuf_new(0);
+    f->auth = sbuf_new(0);
     pthread_mutex_init(&f->lock, NULL);
     f->lfd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t sl = sizeof sa;
-    if (!f->data || f->lfd < 0 || bind(f->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
-        listen(f->lfd, 16) != 0 || getsockname(f->lfd, (struct sockaddr *)&sa, &sl) != 0 ||
-        pipe(f->stop) != 0)
+    if (!f->data || !f->mail || !f->auth || f->lfd < 0 ||
+        bind(f->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(f->lfd, 16) != 0 ||
+        getsockname(f->lfd, (struct sockaddr *)&sa, &sl) != 0 || pipe(f->stop) != 0)
         return -1;
     f->port = ntohs(sa.sin_port);
     return pthread_create(&f->acceptor, NULL, s_accept, f) == 0 ? 0 : -1;
@@ -197,6 +359,8 @@ void smtp_fake_stop(smtp_fake_t *f)
     close(f->stop[0]);
     close(f->stop[1]);
     sbuf_destroy(&f->data);
+    sbuf_destroy(&f->mail);
+    sbuf_destroy(&f->auth);
     pthread_mutex_destroy(&f->lock);
 }
 
@@ -206,4 +370,12 @@ int smtp_fake_get(smtp_fake_t *f, const int *field)
     int v = *field;
     pthread_mutex_unlock(&f->lock);
     return v;
+}
+
+char *smtp_fake_text(smtp_fake_t *f, sbuf_t *const *field)
+{
+    pthread_mutex_lock(&f->lock);
+    char *copy = strdup(sbuf_data(*field));
+    pthread_mutex_unlock(&f->lock);
+    return copy;
 }

@@ -8,17 +8,17 @@
  * reply (-q) or with 421 (-Q), a slow DATA reply (-w) against a short
  * timeout, TLS required where none is offered.
  *
- * A fake server in a thread (plain sockets, OpenSSL for STARTTLS with a
- * self-signed certificate made at start-up): garbage greeting, over-long
- * reply line, a hang-up mid-DATA, SIZE and SMTPUTF8 refused locally,
- * STARTTLS taken opportunistically, verified mode failing on a self-signed
- * certificate and passing with it as trust anchor, AUTH PLAIN and LOGIN
- * with the credentials decoded and checked by the server.
+ * The fake ESMTP server of smtp_fake_util.h (smtp-sink has no STARTTLS,
+ * no AUTH and sends no malformed replies), with a self-signed certificate
+ * made at start-up: garbage greeting, over-long reply line, a hang-up
+ * mid-DATA, SIZE and SMTPUTF8 refused locally, STARTTLS taken
+ * opportunistically, verified mode failing on a self-signed certificate
+ * and passing with it as trust anchor, AUTH PLAIN and LOGIN with the
+ * credentials decoded and checked by the server.
  */
 #include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -31,12 +31,11 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <openssl/evp.h>
-#include <openssl/ssl.h>
 
 #include "harness.h"
 #include "sbuf.h"
 #include "smtp_client.h"
+#include "smtp_fake_util.h"
 
 static char s_tmp[] = "/tmp/smtp-client-test.XXXXXX"; /* certs and sink dumps */
 static char s_cert[300], s_key[300];                  /* self-signed for mx.test */
@@ -395,229 +394,58 @@ static void test_bad_arguments(void **state)
     smtp_result_clear(NULL);
 }
 
-/* ---- the fake server ------------------------------------------------------ */
+/* ---- fake server tests (smtp_fake_util.h) -------------------------------- */
 
-typedef enum {
-    FAKE_NORMAL,    /* a small but correct ESMTP server */
-    FAKE_GARBAGE,   /* greeting is not SMTP */
-    FAKE_LONG_LINE, /* EHLO reply line of 10,000 bytes */
-    FAKE_DROP_DATA  /* hangs up in the middle of the message */
-} fake_mode_t;
-
-typedef struct {
-    int lfd;                /* listening socket */
-    int port;               /* its port */
-    fake_mode_t mode;       /* behaviour */
-    const char *ehlo_extra; /* extra EHLO lines ("SIZE 100\r\n250-...") or NULL */
-    int offer_tls;          /* announce STARTTLS */
-    const char *auth_line;  /* the EHLO AUTH line; NULL: PLAIN and LOGIN */
-    pthread_t thread;       /* serving one connection */
-    /* what the server saw */
-    int tls_used;       /* the client upgraded */
-    int ehlo_after_tls; /* and said EHLO again */
-    char auth[256];     /* decoded "user:pass" */
-    char mail[256];     /* the MAIL command line */
-    sbuf_t *data;       /* message as received (still dot-stuffed) */
-} fake_t;
-
-typedef struct {
-    int fd;   /* socket */
-    SSL *ssl; /* TLS once started */
-} fio_t;
-
-static int s_fwrite(fio_t *f, const char *s)
+/* Start the fake with the test certificate for STARTTLS. */
+static void s_fake_start(smtp_fake_t *fk)
 {
-    size_t len = strlen(s);
-    if (f->ssl)
-        return SSL_write(f->ssl, s, (int)len) == (int)len ? 0 : -1;
-    return send(f->fd, s, len, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
+    fk->cert = s_cert;
+    fk->key = s_key;
+    assert_int_equal(smtp_fake_start(fk), 0);
 }
 
-/* One line (CRLF stripped) into buf; -1 on EOF. */
-static int s_fline(fio_t *f, char *buf, size_t size)
+/* A text the fake recorded holds part (whole: is exactly part); read
+ * before the fake stops, which frees it. */
+static void s_fake_saw(smtp_fake_t *fk, sbuf_t *const *field, const char *part, int whole)
 {
-    size_t n = 0;
-    for (;;) {
-        char ch;
-        int r = f->ssl ? SSL_read(f->ssl, &ch, 1) : (int)recv(f->fd, &ch, 1, 0);
-        if (r <= 0)
-            return -1;
-        if (ch == '\n')
-            break;
-        if (n + 1 < size)
-            buf[n++] = ch;
-    }
-    if (n && buf[n - 1] == '\r')
-        n--;
-    buf[n] = 0;
-    return (int)n;
+    char *text = smtp_fake_text(fk, field);
+    assert_non_null(text);
+    int ok = whole ? strcmp(text, part) == 0 : strstr(text, part) != NULL;
+    if (!ok)
+        print_message("fake saw \"%s\", wanted %s\"%s\"\n", text, whole ? "" : "a part ", part);
+    free(text);
+    assert_true(ok);
 }
-
-static void s_b64dec(const char *in, char *out, size_t size)
-{
-    unsigned char tmp[300];
-    size_t il = strlen(in);
-    int n = il < 400 ? EVP_DecodeBlock(tmp, (const unsigned char *)in, (int)il) : -1;
-    if (n < 0) {
-        out[0] = 0;
-        return;
-    }
-    while (n > 0 && il > 0 && in[il - 1] == '=') /* DecodeBlock counts padding */
-        n--, il--;
-    size_t k = 0;
-    for (int i = 0; i < n && k + 1 < size; i++)
-        out[k++] = tmp[i] ? (char)tmp[i] : ':';
-    out[k] = 0;
-}
-
-static void *s_fake_serve(void *arg)
-{
-    fake_t *fk = arg;
-    fio_t f = {.fd = accept(fk->lfd, NULL, NULL)};
-    SSL_CTX *ctx = NULL;
-    char line[2048];
-    if (f.fd < 0)
-        return NULL;
-    if (fk->mode == FAKE_GARBAGE) {
-        s_fwrite(&f, "HELLO THERE\x01\x02\r\n");
-        goto done;
-    }
-    s_fwrite(&f, "220 fake ESMTP\r\n");
-    int in_data = 0;
-    while (s_fline(&f, line, sizeof line) >= 0) {
-        if (in_data) {
-            if (fk->mode == FAKE_DROP_DATA && sbuf_len(fk->data) > 20)
-                goto done;
-            if (strcmp(line, ".") == 0) {
-                in_data = 0;
-                s_fwrite(&f, "250 2.0.0 queued\r\n");
-            } else {
-                sbuf_append_str(fk->data, line);
-                sbuf_append(fk->data, "\n", 1);
-            }
-            continue;
-        }
-        if (!strncasecmp(line, "EHLO", 4)) {
-            if (fk->mode == FAKE_LONG_LINE) {
-                char *big = malloc(10001);
-                memset(big, 'x', 10000);
-                big[10000] = 0;
-                s_fwrite(&f, "250-");
-                s_fwrite(&f, big);
-                free(big);
-                s_fwrite(&f, "\r\n250 ok\r\n");
-                continue;
-            }
-            if (f.ssl)
-                fk->ehlo_after_tls = 1;
-            s_fwrite(&f, "250-fake\r\n250-PIPELINING\r\n");
-            s_fwrite(&f, fk->auth_line ? fk->auth_line : "250-AUTH PLAIN LOGIN\r\n");
-            if (fk->offer_tls && !f.ssl)
-                s_fwrite(&f, "250-STARTTLS\r\n");
-            if (fk->ehlo_extra)
-                s_fwrite(&f, fk->ehlo_extra);
-            s_fwrite(&f, "250 8BITMIME\r\n");
-        } else if (!strcasecmp(line, "STARTTLS")) {
-            s_fwrite(&f, "220 go ahead\r\n");
-            ctx = SSL_CTX_new(TLS_server_method());
-            SSL_CTX_use_certificate_file(ctx, s_cert, SSL_FILETYPE_PEM);
-            SSL_CTX_use_PrivateKey_file(ctx, s_key, SSL_FILETYPE_PEM);
-            f.ssl = SSL_new(ctx);
-            SSL_set_fd(f.ssl, f.fd);
-            if (SSL_accept(f.ssl) != 1)
-                goto done;
-            fk->tls_used = 1;
-        } else if (!strncasecmp(line, "AUTH PLAIN ", 11)) {
-            s_b64dec(line + 11, fk->auth, sizeof fk->auth);
-            s_fwrite(&f, "235 2.7.0 ok\r\n");
-        } else if (!strcasecmp(line, "AUTH LOGIN")) {
-            char u[100], p[100];
-            s_fwrite(&f, "334 VXNlcm5hbWU6\r\n");
-            if (s_fline(&f, line, sizeof line) < 0)
-                goto done;
-            s_b64dec(line, u, sizeof u);
-            s_fwrite(&f, "334 UGFzc3dvcmQ6\r\n");
-            if (s_fline(&f, line, sizeof line) < 0)
-                goto done;
-            s_b64dec(line, p, sizeof p);
-            snprintf(fk->auth, sizeof fk->auth, "login:%s:%s", u, p);
-            s_fwrite(&f, "235 2.7.0 ok\r\n");
-        } else if (!strncasecmp(line, "MAIL", 4)) {
-            snprintf(fk->mail, sizeof fk->mail, "%.200s", line);
-            s_fwrite(&f, "250 2.1.0 ok\r\n");
-        } else if (!strncasecmp(line, "RCPT", 4)) {
-            s_fwrite(&f, "250 2.1.5 ok\r\n");
-        } else if (!strcasecmp(line, "DATA")) {
-            in_data = 1;
-            s_fwrite(&f, "354 go\r\n");
-        } else if (!strcasecmp(line, "QUIT")) {
-            s_fwrite(&f, "221 bye\r\n");
-            break;
-        } else {
-            s_fwrite(&f, "250 ok\r\n");
-        }
-    }
-done:
-    if (f.ssl)
-        SSL_free(f.ssl);
-    SSL_CTX_free(ctx);
-    close(f.fd);
-    return NULL;
-}
-
-static void s_fake_start(fake_t *fk, fake_mode_t mode)
-{
-    fk->mode = mode;
-    fk->data = sbuf_new(0);
-    fk->lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof sa;
-    assert_int_equal(bind(fk->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(fk->lfd, 4), 0);
-    getsockname(fk->lfd, (struct sockaddr *)&sa, &sl);
-    fk->port = ntohs(sa.sin_port);
-    assert_int_equal(pthread_create(&fk->thread, NULL, s_fake_serve, fk), 0);
-}
-
-/* Wait for the server thread (the client must have closed by now). */
-static void s_fake_stop(fake_t *fk)
-{
-    pthread_join(fk->thread, NULL);
-    close(fk->lfd);
-    sbuf_destroy(&fk->data);
-}
-
-/* ---- fake server tests ---------------------------------------------------- */
 
 static void test_fake_garbage_and_long_lines(void **state)
 {
     (void)state;
     smtp_opts_t o = s_opts();
-    fake_t fk = {0};
-    s_fake_start(&fk, FAKE_GARBAGE);
+    smtp_fake_t fk = {.mode = SMTP_FAKE_GARBAGE};
+    s_fake_start(&fk);
     smtp_conn_t *c = s_connect(fk.port, &o);
     assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
     assert_non_null(strstr(smtp_conn_error(c), "malformed reply"));
     for (const char *p = smtp_conn_error(c); *p; p++) /* sanitized */
         assert_true(*p >= 0x20 && *p < 0x7f);
     smtp_conn_destroy(&c);
-    s_fake_stop(&fk);
+    smtp_fake_stop(&fk);
 
-    fake_t fl = {0};
-    s_fake_start(&fl, FAKE_LONG_LINE);
+    smtp_fake_t fl = {.mode = SMTP_FAKE_LONG_LINE};
+    s_fake_start(&fl);
     c = s_connect(fl.port, &o);
     assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
     assert_non_null(strstr(smtp_conn_error(c), "longer than"));
     smtp_conn_destroy(&c);
-    s_fake_stop(&fl);
+    smtp_fake_stop(&fl);
 }
 
 static void test_fake_drop_mid_data(void **state)
 {
     (void)state;
     smtp_opts_t o = s_opts();
-    fake_t fk = {0};
-    s_fake_start(&fk, FAKE_DROP_DATA);
+    smtp_fake_t fk = {.mode = SMTP_FAKE_DROP_DATA};
+    s_fake_start(&fk);
     /* big enough that the hang-up lands while we still write */
     sbuf_t *msg = sbuf_new(0);
     sbuf_append_str(msg, "Subject: big\r\n\r\n");
@@ -628,16 +456,16 @@ static void test_fake_drop_mid_data(void **state)
     assert_true(strlen(r.text) > 0);
     smtp_result_clear(&r);
     sbuf_destroy(&msg);
-    s_fake_stop(&fk);
+    smtp_fake_stop(&fk);
+    assert_int_equal(fk.messages, 0); /* every connection has ended */
 }
 
 static void test_fake_local_refusals(void **state)
 {
     (void)state;
     smtp_opts_t o = s_opts();
-    fake_t fk = {0};
-    fk.ehlo_extra = "250-SIZE 100\r\n";
-    s_fake_start(&fk, FAKE_NORMAL);
+    smtp_fake_t fk = {.ehlo_extra = "250-SIZE 100\r\n"};
+    s_fake_start(&fk);
     smtp_conn_t *c = s_connect(fk.port, &o);
     assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
     smtp_result_t r;
@@ -662,9 +490,9 @@ static void test_fake_local_refusals(void **state)
     smtp_conn_quit(c);
     assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
     smtp_conn_destroy(&c);
-    s_fake_stop(&fk);
-    assert_non_null(strstr(fk.mail, "BODY=8BITMIME"));
-    assert_non_null(strstr(fk.mail, "SIZE="));
+    s_fake_saw(&fk, &fk.mail, "BODY=8BITMIME", 0);
+    s_fake_saw(&fk, &fk.mail, "SIZE=", 0);
+    smtp_fake_stop(&fk);
     /* not submitting when not IDLE is a programmer error, reported as -1 */
     assert_int_equal(smtp_conn_submit(c, "a", S_ONE, 1, "x", 1, 0), -1);
 }
@@ -673,8 +501,8 @@ static void test_fake_starttls_auth(void **state)
 {
     (void)state;
     /* opportunistic: upgrades, says EHLO again, authenticates, delivers */
-    fake_t fk = {.offer_tls = 1};
-    s_fake_start(&fk, FAKE_NORMAL);
+    smtp_fake_t fk = {.offer_tls = 1, .user = "relayuser", .pass = "s3cret"};
+    s_fake_start(&fk);
     smtp_opts_t o = s_opts();
     o.auth_user = "relayuser";
     o.auth_pass = "s3cret";
@@ -687,14 +515,16 @@ static void test_fake_starttls_auth(void **state)
     smtp_conn_quit(c);
     assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
     smtp_conn_destroy(&c);
-    s_fake_stop(&fk);
-    assert_int_equal(fk.tls_used, 1);
-    assert_int_equal(fk.ehlo_after_tls, 1);
-    assert_string_equal(fk.auth, ":relayuser:s3cret");
+    assert_int_equal(smtp_fake_get(&fk, &fk.tls_ok), 1);
+    assert_int_equal(smtp_fake_get(&fk, &fk.ehlo_tls), 1);
+    s_fake_saw(&fk, &fk.auth, ":relayuser:s3cret", 1);
+    assert_int_equal(smtp_fake_get(&fk, &fk.auth_ok), 1);
+    assert_int_equal(smtp_fake_get(&fk, &fk.messages), 1);
+    smtp_fake_stop(&fk);
 
     /* verified mode: the self-signed certificate is not trusted */
-    fake_t fv = {.offer_tls = 1};
-    s_fake_start(&fv, FAKE_NORMAL);
+    smtp_fake_t fv = {.offer_tls = 1};
+    s_fake_start(&fv);
     o = s_opts();
     o.tls_verify = 1;
     o.tls_name = "mx.test";
@@ -702,13 +532,13 @@ static void test_fake_starttls_auth(void **state)
     assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
     assert_non_null(strstr(smtp_conn_error(c), "verif"));
     smtp_conn_destroy(&c);
-    s_fake_stop(&fv);
+    smtp_fake_stop(&fv);
 
     /* verified mode with it as trust anchor: passes for its name only */
     const char *names[] = {"mx.test", "other.test"};
     for (int i = 0; i < 2; i++) {
-        fake_t ft = {.offer_tls = 1};
-        s_fake_start(&ft, FAKE_NORMAL);
+        smtp_fake_t ft = {.offer_tls = 1};
+        s_fake_start(&ft);
         o.tls_ca_file = s_cert;
         o.tls_name = names[i];
         c = s_connect(ft.port, &o);
@@ -717,12 +547,12 @@ static void test_fake_starttls_auth(void **state)
             smtp_conn_quit(c);
         s_drive(c);
         smtp_conn_destroy(&c);
-        s_fake_stop(&ft);
+        smtp_fake_stop(&ft);
     }
 
     /* AUTH LOGIN when PLAIN is not wanted: only over TLS, or allowed plain */
-    fake_t fp = {0};
-    s_fake_start(&fp, FAKE_NORMAL);
+    smtp_fake_t fp = {.user = "u", .pass = "p"};
+    s_fake_start(&fp);
     o = s_opts();
     o.auth_user = "u";
     o.auth_pass = "p";
@@ -730,14 +560,15 @@ static void test_fake_starttls_auth(void **state)
     assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
     assert_non_null(strstr(smtp_conn_error(c), "without TLS"));
     smtp_conn_destroy(&c);
-    s_fake_stop(&fp);
+    smtp_fake_stop(&fp);
+    assert_int_equal(fp.auth_tries, 0); /* nothing sent in the clear */
 }
 
 static void test_fake_auth_login_plaintext(void **state)
 {
     (void)state;
-    fake_t fk = {.auth_line = "250-AUTH=LOGIN\r\n"};
-    s_fake_start(&fk, FAKE_NORMAL);
+    smtp_fake_t fk = {.ehlo_auth = "250-AUTH=LOGIN\r\n", .user = "luser", .pass = "lpass"};
+    s_fake_start(&fk);
     smtp_opts_t o = s_opts();
     o.auth_user = "luser";
     o.auth_pass = "lpass";
@@ -747,9 +578,10 @@ static void test_fake_auth_login_plaintext(void **state)
     smtp_conn_quit(c);
     assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
     smtp_conn_destroy(&c);
-    s_fake_stop(&fk);
     /* only LOGIN offered (old "AUTH=" form): the prompts were answered */
-    assert_string_equal(fk.auth, "login:luser:lpass");
+    s_fake_saw(&fk, &fk.auth, "login:luser:lpass", 1);
+    assert_int_equal(smtp_fake_get(&fk, &fk.auth_ok), 1);
+    smtp_fake_stop(&fk);
 }
 
 static int s_setup(void **state)
