@@ -13,8 +13,10 @@
  * Outcomes are written by a second thread, the recorder, on its own
  * connection: each loop round hands its outcomes over and the recorder
  * writes everything handed over since its last write in one statement (a
- * group commit that grows with the load), so SMTP sessions never wait for
- * PostgreSQL. The statement only touches rows still 'sending'.
+ * group commit that grows with the load; a round under 64 rows waits up to
+ * 5 ms for more, since its fixed cost is most of its cost), so SMTP
+ * sessions never wait for PostgreSQL. The statement only touches rows
+ * still 'sending'.
  *
  * Shaping (see delivery.h): the head job of a destination goes on an idle
  * connection only with a token from "shape:<its shape key>" (ratelimit:
@@ -43,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -66,6 +69,8 @@
 #define KV_RETRY_MS 1000    /* a failing Redis is tried again this often */
 #define SHAPE_WAIT_MIN_MS 5 /* shortest wait before asking a budget again */
 #define SHAPE_BATCH_MAX 64  /* shaping tokens taken in one Redis round trip */
+#define REC_GATHER_ROWS 64  /* a recorder round this big is written at once */
+#define REC_GATHER_MS 5     /* else it waits this long for more */
 
 typedef struct job {
     struct job *next;      /* FIFO link */
@@ -127,6 +132,7 @@ struct delivery {
     pthread_mutex_t rec_lock; /* guards rec_* */
     pthread_cond_t rec_cond;  /* signals rec_head or rec_stopping */
     struct outcome *rec_head, *rec_tail; /* handed over, not yet written */
+    int rec_count;          /* how many that is */
     int rec_stopping;       /* the engine is gone: write what is left, then end */
     dict_t *backlog;        /* recipient domain -> backlog_t (under rec_lock) */
     int backlog_max;        /* delivery_backlog */
@@ -393,12 +399,16 @@ static void s_flush_outcomes(delivery_t *d)
     outcome_t *list = d->out_head;
     if (!list)
         return;
+    int n = 0;
+    for (outcome_t *o = list; o; o = o->next)
+        n++;
     pthread_mutex_lock(&d->rec_lock);
     if (d->rec_tail)
         d->rec_tail->next = list;
     else
         d->rec_head = list;
     d->rec_tail = d->out_tail;
+    d->rec_count += n;
     pthread_cond_signal(&d->rec_cond);
     pthread_mutex_unlock(&d->rec_lock);
     d->out_head = d->out_tail = NULL;
@@ -499,8 +509,24 @@ static void *s_recorder(void *arg)
         pthread_mutex_lock(&d->rec_lock);
         while (!d->rec_head && !d->rec_stopping)
             pthread_cond_wait(&d->rec_cond, &d->rec_lock);
+        /* A round costs about the same planned, parsed and committed for
+         * ten rows as for a hundred: under load, gather for a few
+         * milliseconds first (measured: rounds of ~17 rows at 3,000 msg/s
+         * spent a fifth of PostgreSQL's time on that fixed cost). Alone, a
+         * message waits REC_GATHER_MS at most. */
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += REC_GATHER_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (d->rec_head && d->rec_count < REC_GATHER_ROWS && !d->rec_stopping &&
+               pthread_cond_timedwait(&d->rec_cond, &d->rec_lock, &until) == 0)
+            ;
         outcome_t *list = d->rec_head;
         d->rec_head = d->rec_tail = NULL;
+        d->rec_count = 0;
         int stop = d->rec_stopping;
         pthread_mutex_unlock(&d->rec_lock);
         if (list)
@@ -1069,7 +1095,11 @@ delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err
         return NULL;
     pthread_mutex_init(&d->lock, NULL);
     pthread_mutex_init(&d->rec_lock, NULL);
-    pthread_cond_init(&d->rec_cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the gather wait is not wall time */
+    pthread_cond_init(&d->rec_cond, &ca);
+    pthread_condattr_destroy(&ca);
     d->wake[0] = d->wake[1] = -1;
     d->dests = dict_new();
     d->shapers = dict_new();
