@@ -364,3 +364,85 @@ int aud_commit(api_req_t *req, int status, json_t *body)
     }
     return body ? api_json(req, status, body) : api_no_content(req);
 }
+
+db_result_t *aud_query_row(api_req_t *req, int in_tx, const char *sql, int n,
+                           const char *const *params, const char *noun, int *rc)
+{
+    db_result_t *res = aud_query(req, in_tx, sql, n, params, rc);
+    if (res && db_result_rows(res) != 1) {
+        db_result_free(&res);
+        if (in_tx)
+            api_tx_rollback(req);
+        *rc = api_not_found(req, noun);
+    }
+    return res;
+}
+
+int aud_get(api_req_t *req, const char *sql, int n, const char *const *params, const char *noun,
+            aud_item_fn item)
+{
+    int rc = 0;
+    db_result_t *res = aud_query_row(req, 0, sql, n, params, noun, &rc);
+    if (!res)
+        return rc;
+    json_t *one = item(res, 0);
+    db_result_free(&res);
+    if (!one)
+        return api_problem(req, 500, "Internal Server Error", "cannot read the %s", noun);
+    return api_json(req, 200, one);
+}
+
+int aud_write(api_req_t *req, const aud_write_t *how, const char *sql, int n,
+              const char *const *params, json_t *detail, json_t *extra)
+{
+    db_result_t *res = NULL;
+    json_t *body = NULL;
+    int rc = 0;
+    if (api_tx_begin(req) != 0) {
+        rc = api_problem(req, 503, "Service Unavailable", "%s", how->unavailable);
+        goto done;
+    }
+    if (how->lock_sql) {
+        res = aud_query_row(req, 1, how->lock_sql, 2, params, how->kind, &rc);
+        if (!res)
+            goto done;
+        db_result_free(&res);
+    }
+    res = aud_query_row(req, 1, sql, n, params, how->kind, &rc);
+    if (!res)
+        goto done;
+    body = how->body ? how->body(res, 0) : NULL;
+    if (how->detail && (detail || (detail = json_object()) != NULL))
+        how->detail(res, detail);
+    /* In the transaction of the change: both are kept or neither. */
+    api_audit(req, how->action, how->kind, db_result_get(res, 0, how->id_col), detail);
+    detail = NULL;
+    if (how->body && !body) {
+        api_tx_rollback(req);
+        rc = api_problem(req, 500, "Internal Server Error", "%s", how->unsaved);
+        goto done;
+    }
+    if (api_tx_commit(req) != 0) {
+        rc = api_problem(req, 500, "Internal Server Error", "%s", how->unsaved);
+        goto done;
+    }
+    if (body && extra)
+        json_object_update(body, extra);
+    if (how->status == 204) {
+        rc = api_no_content(req);
+    } else {
+        rc = api_json(req, how->status, body);
+        body = NULL;
+    }
+done:
+    json_decref(body);
+    json_decref(extra);
+    json_decref(detail);
+    db_result_free(&res);
+    return rc;
+}
+
+void aud_detail_name(const db_result_t *res, json_t *detail)
+{
+    json_object_set_new(detail, "name", json_string(db_result_get(res, 0, 1)));
+}

@@ -128,6 +128,55 @@ db_result_t *aud_query(api_req_t *req, int in_tx, const char *sql, int n,
  * when body is NULL; a failed commit answers 500 (and frees body). */
 int aud_commit(api_req_t *req, int status, json_t *body);
 
+/* sql's one row (caller frees), or NULL after answering with the status in
+ * *rc: the database error, or a 404 for noun when sql returned no row (or
+ * more than one). in_tx as aud_query: the open transaction is rolled back
+ * on either failure. */
+db_result_t *aud_query_row(api_req_t *req, int in_tx, const char *sql, int n,
+                           const char *const *params, const char *noun, int *rc);
+/* GET of one row: aud_query_row outside a transaction, then 200 with
+ * item's JSON of it (500 "cannot read the <noun>" when item fails). */
+int aud_get(api_req_t *req, const char *sql, int n, const char *const *params, const char *noun,
+            aud_item_fn item);
+
+/* One kind of one-row change (aud_write). The messages are the module's
+ * own: each resource keeps the problem details it has always answered. */
+/* What an aud_write_t.detail does: add the written row's part of the audit
+ * detail (an object) to detail. */
+typedef void (*aud_detail_fn)(const db_result_t *res, json_t *detail);
+typedef struct {
+    const char *kind;        /* audit resource type and the 404's noun ("list") */
+    const char *action;      /* audit action ("list.create") */
+    int status;              /* the answer's status; 204 answers without a body */
+    int id_col;              /* column of the written row's id (audited) */
+    aud_item_fn body;        /* the answer from the row; NULL with 204 */
+    aud_detail_fn detail;    /* NULL, or the row's part of the audit detail */
+    const char *lock_sql;    /* NULL, or a statement run first with params[0]
+                                and params[1] that must return one row (else
+                                404): it orders concurrent changes of a row */
+    const char *unavailable; /* 503 detail when no transaction can be opened */
+    const char *unsaved;     /* 500 detail when the answer cannot be built or
+                                the commit fails */
+} aud_write_t;
+/* The aud_write_t of an audience resource (lists, segments, tags): the
+ * row's id in column 0, their problem details. */
+#define AUD_WRITE(kind_, action_, status_, body_, detail_)                                         \
+    {                                                                                              \
+        .kind = kind_, .action = action_, .status = status_, .id_col = 0, .body = body_,           \
+        .detail = detail_, .unavailable = "database unavailable",                                  \
+        .unsaved = "could not commit the change"                                                   \
+    }
+/* Open a transaction, run sql (params) which writes and returns one row (no
+ * row is a 404), audit it with action and detail (stolen, may be NULL; the
+ * row's part added by how->detail), commit, and answer how->status with
+ * how->body's JSON of the row, extra's keys (stolen, may be NULL) merged in.
+ * On any failure nothing is kept: the transaction is rolled back (a failed
+ * commit ends it too) and the answer is the error. */
+int aud_write(api_req_t *req, const aud_write_t *how, const char *sql, int n,
+              const char *const *params, json_t *detail, json_t *extra);
+/* An aud_write_t.detail: {"name": column 1}. */
+void aud_detail_name(const db_result_t *res, json_t *detail);
+
 /* Answer a failed statement: roll back when in_tx, then api_db_error with
  * the statement's SQLSTATE and err's text (a statement that ran out of
  * time, SQLSTATE 57014, is a 503 there). */

@@ -47,47 +47,46 @@ static json_t *s_list_json(const db_result_t *res, int row)
                      db_result_get(res, row, 5));
 }
 
-/* Run a one-row statement that returns LIST_COLS inside the open
- * transaction, audit it and commit; answers status with the list, 404 when
- * no row came back, or the database error. */
-static int s_list_write(api_req_t *req, const char *sql, int n, const char *const *params,
-                        const char *action, int status)
+/* A deleted list's audit detail: its name and how many members it had. */
+static void s_deleted_detail(const db_result_t *res, json_t *detail)
 {
-    int rc = 0;
-    db_result_t *res = aud_query(req, 1, sql, n, params, &rc);
-    if (!res)
-        return rc;
-    if (db_result_rows(res) != 1) {
-        db_result_free(&res);
-        api_tx_rollback(req);
-        return api_not_found(req, "list");
+    aud_detail_name(res, detail);
+    json_object_set_new(detail, "member_count",
+                        json_integer((json_int_t)strtoll(db_result_get(res, 0, 2), NULL, 10)));
+}
+
+/* A list's row is LIST_COLS (deleted: id, name and member count); the
+ * audit detail names it. */
+static const aud_write_t s_created =
+    AUD_WRITE("list", "list.create", 201, s_list_json, aud_detail_name);
+static const aud_write_t s_updated =
+    AUD_WRITE("list", "list.update", 200, s_list_json, aud_detail_name);
+static const aud_write_t s_deleted = AUD_WRITE("list", "list.delete", 204, NULL, s_deleted_detail);
+
+/* Read create's (create) or update's name and description; absent ones
+ * stay *name NULL and *desc as given. 0, or -1 after adding field errors. */
+static int s_fields(api_req_t *req, int create, const char **name, const char **desc)
+{
+    static const char *const allowed[] = {"name", "description", NULL};
+    json_t *body = aud_body_object(req);
+    if (body) {
+        api_field_only(req, body, allowed);
+        aud_field_name(req, body, "name", create, LIST_NAME_MAX, name);
+        api_field_string(req, body, "description", 0, LIST_DESC_MAX, desc);
     }
-    json_t *list = s_list_json(res, 0);
-    db_result_free(&res);
-    api_audit(req, action, "list", json_string_value(json_object_get(list, "id")),
-              json_pack("{s:O}", "name", json_object_get(list, "name")));
-    return aud_commit(req, status, list);
+    return api_errors_count(api_errors(req)) ? -1 : 0;
 }
 
 static int s_create(api_req_t *req)
 {
-    static const char *const allowed[] = {"name", "description", NULL};
     const char *name = NULL, *desc = "";
-    json_t *body = aud_body_object(req);
-    if (body) {
-        api_field_only(req, body, allowed);
-        aud_field_name(req, body, "name", 1, LIST_NAME_MAX, &name);
-        api_field_string(req, body, "description", 0, LIST_DESC_MAX, &desc);
-    }
-    if (api_errors_count(api_errors(req)))
+    if (s_fields(req, 1, &name, &desc) != 0)
         return api_invalid(req);
-    if (api_tx_begin(req) != 0)
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
     const char *params[] = {api_org(req), name, desc};
-    return s_list_write(req,
-                        "INSERT INTO lists AS l (organization_id, name, description)"
-                        " VALUES ($1, $2, $3) RETURNING " LIST_COLS,
-                        3, params, "list.create", 201);
+    return aud_write(req, &s_created,
+                     "INSERT INTO lists AS l (organization_id, name, description)"
+                     " VALUES ($1, $2, $3) RETURNING " LIST_COLS,
+                     3, params, NULL, NULL);
 }
 
 static int s_index(api_req_t *req)
@@ -103,45 +102,25 @@ static int s_get(api_req_t *req)
     if (!api_is_uuid(id))
         return api_not_found(req, "list");
     const char *params[] = {api_org(req), id};
-    int rc = 0;
-    db_result_t *res = aud_query(req, 0,
-                                 "SELECT " LIST_COLS " FROM lists l"
-                                 " WHERE l.organization_id = $1 AND l.id = $2",
-                                 2, params, &rc);
-    if (!res)
-        return rc;
-    if (db_result_rows(res) != 1) {
-        db_result_free(&res);
-        return api_not_found(req, "list");
-    }
-    json_t *list = s_list_json(res, 0);
-    db_result_free(&res);
-    return api_json(req, 200, list);
+    return aud_get(req,
+                   "SELECT " LIST_COLS " FROM lists l WHERE l.organization_id = $1 AND l.id = $2",
+                   2, params, "list", s_list_json);
 }
 
 static int s_update(api_req_t *req)
 {
-    static const char *const allowed[] = {"name", "description", NULL};
     const char *id = api_param(req, "id");
     if (!api_is_uuid(id))
         return api_not_found(req, "list");
     const char *name = NULL, *desc = NULL;
-    json_t *body = aud_body_object(req);
-    if (body) {
-        api_field_only(req, body, allowed);
-        aud_field_name(req, body, "name", 0, LIST_NAME_MAX, &name);
-        api_field_string(req, body, "description", 0, LIST_DESC_MAX, &desc);
-    }
-    if (api_errors_count(api_errors(req)))
+    if (s_fields(req, 0, &name, &desc) != 0)
         return api_invalid(req);
-    if (api_tx_begin(req) != 0)
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
     const char *params[] = {api_org(req), id, name, desc};
-    return s_list_write(req,
-                        "UPDATE lists AS l SET name = coalesce($3, l.name),"
-                        " description = coalesce($4, l.description), updated_at = now()"
-                        " WHERE l.organization_id = $1 AND l.id = $2 RETURNING " LIST_COLS,
-                        4, params, "list.update", 200);
+    return aud_write(req, &s_updated,
+                     "UPDATE lists AS l SET name = coalesce($3, l.name),"
+                     " description = coalesce($4, l.description), updated_at = now()"
+                     " WHERE l.organization_id = $1 AND l.id = $2 RETURNING " LIST_COLS,
+                     4, params, NULL, NULL);
 }
 
 static int s_delete(api_req_t *req)
@@ -149,27 +128,11 @@ static int s_delete(api_req_t *req)
     const char *id = api_param(req, "id");
     if (!api_is_uuid(id))
         return api_not_found(req, "list");
-    if (api_tx_begin(req) != 0)
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
     const char *params[] = {api_org(req), id};
-    int rc = 0;
-    db_result_t *res =
-        aud_query(req, 1,
-                  "DELETE FROM lists WHERE organization_id = $1 AND id = $2 RETURNING name,"
-                  " (SELECT count(*) FROM list_members m WHERE m.list_id = lists.id)",
-                  2, params, &rc);
-    if (!res)
-        return rc;
-    if (db_result_rows(res) != 1) {
-        db_result_free(&res);
-        api_tx_rollback(req);
-        return api_not_found(req, "list");
-    }
-    api_audit(req, "list.delete", "list", id,
-              json_pack("{s:s, s:I}", "name", db_result_get(res, 0, 0), "member_count",
-                        (json_int_t)strtoll(db_result_get(res, 0, 1), NULL, 10)));
-    db_result_free(&res);
-    return aud_commit(req, 204, NULL);
+    return aud_write(req, &s_deleted,
+                     "DELETE FROM lists WHERE organization_id = $1 AND id = $2 RETURNING id, name,"
+                     " (SELECT count(*) FROM list_members m WHERE m.list_id = lists.id)",
+                     2, params, NULL, NULL);
 }
 
 /* ---- membership ---- */
@@ -270,6 +233,28 @@ static int s_members_body(api_req_t *req, s_members_t *m)
     return 0;
 }
 
+/* The start of a membership change: the path's list id into *id, the
+ * checked body into *m and a transaction opened. 0, or -1 after answering
+ * (404, 422, 503) with the status in *rc and nothing left to free. */
+static int s_members_open(api_req_t *req, const char **id, s_members_t *m, int *rc)
+{
+    *id = api_param(req, "id");
+    if (!api_is_uuid(*id)) {
+        *rc = api_not_found(req, "list");
+        return -1;
+    }
+    if (s_members_body(req, m) != 0) {
+        *rc = api_invalid(req);
+        return -1;
+    }
+    if (api_tx_begin(req) != 0) {
+        s_members_clear(m);
+        *rc = api_problem(req, 503, "Service Unavailable", "database unavailable");
+        return -1;
+    }
+    return 0;
+}
+
 /* Tell the tenant actor about the committed list_added events (ev is the
  * {"n","min","max"} object the insert returned). */
 static void s_trigger_added(api_req_t *req, const char *list_id, json_t *ev)
@@ -326,18 +311,12 @@ static const char s_sql_add[] =
 
 static int s_add_members(api_req_t *req)
 {
-    const char *id = api_param(req, "id");
-    if (!api_is_uuid(id))
-        return api_not_found(req, "list");
+    const char *id;
     s_members_t m;
-    if (s_members_body(req, &m) != 0)
-        return api_invalid(req);
-    if (api_tx_begin(req) != 0) {
-        s_members_clear(&m);
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
-    }
-    long long created = 0;
     int rc = 0;
+    if (s_members_open(req, &id, &m, &rc) != 0)
+        return rc;
+    long long created = 0;
     db_result_t *res = NULL;
     if (m.n_emails > 0) {
         const char *p1[] = {api_org(req), m.emails};
@@ -393,18 +372,12 @@ const char s_sql_remove[] =
 
 static int s_remove_members(api_req_t *req)
 {
-    const char *id = api_param(req, "id");
-    if (!api_is_uuid(id))
-        return api_not_found(req, "list");
+    const char *id;
     s_members_t m;
-    if (s_members_body(req, &m) != 0)
-        return api_invalid(req);
-    if (api_tx_begin(req) != 0) {
-        s_members_clear(&m);
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
-    }
-    const char *params[] = {api_org(req), id, m.ids, m.emails};
     int rc = 0;
+    if (s_members_open(req, &id, &m, &rc) != 0)
+        return rc;
+    const char *params[] = {api_org(req), id, m.ids, m.emails};
     db_result_t *res = aud_query(req, 1, s_sql_remove, 4, params, &rc);
     s_members_clear(&m);
     if (!res)

@@ -84,84 +84,71 @@ static char *s_rule_text(api_req_t *req, json_t *body, int required)
     return text;
 }
 
-/* Run a one-row statement returning SEGMENT_COLS inside the open
- * transaction, audit it, commit; answer status with the segment, or 404. */
-static int s_segment_write(api_req_t *req, const char *sql, int n, const char *const *params,
-                           const char *action, int status)
+/* A segment's audit detail: its name and rule (the row is SEGMENT_COLS). */
+static void s_segment_detail(const db_result_t *res, json_t *detail)
 {
-    int rc = 0;
-    db_result_t *res = aud_query(req, 1, sql, n, params, &rc);
-    if (!res)
-        return rc;
-    if (db_result_rows(res) != 1) {
-        db_result_free(&res);
-        api_tx_rollback(req);
-        return api_not_found(req, "segment");
+    aud_detail_name(res, detail);
+    json_object_set_new(detail, "rule", aud_json_col(db_result_get(res, 0, 2)));
+}
+
+/* A segment's row is SEGMENT_COLS (deleted: id and name). */
+static const aud_write_t s_created =
+    AUD_WRITE("segment", "segment.create", 201, s_segment_json, s_segment_detail);
+static const aud_write_t s_updated =
+    AUD_WRITE("segment", "segment.update", 200, s_segment_json, s_segment_detail);
+static const aud_write_t s_deleted =
+    AUD_WRITE("segment", "segment.delete", 204, NULL, aud_detail_name);
+
+/* Read create's (create) or update's name and rule; absent ones stay NULL.
+ * 0 with *rule the rule's JSON text or NULL (caller frees), or -1 after
+ * adding field errors (nothing to free). */
+static int s_fields(api_req_t *req, int create, const char **name, char **rule)
+{
+    static const char *const allowed[] = {"name", "rule", NULL};
+    json_t *body = aud_body_object(req);
+    if (body) {
+        api_field_only(req, body, allowed);
+        aud_field_name(req, body, "name", create, SEGMENT_NAME_MAX, name);
+        *rule = s_rule_text(req, body, create);
     }
-    json_t *seg = s_segment_json(res, 0);
-    db_result_free(&res);
-    api_audit(req, action, "segment", json_string_value(json_object_get(seg, "id")),
-              json_pack("{s:O, s:O}", "name", json_object_get(seg, "name"), "rule",
-                        json_object_get(seg, "rule")));
-    return aud_commit(req, status, seg);
+    if (api_errors_count(api_errors(req))) {
+        free(*rule);
+        *rule = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 static int s_create(api_req_t *req)
 {
-    static const char *const allowed[] = {"name", "rule", NULL};
     const char *name = NULL;
     char *rule = NULL;
-    json_t *body = aud_body_object(req);
-    if (body) {
-        api_field_only(req, body, allowed);
-        aud_field_name(req, body, "name", 1, SEGMENT_NAME_MAX, &name);
-        rule = s_rule_text(req, body, 1);
-    }
-    if (api_errors_count(api_errors(req))) {
-        free(rule);
+    if (s_fields(req, 1, &name, &rule) != 0)
         return api_invalid(req);
-    }
-    if (api_tx_begin(req) != 0) {
-        free(rule);
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
-    }
     const char *params[] = {api_org(req), name, rule};
-    int rc = s_segment_write(req,
-                             "INSERT INTO segments AS s (organization_id, name, rule)"
-                             " VALUES ($1, $2, $3::jsonb) RETURNING " SEGMENT_COLS,
-                             3, params, "segment.create", 201);
+    int rc = aud_write(req, &s_created,
+                       "INSERT INTO segments AS s (organization_id, name, rule)"
+                       " VALUES ($1, $2, $3::jsonb) RETURNING " SEGMENT_COLS,
+                       3, params, NULL, NULL);
     free(rule);
     return rc;
 }
 
 static int s_update(api_req_t *req)
 {
-    static const char *const allowed[] = {"name", "rule", NULL};
     const char *id = api_param(req, "id");
     if (!api_is_uuid(id))
         return api_not_found(req, "segment");
     const char *name = NULL;
     char *rule = NULL;
-    json_t *body = aud_body_object(req);
-    if (body) {
-        api_field_only(req, body, allowed);
-        aud_field_name(req, body, "name", 0, SEGMENT_NAME_MAX, &name);
-        rule = s_rule_text(req, body, 0);
-    }
-    if (api_errors_count(api_errors(req))) {
-        free(rule);
+    if (s_fields(req, 0, &name, &rule) != 0)
         return api_invalid(req);
-    }
-    if (api_tx_begin(req) != 0) {
-        free(rule);
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
-    }
     const char *params[] = {api_org(req), id, name, rule};
-    int rc = s_segment_write(req,
-                             "UPDATE segments AS s SET name = coalesce($3, s.name),"
-                             " rule = coalesce($4::jsonb, s.rule), updated_at = now()"
-                             " WHERE s.organization_id = $1 AND s.id = $2 RETURNING " SEGMENT_COLS,
-                             4, params, "segment.update", 200);
+    int rc = aud_write(req, &s_updated,
+                       "UPDATE segments AS s SET name = coalesce($3, s.name),"
+                       " rule = coalesce($4::jsonb, s.rule), updated_at = now()"
+                       " WHERE s.organization_id = $1 AND s.id = $2 RETURNING " SEGMENT_COLS,
+                       4, params, NULL, NULL);
     free(rule);
     return rc;
 }
@@ -171,24 +158,11 @@ static int s_delete(api_req_t *req)
     const char *id = api_param(req, "id");
     if (!api_is_uuid(id))
         return api_not_found(req, "segment");
-    if (api_tx_begin(req) != 0)
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
     const char *params[] = {api_org(req), id};
-    int rc = 0;
-    db_result_t *res = aud_query(
-        req, 1, "DELETE FROM segments WHERE organization_id = $1 AND id = $2 RETURNING name", 2,
-        params, &rc);
-    if (!res)
-        return rc;
-    if (db_result_rows(res) != 1) {
-        db_result_free(&res);
-        api_tx_rollback(req);
-        return api_not_found(req, "segment");
-    }
-    api_audit(req, "segment.delete", "segment", id,
-              json_pack("{s:s}", "name", db_result_get(res, 0, 0)));
-    db_result_free(&res);
-    return aud_commit(req, 204, NULL);
+    return aud_write(
+        req, &s_deleted,
+        "DELETE FROM segments WHERE organization_id = $1 AND id = $2 RETURNING id, name", 2, params,
+        NULL, NULL);
 }
 
 static int s_index(api_req_t *req)
@@ -220,19 +194,12 @@ static int s_open(api_req_t *req, const char *id, int first_param, rule_sql_t *s
         return -1;
     }
     const char *params[] = {api_org(req), id};
-    db_result_t *res = aud_query(req, 1,
-                                 "SELECT " SEGMENT_COLS " FROM segments s"
-                                 " WHERE s.organization_id = $1 AND s.id = $2",
-                                 2, params, rc);
+    db_result_t *res = aud_query_row(req, 1,
+                                     "SELECT " SEGMENT_COLS " FROM segments s"
+                                     " WHERE s.organization_id = $1 AND s.id = $2",
+                                     2, params, "segment", rc);
     if (!res) {
         sbuf_destroy(&err);
-        return -1;
-    }
-    if (db_result_rows(res) != 1) {
-        db_result_free(&res);
-        sbuf_destroy(&err);
-        api_tx_rollback(req);
-        *rc = api_not_found(req, "segment");
         return -1;
     }
     const char *text = db_result_get(res, 0, 2);

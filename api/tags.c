@@ -33,6 +33,12 @@ static json_t *s_tag_json(const db_result_t *res, int row)
                      db_result_get(res, row, 3));
 }
 
+/* A tag's row is TAG_COLS (deleted: id and name); the audit detail names
+ * it. */
+static const aud_write_t s_created =
+    AUD_WRITE("tag", "tag.create", 201, s_tag_json, aud_detail_name);
+static const aud_write_t s_deleted = AUD_WRITE("tag", "tag.delete", 204, NULL, aud_detail_name);
+
 static int s_create(api_req_t *req)
 {
     static const char *const allowed[] = {"name", NULL};
@@ -44,21 +50,11 @@ static int s_create(api_req_t *req)
     }
     if (api_errors_count(api_errors(req)))
         return api_invalid(req);
-    if (api_tx_begin(req) != 0)
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
     const char *params[] = {api_org(req), name};
-    int rc = 0;
-    db_result_t *res = aud_query(req, 1,
-                               "INSERT INTO tags AS t (organization_id, name) VALUES ($1, $2)"
-                               " RETURNING " TAG_COLS,
-                               2, params, &rc);
-    if (!res)
-        return rc;
-    json_t *tag = s_tag_json(res, 0);
-    db_result_free(&res);
-    api_audit(req, "tag.create", "tag", json_string_value(json_object_get(tag, "id")),
-              json_pack("{s:s}", "name", name));
-    return aud_commit(req, 201, tag);
+    return aud_write(req, &s_created,
+                     "INSERT INTO tags AS t (organization_id, name) VALUES ($1, $2)"
+                     " RETURNING " TAG_COLS,
+                     2, params, NULL, NULL);
 }
 
 static int s_index(api_req_t *req)
@@ -74,19 +70,9 @@ static int s_get(api_req_t *req)
     if (!api_is_uuid(id))
         return api_not_found(req, "tag");
     const char *params[] = {api_org(req), id};
-    int rc = 0;
-    db_result_t *res = aud_query(
-        req, 0, "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1 AND t.id = $2", 2,
-        params, &rc);
-    if (!res)
-        return rc;
-    if (db_result_rows(res) != 1) {
-        db_result_free(&res);
-        return api_not_found(req, "tag");
-    }
-    json_t *tag = s_tag_json(res, 0);
-    db_result_free(&res);
-    return api_json(req, 200, tag);
+    return aud_get(req,
+                   "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1 AND t.id = $2", 2,
+                   params, "tag", s_tag_json);
 }
 
 static int s_delete(api_req_t *req)
@@ -94,23 +80,10 @@ static int s_delete(api_req_t *req)
     const char *id = api_param(req, "id");
     if (!api_is_uuid(id))
         return api_not_found(req, "tag");
-    if (api_tx_begin(req) != 0)
-        return api_problem(req, 503, "Service Unavailable", "database unavailable");
     const char *params[] = {api_org(req), id};
-    int rc = 0;
-    db_result_t *res =
-        aud_query(req, 1, "DELETE FROM tags WHERE organization_id = $1 AND id = $2 RETURNING name",
-                2, params, &rc);
-    if (!res)
-        return rc;
-    if (db_result_rows(res) != 1) {
-        db_result_free(&res);
-        api_tx_rollback(req);
-        return api_not_found(req, "tag");
-    }
-    api_audit(req, "tag.delete", "tag", id, json_pack("{s:s}", "name", db_result_get(res, 0, 0)));
-    db_result_free(&res);
-    return aud_commit(req, 204, NULL);
+    return aud_write(req, &s_deleted,
+                     "DELETE FROM tags WHERE organization_id = $1 AND id = $2 RETURNING id, name",
+                     2, params, NULL, NULL);
 }
 
 const api_route_t api_routes_tags[] = {
