@@ -27,6 +27,7 @@
 
 #define PAGE_DEFAULT 50
 #define PAGE_MAX 500
+#define ROWS_PAGE_MAX 200                     /* the AUD_ROWS listings' ?limit= maximum */
 #define CURSOR_US_MIN (-100000000000000000LL) /* about 1200 BC */
 #define CURSOR_US_MAX 999999999999999999LL     /* about 33,700 AD */
 
@@ -128,6 +129,19 @@ int aud_page_index(api_req_t *req, const char *first_sql, const char *next_sql,
     const char *params[] = {api_org(req), page.lim, page.pos, page.id};
     return aud_page_query(req, &page, page.pos ? next_sql : first_sql, page.pos ? 4 : 2, params,
                           item, pos_col, id_col);
+}
+
+/* The AUD_ROWS listings' paging: their cursors hold unsigned microseconds. */
+static const aud_paging_t s_paging_rows = {PAGE_DEFAULT, ROWS_PAGE_MAX, aud_pos_digits,
+                                           "is not a cursor this list produced"};
+
+int aud_page_rows(api_req_t *req, const char *sql)
+{
+    aud_page_t page;
+    if (aud_page_open(req, &s_paging_rows, &page) != 0)
+        return api_invalid(req);
+    const char *params[] = {api_org(req), page.pos, page.id, page.lim};
+    return aud_page_query(req, &page, sql, 4, params, aud_row_item, 1, -1);
 }
 
 int aud_page(api_req_t *req, int *limit, aud_pos_t *pos, int *has_pos)

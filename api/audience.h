@@ -97,6 +97,26 @@ int aud_page_query(api_req_t *req, const aud_page_t *page, const char *sql, int 
 int aud_page_index(api_req_t *req, const char *first_sql, const char *next_sql,
                    aud_item_fn item, int pos_col, int id_col);
 
+/* A listing of rows PostgreSQL builds as JSON (templates, webhooks), for
+ * aud_page_rows: json (a row JSON text expression) FROM from (whose main
+ * table is aliased alias) for the organization $1, after the cursor
+ * position when there is one ($2 whole microseconds, $3 id: exact in bigint
+ * both ways, and the id breaks ties, so pages never skip or repeat a row),
+ * ordered by (created_at, id), LIMIT $4. Column 1 is the row's position. */
+/* clang-format off */
+#define AUD_ROWS(json, from, alias)                                                                \
+    "SELECT " json ", (extract(epoch FROM " alias ".created_at) * 1000000)::bigint"              \
+    " || '|' || " alias ".id FROM " from                                                           \
+    " WHERE " alias ".organization_id = $1 AND ($2::bigint IS NULL"                                \
+    " OR (" alias ".created_at, " alias ".id) > (timestamptz 'epoch'"                              \
+    " + ($2::bigint / 1000000) * interval '1 second'"                                              \
+    " + ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid))"                             \
+    " ORDER BY " alias ".created_at, " alias ".id LIMIT $4::int"
+/* clang-format on */
+/* A whole AUD_ROWS listing: ?limit= 1..200 (50 by default) and ?cursor=
+ * checked (422 naming the field), then a page of the row JSONs. */
+int aud_page_rows(api_req_t *req, const char *sql);
+
 /* aud_page_open with aud_paging, the position copied into *pos (*has_pos
  * 0 when there is no cursor). */
 int aud_page(api_req_t *req, int *limit, aud_pos_t *pos, int *has_pos);
@@ -165,6 +185,15 @@ typedef struct {
         .kind = kind_, .action = action_, .status = status_, .id_col = 0, .body = body_,           \
         .detail = detail_, .unavailable = "database unavailable",                                  \
         .unsaved = "could not commit the change"                                                   \
+    }
+/* The aud_write_t of a resource whose statements return the row as JSON
+ * PostgreSQL built in column 0 and its id in column 1 (templates,
+ * webhooks), with their problem details; kind_ is a string literal. */
+#define AUD_WRITE_JSON(kind_, action_, status_, detail_, lock_)                                    \
+    {                                                                                              \
+        .kind = kind_, .action = action_, .status = status_, .id_col = 1,                          \
+        .body = (status_) == 204 ? NULL : aud_row_item, .detail = detail_, .lock_sql = lock_,      \
+        .unavailable = "the database is unavailable", .unsaved = "the " kind_ " was not saved"     \
     }
 /* Open a transaction, run sql (params) which writes and returns one row (no
  * row is a 404), audit it with action and detail (stolen, may be NULL; the

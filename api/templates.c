@@ -45,19 +45,15 @@
 
 #define NAME_MAX_BYTES 200
 #define SUBJECT_MAX_BYTES 2000
-#define PAGE_DEFAULT 50
-#define PAGE_MAX 200
-
-/* RFC 3339 UTC with microseconds, the API's one timestamp spelling. */
-#define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 /* A template at a version: t is the templates row, v the version row. */
 /* clang-format off */
 #define TEMPLATE_JSON                                                                              \
     "json_build_object('id', t.id, 'name', t.name, 'strict', t.strict, 'version', v.version, "     \
     "'current_version', t.current_version, 'subject', v.subject, 'html', v.html, "                 \
-    "'text', v.text, 'created_at', " TS("t.created_at") ", "                                       \
-    "'updated_at', " TS("t.updated_at") ", 'version_created_at', " TS("v.created_at") ")::text"
+    "'text', v.text, 'created_at', " AUD_TS("t.created_at") ", "                                   \
+    "'updated_at', " AUD_TS("t.updated_at") ", "                                                   \
+    "'version_created_at', " AUD_TS("v.created_at") ")::text"
 /* clang-format on */
 
 /* The three template parts, in the order they are stored and rendered. */
@@ -66,7 +62,6 @@ static const char *const s_parts[] = {"subject", "html", "text"};
 
 /* ------------------------------------------------------------- helpers -- */
 
-/* The request body as an object, or NULL after adding a field error. */
 /* "user:<id>" or "api_key:<id>" for template_versions.created_by; caller
  * frees. NULL when out of memory. */
 static char *s_created_by(api_req_t *req)
@@ -79,10 +74,6 @@ static char *s_created_by(api_req_t *req)
         snprintf(s, n, "%s:%s", type ? type : "", id ? id : "");
     return s;
 }
-
-/* Cursors are "<created_at in whole microseconds>|<uuid>". */
-static const aud_paging_t s_paging = {PAGE_DEFAULT, PAGE_MAX, aud_pos_digits,
-                                      "is not a cursor this list produced"};
 
 /* Names: 1..NAME_MAX_BYTES bytes, no control characters (they end up in
  * lists, logs and exports). */
@@ -134,62 +125,32 @@ static int64_t s_query_version(api_req_t *req)
     return v;
 }
 
-/* Run a write returning (template JSON, id, version, whether that version
- * is new) with its audit row in one transaction; answer ok_status with the
- * JSON, or 404 when no template matched. lock_sql (may be NULL) runs first
- * with params[0] and params[1] (template id, organization) and must return
- * one row. name (may be NULL) goes into the audit detail. */
-static int s_save(api_req_t *req, const char *lock_sql, const char *sql, int n,
-                  const char *const *params, const char *action, const char *name, int ok_status)
+/* A template change's audit detail: the version the row is at (column 2)
+ * and whether the change made it (column 3). */
+static void s_version_detail(const db_result_t *res, json_t *detail)
 {
-    sbuf_t *err = sbuf_new(0);
-    db_result_t *res = NULL;
-    json_t *out = NULL;
-    int status;
-    if (api_tx_begin(req) != 0) {
-        status = api_problem(req, 503, "Service Unavailable", "the database is unavailable");
-        goto done;
-    }
-    if (lock_sql)
-        res = db_query(api_db(req), lock_sql, 2, params, err);
-    if (!lock_sql || (res && db_result_rows(res) == 1)) {
-        db_result_free(&res);
-        res = db_query(api_db(req), sql, n, params, err);
-    }
-    if (!res) {
-        status = aud_db_fail(req, 0, err);
-        api_tx_rollback(req);
-        goto done;
-    }
-    if (db_result_rows(res) != 1) {
-        api_tx_rollback(req);
-        status = api_not_found(req, "template");
-        goto done;
-    }
-    out = aud_row_json(db_result_get(res, 0, 0));
-    json_t *detail =
-        json_pack("{s:I, s:b}", "version", (json_int_t)strtoll(db_result_get(res, 0, 2), NULL, 10),
-                  "new_version", strcmp(db_result_get(res, 0, 3), "t") == 0);
-    if (detail && name)
-        json_object_set_new(detail, "name", json_string(name));
-    api_audit(req, action, "template", db_result_get(res, 0, 1), detail);
-    if (!out) {
-        api_tx_rollback(req);
-        status = api_problem(req, 500, "Internal Server Error", "the template was not saved");
-        goto done;
-    }
-    if (api_tx_commit(req) != 0) {
-        status = api_problem(req, 500, "Internal Server Error", "the template was not saved");
-        goto done;
-    }
-    status = api_json(req, ok_status, out);
-    out = NULL;
-done:
-    json_decref(out);
-    db_result_free(&res);
-    sbuf_destroy(&err);
-    return status;
+    json_object_set_new(detail, "version",
+                        json_integer((json_int_t)strtoll(db_result_get(res, 0, 2), NULL, 10)));
+    json_object_set_new(detail, "new_version",
+                        json_boolean(strcmp(db_result_get(res, 0, 3), "t") == 0));
 }
+
+/* The detail a change starts from: the name when it sets one. */
+static json_t *s_name_detail(const char *name)
+{
+    return name ? json_pack("{s:s}", "name", name) : NULL;
+}
+
+/* First lock the template (orders concurrent PATCHes; a statement that
+ * waited for a row lock would still read the versions with its older
+ * snapshot). No row is a 404. */
+#define TEMPLATE_LOCK "SELECT 1 FROM templates WHERE id = $1 AND organization_id = $2 FOR UPDATE"
+
+/* Writes return (template JSON, id, version, whether that version is new). */
+static const aud_write_t s_created =
+    AUD_WRITE_JSON("template", "template.created", 201, s_version_detail, NULL);
+static const aud_write_t s_updated =
+    AUD_WRITE_JSON("template", "template.updated", 200, s_version_detail, TEMPLATE_LOCK);
 
 /* ---------------------------------------------------------------- create -- */
 
@@ -228,7 +189,7 @@ static int s_create(api_req_t *req)
                       "SELECT " TEMPLATE_JSON ", t.id, 1, true FROM t JOIN v ON true";
     const char *params[] = {api_org(req), name, strict ? "true" : "false", src[0], src[1],
                             src[2],       by};
-    int status = s_save(req, NULL, sql, 7, params, "template.created", name, 201);
+    int status = aud_write(req, &s_created, sql, 7, params, s_name_detail(name), NULL);
     free(by);
     return status;
 }
@@ -237,27 +198,14 @@ static int s_create(api_req_t *req)
 
 static int s_list(api_req_t *req)
 {
-    aud_page_t page;
-    if (aud_page_open(req, &s_paging, &page) != 0)
-        return api_invalid(req);
-    /* The position is the creation time in whole microseconds (exact in
-     * bigint both ways) and the id, so pages never skip or repeat a row
-     * created in the same microsecond. */
     /* clang-format off */
-    const char *sql =
-        "SELECT json_build_object('id', t.id, 'name', t.name, 'strict', t.strict, "
+    return aud_page_rows(req, AUD_ROWS(
+        "json_build_object('id', t.id, 'name', t.name, 'strict', t.strict, "
         "'version', t.current_version, 'subject', v.subject, "
-        "'created_at', " TS("t.created_at") ", 'updated_at', " TS("t.updated_at") ")::text, "
-        "(extract(epoch FROM t.created_at) * 1000000)::bigint || '|' || t.id "
-        "FROM templates t JOIN template_versions v "
-        "ON v.template_id = t.id AND v.version = t.current_version "
-        "WHERE t.organization_id = $1 AND ($2::bigint IS NULL OR (t.created_at, t.id) > "
-        "(timestamptz 'epoch' + ($2::bigint / 1000000) * interval '1 second' "
-        "+ ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid)) "
-        "ORDER BY t.created_at, t.id LIMIT $4::int";
+        "'created_at', " AUD_TS("t.created_at") ", 'updated_at', " AUD_TS("t.updated_at") ")::text",
+        "templates t JOIN template_versions v "
+        "ON v.template_id = t.id AND v.version = t.current_version", "t"));
     /* clang-format on */
-    const char *params[] = {api_org(req), page.pos, page.id, page.lim};
-    return aud_page_query(req, &page, sql, 4, params, aud_row_item, 1, -1);
 }
 
 /* ------------------------------------------------------------------- get -- */
@@ -277,18 +225,7 @@ static int s_get(api_req_t *req)
                       "AND v.version = coalesce($3::int, t.current_version) "
                       "WHERE t.id = $1 AND t.organization_id = $2";
     const char *params[] = {id, api_org(req), version ? vbuf : NULL};
-    int status = 0;
-    db_result_t *res = aud_query(req, 0, sql, 3, params, &status);
-    if (!res)
-        return status;
-    json_t *out = db_result_rows(res) == 1 ? aud_row_json(db_result_get(res, 0, 0)) : NULL;
-    int missing = db_result_rows(res) != 1;
-    db_result_free(&res);
-    if (missing)
-        return api_not_found(req, version ? "template version" : "template");
-    if (!out)
-        return api_problem(req, 500, "Internal Server Error", "cannot read the template");
-    return api_json(req, 200, out);
+    return aud_get(req, sql, 3, params, version ? "template version" : "template", aud_row_item);
 }
 
 /* ----------------------------------------------------------------- patch -- */
@@ -326,14 +263,10 @@ static int s_patch(api_req_t *req)
     char *by = s_created_by(req);
     if (!by)
         return api_problem(req, 500, "Internal Server Error", "out of memory");
-    /* First lock the template (orders concurrent PATCHes; a statement that
-     * waited for a row lock would still read the versions with its older
-     * snapshot), then in one statement merge the given parts over the
-     * current version, insert the next version only when a part really
-     * changed (versions are immutable, never updated), and move the
+    /* After the lock (TEMPLATE_LOCK), one statement merges the given parts
+     * over the current version, inserts the next version only when a part
+     * really changed (versions are immutable, never updated), and moves the
      * template to it. */
-    const char *lock = "SELECT 1 FROM templates WHERE id = $1 AND organization_id = $2 "
-                       "FOR UPDATE";
     /* clang-format off */
     const char *sql =
         "WITH cur AS (SELECT t.id, t.current_version, v.subject, v.html, v.text "
@@ -354,8 +287,8 @@ static int s_patch(api_req_t *req)
         "SELECT json_build_object('id', t.id, 'name', t.name, 'strict', t.strict, "
         "'version', t.current_version, 'current_version', t.current_version, "
         "'subject', m.s, 'html', m.h, 'text', m.x, "
-        "'created_at', " TS("t.created_at") ", 'updated_at', " TS("t.updated_at") ", "
-        "'version_created_at', " TS("coalesce((SELECT created_at FROM ins), "
+        "'created_at', " AUD_TS("t.created_at") ", 'updated_at', " AUD_TS("t.updated_at") ", "
+        "'version_created_at', " AUD_TS("coalesce((SELECT created_at FROM ins), "
             "(SELECT created_at FROM template_versions "
             "WHERE template_id = t.id AND version = t.current_version))") ")::text, "
         "t.id, t.current_version, t.current_version <> m.current_version "
@@ -369,7 +302,7 @@ static int s_patch(api_req_t *req)
                             name,
                             strict < 0 ? NULL : strict ? "true" : "false",
                             by};
-    int status = s_save(req, lock, sql, 8, params, "template.updated", name, 200);
+    int status = aud_write(req, &s_updated, sql, 8, params, s_name_detail(name), NULL);
     free(by);
     return status;
 }
@@ -463,8 +396,8 @@ static int s_preview(api_req_t *req)
     const char *sql =
         "SELECT t.strict, v.subject, v.html, v.text, "
         "(SELECT json_build_object('id', c.id, 'email', c.email, 'status', c.status, "
-        "'fields', c.fields, 'created_at', " TS("c.created_at") ", "
-        "'updated_at', " TS("c.updated_at") ")::text "
+        "'fields', c.fields, 'created_at', " AUD_TS("c.created_at") ", "
+        "'updated_at', " AUD_TS("c.updated_at") ")::text "
         "FROM contacts c WHERE c.id = $3::uuid AND c.organization_id = $2) "
         "FROM templates t JOIN template_versions v ON v.template_id = t.id "
         "AND v.version = coalesce($4::int, t.current_version) "

@@ -43,18 +43,13 @@
 
 #define URL_MAX_BYTES 2048
 #define SECRET_BYTES 32
-#define PAGE_DEFAULT 50
-#define PAGE_MAX 200
-
-/* RFC 3339 UTC with microseconds, the API's one timestamp spelling. */
-#define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 /* A webhook row w as the API shows it (never the secret). */
 /* clang-format off */
 #define WEBHOOK_JSON                                                                               \
     "json_build_object('id', w.id, 'url', w.url, 'events', to_json(w.events), "                    \
-    "'enabled', w.enabled, 'created_at', " TS("w.created_at") ", "                                 \
-    "'updated_at', " TS("w.updated_at") ")::text"
+    "'enabled', w.enabled, 'created_at', " AUD_TS("w.created_at") ", "                             \
+    "'updated_at', " AUD_TS("w.updated_at") ")::text"
 /* clang-format on */
 
 /* Every event a webhook may subscribe to. */
@@ -71,10 +66,6 @@ static const char *const s_events[] = {"message.sent",
                                        NULL};
 
 /* ------------------------------------------------------------- helpers -- */
-
-/* Cursors are "<created_at in whole microseconds>|<uuid>". */
-static const aud_paging_t s_paging = {PAGE_DEFAULT, PAGE_MAX, aud_pos_digits,
-                                      "is not a cursor this list produced"};
 
 /* Why url is not an acceptable endpoint, or NULL when it is. Only the
  * shape is checked (no DNS): absolute http/https, a host (name, IPv4 or
@@ -238,59 +229,11 @@ static int s_secret(char *out, size_t size)
     return authn_random_hex(out + 6, SECRET_BYTES);
 }
 
-/* Run a write (sql returning WEBHOOK_JSON and w.id) with its audit row in
- * one transaction and answer with the row: ok_status on success, 404 when
- * nothing matched. extra (stolen, may be NULL) is merged into the answer. */
-static int s_write(api_req_t *req, const char *sql, int n, const char *const *params,
-                   const char *action, json_t *detail, int ok_status, json_t *extra)
-{
-    sbuf_t *err = sbuf_new(0);
-    db_result_t *res = NULL;
-    json_t *out = NULL;
-    int status;
-    if (api_tx_begin(req) != 0) {
-        status = api_problem(req, 503, "Service Unavailable", "the database is unavailable");
-        goto done;
-    }
-    res = db_query(api_db(req), sql, n, params, err);
-    if (!res) {
-        status = aud_db_fail(req, 0, err);
-        api_tx_rollback(req);
-        goto done;
-    }
-    if (db_result_rows(res) != 1) {
-        api_tx_rollback(req);
-        status = api_not_found(req, "webhook");
-        goto done;
-    }
-    out = aud_row_json(db_result_get(res, 0, 0));
-    api_audit(req, action, "webhook", db_result_get(res, 0, 1), detail);
-    detail = NULL;
-    if (!out) {
-        api_tx_rollback(req);
-        status = api_problem(req, 500, "Internal Server Error", "the webhook was not saved");
-        goto done;
-    }
-    if (api_tx_commit(req) != 0) {
-        status = api_problem(req, 500, "Internal Server Error", "the webhook was not saved");
-        goto done;
-    }
-    if (extra)
-        json_object_update(out, extra);
-    if (ok_status == 204) {
-        status = api_no_content(req);
-    } else {
-        status = api_json(req, ok_status, out);
-        out = NULL;
-    }
-done:
-    json_decref(out);
-    json_decref(extra);
-    json_decref(detail);
-    db_result_free(&res);
-    sbuf_destroy(&err);
-    return status;
-}
+/* Writes return WEBHOOK_JSON and w.id; the audit detail is what the
+ * request set (never the secret). */
+static const aud_write_t s_created = AUD_WRITE_JSON("webhook", "webhook.created", 201, NULL, NULL);
+static const aud_write_t s_updated = AUD_WRITE_JSON("webhook", "webhook.updated", 200, NULL, NULL);
+static const aud_write_t s_deleted = AUD_WRITE_JSON("webhook", "webhook.deleted", 204, NULL, NULL);
 
 /* ---------------------------------------------------------------- routes -- */
 
@@ -315,7 +258,7 @@ static int s_create(api_req_t *req)
     const char *params[] = {api_org(req), url, events_text, secret, enabled ? "true" : "false"};
     json_t *detail = json_pack("{s:s, s:O}", "url", url, "events", events);
     json_t *extra = json_pack("{s:s}", "secret", secret);
-    int status = s_write(req, sql, 5, params, "webhook.created", detail, 201, extra);
+    int status = aud_write(req, &s_created, sql, 5, params, detail, extra);
     memset(secret, 0, sizeof secret);
     free(events_text);
     json_decref(events);
@@ -324,20 +267,7 @@ static int s_create(api_req_t *req)
 
 static int s_list(api_req_t *req)
 {
-    /* The position is "<created_at in whole microseconds>|<id>": exact in
-     * bigint both ways, and the id breaks ties. */
-    aud_page_t page;
-    if (aud_page_open(req, &s_paging, &page) != 0)
-        return api_invalid(req);
-    const char *sql =
-        "SELECT " WEBHOOK_JSON ", (extract(epoch FROM w.created_at) * 1000000)::bigint "
-        "|| '|' || w.id FROM webhooks w WHERE w.organization_id = $1 "
-        "AND ($2::bigint IS NULL OR (w.created_at, w.id) > "
-        "(timestamptz 'epoch' + ($2::bigint / 1000000) * interval '1 second' "
-        "+ ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid)) "
-        "ORDER BY w.created_at, w.id LIMIT $4::int";
-    const char *params[] = {api_org(req), page.pos, page.id, page.lim};
-    return aud_page_query(req, &page, sql, 4, params, aud_row_item, 1, -1);
+    return aud_page_rows(req, AUD_ROWS(WEBHOOK_JSON, "webhooks w", "w"));
 }
 
 static int s_get(api_req_t *req)
@@ -348,18 +278,7 @@ static int s_get(api_req_t *req)
     const char *sql = "SELECT " WEBHOOK_JSON " FROM webhooks w "
                       "WHERE w.id = $1 AND w.organization_id = $2";
     const char *params[] = {id, api_org(req)};
-    int status = 0;
-    db_result_t *res = aud_query(req, 0, sql, 2, params, &status);
-    if (!res)
-        return status;
-    json_t *out = db_result_rows(res) == 1 ? aud_row_json(db_result_get(res, 0, 0)) : NULL;
-    int missing = db_result_rows(res) != 1;
-    db_result_free(&res);
-    if (missing)
-        return api_not_found(req, "webhook");
-    if (!out)
-        return api_problem(req, 500, "Internal Server Error", "cannot read the webhook");
-    return api_json(req, 200, out);
+    return aud_get(req, sql, 2, params, "webhook", aud_row_item);
 }
 
 static int s_patch(api_req_t *req)
@@ -389,7 +308,7 @@ static int s_patch(api_req_t *req)
         json_object_set(detail, "events", events);
     if (enabled >= 0)
         json_object_set_new(detail, "enabled", json_boolean(enabled));
-    int status = s_write(req, sql, 5, params, "webhook.updated", detail, 200, NULL);
+    int status = aud_write(req, &s_updated, sql, 5, params, detail, NULL);
     free(events_text);
     json_decref(events);
     return status;
@@ -403,7 +322,7 @@ static int s_delete(api_req_t *req)
     const char *sql = "DELETE FROM webhooks w WHERE w.id = $1 AND w.organization_id = $2 "
                       "RETURNING " WEBHOOK_JSON ", w.id";
     const char *params[] = {id, api_org(req)};
-    return s_write(req, sql, 2, params, "webhook.deleted", NULL, 204, NULL);
+    return aud_write(req, &s_deleted, sql, 2, params, NULL, NULL);
 }
 
 const api_route_t api_routes_webhooks[] = {
