@@ -406,6 +406,15 @@ int aud_get(api_req_t *req, const char *sql, int n, const char *const *params, c
     return api_json(req, 200, one);
 }
 
+int aud_get_id(api_req_t *req, const char *sql, const char *noun, aud_item_fn item)
+{
+    const char *id = api_param(req, "id");
+    if (!api_is_uuid(id))
+        return api_not_found(req, noun);
+    const char *params[] = {api_org(req), id};
+    return aud_get(req, sql, 2, params, noun, item);
+}
+
 int aud_write(api_req_t *req, const aud_write_t *how, const char *sql, int n,
               const char *const *params, json_t *detail, json_t *extra)
 {

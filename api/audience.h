@@ -158,6 +158,10 @@ db_result_t *aud_query_row(api_req_t *req, int in_tx, const char *sql, int n,
  * item's JSON of it (500 "cannot read the <noun>" when item fails). */
 int aud_get(api_req_t *req, const char *sql, int n, const char *const *params, const char *noun,
             aud_item_fn item);
+/* GET /<resource>/{id}: a path id that is not a uuid is a 404 for noun
+ * (before any SQL); else aud_get of sql with the organization as $1 and the
+ * id as $2. */
+int aud_get_id(api_req_t *req, const char *sql, const char *noun, aud_item_fn item);
 
 /* One kind of one-row change (aud_write). The messages are the module's
  * own: each resource keeps the problem details it has always answered. */

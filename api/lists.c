@@ -98,13 +98,9 @@ static int s_index(api_req_t *req)
 
 static int s_get(api_req_t *req)
 {
-    const char *id = api_param(req, "id");
-    if (!api_is_uuid(id))
-        return api_not_found(req, "list");
-    const char *params[] = {api_org(req), id};
-    return aud_get(req,
-                   "SELECT " LIST_COLS " FROM lists l WHERE l.organization_id = $1 AND l.id = $2",
-                   2, params, "list", s_list_json);
+    return aud_get_id(
+        req, "SELECT " LIST_COLS " FROM lists l WHERE l.organization_id = $1 AND l.id = $2", "list",
+        s_list_json);
 }
 
 static int s_update(api_req_t *req)

@@ -66,13 +66,9 @@ static int s_index(api_req_t *req)
 
 static int s_get(api_req_t *req)
 {
-    const char *id = api_param(req, "id");
-    if (!api_is_uuid(id))
-        return api_not_found(req, "tag");
-    const char *params[] = {api_org(req), id};
-    return aud_get(req,
-                   "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1 AND t.id = $2", 2,
-                   params, "tag", s_tag_json);
+    return aud_get_id(req,
+                      "SELECT " TAG_COLS " FROM tags t WHERE t.organization_id = $1 AND t.id = $2",
+                      "tag", s_tag_json);
 }
 
 static int s_delete(api_req_t *req)

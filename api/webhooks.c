@@ -272,13 +272,10 @@ static int s_list(api_req_t *req)
 
 static int s_get(api_req_t *req)
 {
-    const char *id = api_param(req, "id");
-    if (!api_is_uuid(id))
-        return api_not_found(req, "webhook");
-    const char *sql = "SELECT " WEBHOOK_JSON " FROM webhooks w "
-                      "WHERE w.id = $1 AND w.organization_id = $2";
-    const char *params[] = {id, api_org(req)};
-    return aud_get(req, sql, 2, params, "webhook", aud_row_item);
+    return aud_get_id(req,
+                      "SELECT " WEBHOOK_JSON " FROM webhooks w "
+                      "WHERE w.organization_id = $1 AND w.id = $2",
+                      "webhook", aud_row_item);
 }
 
 static int s_patch(api_req_t *req)
