@@ -2,8 +2,9 @@
  * audience - small helpers the resource modules share (first the audience
  * ones: lists, tags, segments, suppressions; also templates, webhooks,
  * domains, messages): RFC 3339 timestamps in SQL, keyset pagination, name
- * and email validation, and turning a failed statement into the right
- * problem response.
+ * and email validation, turning a failed statement into the right problem
+ * response, and the one-row GET and audited one-row write (aud_get,
+ * aud_write) so each handler keeps only its SQL, row JSON and audit detail.
  *
  * Pagination: every listing is ordered by (created_at, id) and its cursor
  * position is "<created_at>|<uuid>" (the audience ones: microseconds since
