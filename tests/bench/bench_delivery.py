@@ -164,7 +164,10 @@ class CpuSampler:
                 continue
             comm = st[st.index("(") + 1:st.rindex(")")]
             f = st[st.rindex(")") + 2:].split()
-            progs[(pid, comm)] = int(f[11]) + int(f[12])  # utime + stime
+            # utime + stime by pid (a kernel worker's name changes with
+            # its work item: keyed by name it would count as new, with its
+            # whole lifetime's ticks)
+            progs[pid] = (comm, int(f[11]) + int(f[12]))
         # idle + iowait, and all ticks
         return time.time(), cpu[3] + cpu[4], sum(cpu[:8]), progs
 
@@ -186,11 +189,12 @@ class CpuSampler:
         if total <= 0:
             return None
         byprog = {}
-        for key, ticks in b[3].items():
-            prog = key[1]
+        for pid, (prog, ticks) in b[3].items():
             if prog.startswith("postgres") or prog in ("postmaster",):
                 prog = "postgres"
-            byprog[prog] = byprog.get(prog, 0) + ticks - a[3].get(key, 0)
+            elif prog.startswith("kworker"):
+                prog = "kworker"
+            byprog[prog] = byprog.get(prog, 0) + ticks - a[3].get(pid, ("", 0))[1]
         top = sorted(((v, k) for k, v in byprog.items() if v > 0), reverse=True)[:5]
         return (b[1] - a[1]) / total, [(k, v / total) for v, k in top]
 
