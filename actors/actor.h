@@ -53,4 +53,8 @@ int actor_reply(actor_ctx_t *ctx, const void *body, size_t len);
 int actor_send(actor_ctx_t *ctx, const char *target, const char *name, const void *body,
                size_t len);
 
+/* Register the tenant actor's metrics (bulk expansion); once per process,
+ * at worker start, so /metrics shows them before the first bulk send. */
+void actor_tenant_metrics(void);
+
 #endif

@@ -44,6 +44,7 @@
 
 #include "actor.h"
 #include "log.h"
+#include "metrics.h"
 #include "mailer_shard.h"
 #include "messages.h"
 
@@ -201,6 +202,17 @@ static int s_dispatch(actor_ctx_t *ctx, tenant_state_t *s, const event_range_t *
     return 0;
 }
 
+static metric_t *s_rows_written;  /* bulk expansion rows written on this worker */
+static metric_t *s_steps_failed;  /* bulk expansion steps rolled back */
+
+void actor_tenant_metrics(void)
+{
+    s_rows_written = metrics_counter("postchi_worker_bulk_rows_written_total",
+                                     "Rows bulk sends' expansion steps wrote (suppressed included).");
+    s_steps_failed = metrics_counter("postchi_worker_bulk_steps_failed_total",
+                                     "Bulk expansion steps rolled back (retried by the sweeper).");
+}
+
 /* One step of a bulk send: see the header. 0, or -1 (nothing written; the
  * sweeper announces the batch again). */
 static int s_expand(actor_ctx_t *ctx, const envelope_t *msg)
@@ -225,10 +237,14 @@ static int s_expand(actor_ctx_t *ctx, const envelope_t *msg)
         rc = -1;
     }
     if (rc != 0) {
+        if (s_steps_failed)
+            metric_inc(s_steps_failed);
         if (log_should("tenant-expand", 13, 10000))
             log_error("bulk send step not written org=%s batch=%s (the sweeper retries): %s",
                       actor_key(ctx), batch, err && sbuf_len(err) ? sbuf_data(err) : "no database");
     } else {
+        if (s_rows_written)
+            metric_add(s_rows_written, (double)step.written);
         char body[64], addr[320];
         int n = snprintf(body, sizeof body, "{\"batch_id\":\"%s\"}", batch);
         size_t i;

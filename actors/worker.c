@@ -481,6 +481,7 @@ static void s_metrics_init(worker_t *w)
                                "Messages waiting in actor mailboxes.");
     w->m_malformed = metrics_counter("postchi_worker_frames_malformed_total",
                                      "Frames from the broker refused by the decoder.");
+    actor_tenant_metrics();
 }
 
 static int s_ready(void *arg, sbuf_t *body)
