@@ -152,6 +152,9 @@ static void test_list_expands_in_steps_and_delivers(void **state)
     assert_int_equal(api_sql_long(&E, "SELECT count(DISTINCT contact_id) FROM messages WHERE"
                                       " batch_id = '%s'", batch), 60);
     assert_int_equal(s_doubles(batch), 0);
+    /* The worker wrote all but the API's first step, and counted them. */
+    assert_true(mesh_metric(E.mesh.worker_metrics[0], "postchi_worker_bulk_rows_written_total") ==
+                53.0);
     assert_int_equal(s_count(batch, "status = 'suppressed' AND recipient IN ('step1@odd.example',"
                                     " 'step30@even.example', 'step59@odd.example',"
                                     " 'step2@even.example', 'step44@even.example')"), 5);
