@@ -15,8 +15,8 @@
  * row is dispatched once however often it is announced.
  *
  * "expand" {"batch_id"} writes the next step of a bulk send
- * (messages_expand, its own transaction), wakes the mailers of the
- * domains it queued, and sends itself "expand" again until the batch is
+ * (messages_expand, its own transaction), wakes the mailers (domain and
+ * shard) it queued rows for, and sends itself "expand" again until the batch is
  * whole, so other triggers of the organization interleave with a long
  * expansion. A lost "expand" is re-sent by the sweeper; a repeated one
  * writes nothing twice (the step locks the batch and moves its cursor).
@@ -45,7 +45,6 @@
 #include "actor.h"
 #include "log.h"
 #include "metrics.h"
-#include "mailer_shard.h"
 #include "messages.h"
 
 /* Trigger names this actor accepts; received[] is indexed the same way. */
@@ -249,11 +248,11 @@ static int s_expand(actor_ctx_t *ctx, const envelope_t *msg)
         int n = snprintf(body, sizeof body, "{\"batch_id\":\"%s\"}", batch);
         size_t i;
         json_t *d;
-        json_array_foreach(step.domains, i, d) {
-            for (int shard = 0; json_is_string(d) && shard < MAILER_SHARDS; shard++) {
-                mailer_address(addr, sizeof addr, json_string_value(d), shard);
-                actor_send(ctx, addr, "wake", body, (size_t)n);
-            }
+        json_array_foreach(step.mailers, i, d) {
+            if (!json_is_string(d))
+                continue;
+            snprintf(addr, sizeof addr, "mailer/%s", json_string_value(d));
+            actor_send(ctx, addr, "wake", body, (size_t)n);
         }
         if (!step.done) {
             snprintf(addr, sizeof addr, "tenant/%s", actor_key(ctx));

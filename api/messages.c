@@ -761,19 +761,27 @@ static int s_render(api_req_t *req, send_t *s, json_t *warnings, int *rc)
     AUD_TS("m.send_at") ") ELSE '{}'::jsonb END FROM m)"
 /* clang-format on */
 
-/* Wake the mailer of each domain (after COMMIT). name/body as the mailer
- * expects them: "deliver" {"message_id"} or "wake" {"batch_id"}. */
-static void s_wake(api_req_t *req, const char *domain, const char *name, const char *key,
-                   const char *id)
+/* "deliver" {"message_id"} to the mailer that owns the row (its domain and
+ * shard), after COMMIT. */
+static void s_deliver(api_req_t *req, const char *domain, const char *id)
 {
-    /* One row: the shard that owns it. A batch: every shard of the domain. */
     char target[300];
-    int single = strcmp(name, "deliver") == 0;
-    for (int shard = 0; shard < MAILER_SHARDS; shard++) {
-        if (single && shard != mailer_shard(id))
+    mailer_address(target, sizeof target, domain, mailer_shard(id));
+    api_mesh_send(req, target, "deliver", json_pack("{s:s}", "message_id", id));
+}
+
+/* "wake" {"batch_id"} to each mailer of mailers ("<domain>#<shard>" keys,
+ * a JSON array), after COMMIT. */
+static void s_wake_mailers(api_req_t *req, const json_t *mailers, const char *batch_id)
+{
+    size_t i;
+    json_t *k;
+    char target[300];
+    json_array_foreach(mailers, i, k) {
+        if (!json_is_string(k))
             continue;
-        mailer_address(target, sizeof target, domain, shard);
-        api_mesh_send(req, target, name, json_pack("{s:s}", key, id));
+        snprintf(target, sizeof target, "mailer/%s", json_string_value(k));
+        api_mesh_send(req, target, "wake", json_pack("{s:s}", "batch_id", batch_id));
     }
 }
 
@@ -840,8 +848,7 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
     /* Committed: now, and only now, tell the mailers. */
     for (int i = 0; i < rows; i++)
         if (strcmp(db_result_get(res, i, 3), "queued") == 0)
-            s_wake(req, db_result_get(res, i, 5), "deliver", "message_id",
-                   db_result_get(res, i, 1));
+            s_deliver(req, db_result_get(res, i, 5), db_result_get(res, i, 1));
     db_result_free(&res);
     return api_json(req, 202, out);
 }
@@ -882,8 +889,9 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
     "SELECT count(m.id), count(m.id) FILTER (WHERE m.status = 'queued'), "                        \
     "count(m.id) FILTER (WHERE m.status = 'scheduled'), "                                          \
     "count(m.id) FILTER (WHERE m.status = 'suppressed'), "                                         \
-    "coalesce(array_to_json(array_agg(DISTINCT m.recipient_domain) "                               \
-    "FILTER (WHERE m.status = 'queued'))::text, '[]'), (SELECT status FROM u) FROM m"
+    "coalesce(array_to_json(array_agg(DISTINCT m.recipient_domain || '#' || "                      \
+    MAILER_SHARD_SQL("m.id") ") FILTER (WHERE m.status = 'queued'))::text, '[]'), "              \
+    "(SELECT status FROM u) FROM m"
 #define EXPAND_LIST_MEMBER                                                                         \
     "EXISTS (SELECT 1 FROM list_members lm WHERE lm.organization_id = $1 "                         \
     "AND lm.list_id = $7::uuid AND lm.contact_id = c.id)"
@@ -893,7 +901,7 @@ void messages_step_clear(messages_step_t *step)
 {
     if (!step)
         return;
-    json_decref(step->domains);
+    json_decref(step->mailers);
     memset(step, 0, sizeof *step);
 }
 
@@ -961,7 +969,7 @@ int messages_expand(db_t *db, const char *org, const char *batch_id, messages_st
     out->queued = strtol(db_result_get(step, 0, 1), NULL, 10);
     out->scheduled = strtol(db_result_get(step, 0, 2), NULL, 10);
     out->suppressed = strtol(db_result_get(step, 0, 3), NULL, 10);
-    out->domains = aud_json_col(db_result_get(step, 0, 4));
+    out->mailers = aud_json_col(db_result_get(step, 0, 4));
     const char *status = db_result_get(step, 0, 5);
     out->done = !status || strcmp(status, "expanded") == 0;
     db_result_free(&step);
@@ -1083,13 +1091,9 @@ static int s_send_bulk(api_req_t *req, send_t *s, json_t *warnings)
         messages_step_clear(&step);
         return api_problem(req, 500, "Internal Server Error", "the send was not accepted");
     }
-    /* One wake-up per destination, not per row: the mailer scans its queue. */
-    size_t i;
-    json_t *d;
-    json_array_foreach(step.domains, i, d) {
-        if (json_is_string(d))
-            s_wake(req, json_string_value(d), "wake", "batch_id", batch_id);
-    }
+    /* One wake-up per mailer with rows in the step, not per row: the
+     * mailer scans its queue. */
+    s_wake_mailers(req, step.mailers, batch_id);
     messages_step_clear(&step);
     /* The rest in the background. Lost, the sweeper announces it again. */
     if (strcmp(json_string_value(json_object_get(out, "status")), "expanding") == 0) {

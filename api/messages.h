@@ -17,7 +17,8 @@ typedef struct {
     long scheduled;   /* of which scheduled (send_at in the future) */
     long suppressed;  /* of which suppressed */
     int done;         /* the batch is whole (now, or before this step) */
-    json_t *domains;  /* recipient domains with queued rows, a JSON array (owned), or NULL */
+    json_t *mailers;  /* "<domain>#<shard>" of the mailers with queued rows in the step, a
+                       * JSON array (owned), or NULL: only those are woken */
 } messages_step_t;
 
 /* Write the next step of batch batch_id of organization org inside the
