@@ -72,6 +72,20 @@ static char *s_send_wait(const char *subject, const char *want, char *id)
     return s_send_to("x@dest.test", subject, want, id);
 }
 
+/* Send to rcpt and expect it deferred with needle in its last response; id
+ * gets the row's id. */
+static void s_expect_deferred(const char *rcpt, const char *subject, const char *needle, char *id)
+{
+    char *st = s_send_to(rcpt, subject, "deferred", id);
+    assert_string_equal(st, "deferred");
+    free(st);
+    char *why = dl_sql(&E, "SELECT last_response FROM messages WHERE id = '%s'", id);
+    assert_non_null(why);
+    if (!strstr(why, needle))
+        fail_msg("last response of %s: \"%s\", expected it to name \"%s\"", id, why, needle);
+    free(why);
+}
+
 static void test_verified_and_auth(void **state)
 {
     (void)state;
@@ -87,20 +101,14 @@ static void test_verified_and_auth(void **state)
 
     /* self-signed, not trusted: deferred before any credentials go out */
     char id[64];
-    char *st = s_send_wait("Subject-untrusted", "deferred", id);
-    assert_string_equal(st, "deferred");
-    free(st);
-    char *why = dl_sql(&E, "SELECT last_response FROM messages WHERE id = '%s'", id);
-    assert_non_null(why);
-    assert_non_null(strstr(why, "verif"));
-    free(why);
+    s_expect_deferred("x@dest.test", "Subject-untrusted", "verif", id);
     assert_int_equal(smtp_fake_get(&f, &f.auth_tries), 0);
     assert_int_equal(smtp_fake_get(&f, &f.messages), 0);
 
     /* with the certificate as trust anchor: STARTTLS, AUTH, sent */
     setenv("POSTCHI_SMTP_TLS_CA_FILE", s_cert, 1);
     s_restart_worker();
-    st = s_send_wait("Subject-trusted", "sent", id);
+    char *st = s_send_wait("Subject-trusted", "sent", id);
     assert_string_equal(st, "sent");
     free(st);
     assert_true(smtp_fake_get(&f, &f.tls_ok) >= 1);
@@ -130,13 +138,7 @@ static void test_no_auth_in_clear(void **state)
     setenv("POSTCHI_SMTP_RELAY_PASSWORD", "relay-pw", 1);
     s_restart_worker();
     char id[64];
-    char *st = s_send_wait("Subject-plain", "deferred", id);
-    assert_string_equal(st, "deferred");
-    free(st);
-    char *why = dl_sql(&E, "SELECT last_response FROM messages WHERE id = '%s'", id);
-    assert_non_null(why);
-    assert_non_null(strstr(why, "without TLS"));
-    free(why);
+    s_expect_deferred("x@dest.test", "Subject-plain", "without TLS", id);
     assert_int_equal(smtp_fake_get(&f, &f.auth_tries), 0);
     assert_int_equal(smtp_fake_get(&f, &f.messages), 0);
     unsetenv("POSTCHI_SMTP_RELAY_USER");
@@ -208,13 +210,7 @@ static void test_verified_mx(void **state)
     free(st);
     assert_int_equal(smtp_fake_get(&f, &f.messages), 1);
     /* Same address, but the MX name is not on the certificate. */
-    st = s_send_to("b@wrong.test", "Subject-mx-wrong-name", "deferred", id);
-    assert_string_equal(st, "deferred");
-    free(st);
-    char *why = dl_sql(&E, "SELECT last_response FROM messages WHERE id = '%s'", id);
-    assert_non_null(why);
-    assert_non_null(strstr(why, "verif"));
-    free(why);
+    s_expect_deferred("b@wrong.test", "Subject-mx-wrong-name", "verif", id);
     assert_int_equal(smtp_fake_get(&f, &f.messages), 1);
 
     setenv("POSTCHI_SMTP_RELAY", "127.0.0.1:9", 1);
