@@ -15,18 +15,24 @@
  *    rule as it was at acceptance, one row per member.
  * 3. A list larger than one step but with a future send_at: every row is
  *    'scheduled', none sent; its attachment is stored once for the send.
+ * 4. Steps racing: three threads of this test run messages_expand on their
+ *    own connections while the tenant actor does too (as two activations
+ *    on two workers could for a moment): the batch row lock and the cursor
+ *    keep every contact to one row.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "delivery_util.h"
+#include "messages.h"
 
 static api_env_t E;
 static dsink_t S;
@@ -255,12 +261,80 @@ static void test_scheduled_bulk_send_is_scheduled_in_every_step(void **state)
                                   " a.data = 'hello'::bytea", batch), 1);
 }
 
+typedef struct {
+    const char *batch; /* the batch to expand */
+    long steps;        /* steps that wrote rows */
+    int failed;        /* a step failed */
+} racer_t;
+
+static void *s_racer(void *arg)
+{
+    racer_t *r = arg;
+    char conninfo[256];
+    snprintf(conninfo, sizeof conninfo, "host=%s port=%s user=%s dbname=%s",
+             harness_server("PG_HOST"), harness_server("PG_PORT"), harness_server("PG_USER"),
+             E.db);
+    sbuf_t *err = sbuf_new(64);
+    db_t *db = err ? db_connect(conninfo, 0, err) : NULL;
+    r->failed = !db;
+    for (int i = 0; db && i < 1000; i++) {
+        messages_step_t step = {0};
+        if (db_exec(db, "BEGIN", 0, NULL, err) != 0 ||
+            messages_expand(db, E.org_id, r->batch, &step, err) != 0 ||
+            db_exec(db, "COMMIT", 0, NULL, err) != 0) {
+            db_exec(db, "ROLLBACK", 0, NULL, NULL);
+            fprintf(stderr, "racer: %s\n", sbuf_data(err));
+            r->failed = 1;
+            messages_step_clear(&step);
+            break;
+        }
+        int done = step.done;
+        r->steps += step.written > 0;
+        messages_step_clear(&step);
+        if (done)
+            break;
+    }
+    db_destroy(&db);
+    sbuf_destroy(&err);
+    return NULL;
+}
+
+static void test_racing_steps_write_each_member_once(void **state)
+{
+    (void)state;
+    char *list = s_list("race", 300);
+    api_resp_t r = {0};
+    char batch[64];
+    s_post_bulk("to_list", list, "Race", ",\"send_at\":\"2099-01-01T00:00:00Z\"", batch, &r);
+    free(list);
+    api_resp_free(&r);
+    racer_t racers[3] = {{batch, 0, 0}, {batch, 0, 0}, {batch, 0, 0}};
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, s_racer, &racers[i]), 0);
+    long by_racers = 0;
+    for (int i = 0; i < 3; i++) {
+        pthread_join(t[i], NULL);
+        assert_false(racers[i].failed);
+        by_racers += racers[i].steps;
+    }
+    /* The race happened: the test's threads wrote some of the steps. */
+    assert_true(by_racers > 0);
+    s_wait_expanded(batch, 20000, &r);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "total")), 300);
+    api_resp_free(&r);
+    assert_int_equal(s_count(batch, "true"), 300);
+    assert_int_equal(s_doubles(batch), 0);
+    printf("racing steps: %ld of the 43 written by the test's threads\n", by_racers);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_list_expands_in_steps_and_delivers),
         cmocka_unit_test(test_stalled_segment_send_resumes_with_its_rule),
         cmocka_unit_test(test_scheduled_bulk_send_is_scheduled_in_every_step),
+        cmocka_unit_test(test_racing_steps_write_each_member_once),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
