@@ -509,11 +509,11 @@ static void *s_recorder(void *arg)
         pthread_mutex_lock(&d->rec_lock);
         while (!d->rec_head && !d->rec_stopping)
             pthread_cond_wait(&d->rec_cond, &d->rec_lock);
-        /* A round costs about the same planned, parsed and committed for
-         * ten rows as for a hundred: under load, gather for a few
-         * milliseconds first (measured: rounds of ~17 rows at 3,000 msg/s
-         * spent a fifth of PostgreSQL's time on that fixed cost). Alone, a
-         * message waits REC_GATHER_MS at most. */
+        /* A round is planned, parsed and committed whether it holds ten
+         * rows or a hundred: under load, gather for a few milliseconds
+         * first (measured at 3,400 msg/s: 1,224 rounds became 609 per
+         * 21,000 messages, their planning 0.51 s of PostgreSQL time became
+         * 0.23 s). Alone, a message waits REC_GATHER_MS at most. */
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_nsec += REC_GATHER_MS * 1000000L;
