@@ -219,12 +219,42 @@ int dl_env_start(api_env_t *e, dsink_t *s, int start_sink)
     snprintf(relay, sizeof relay, "127.0.0.1:%d", s->port);
     /* Workers inherit the environment (the harness passes it on). */
     setenv("POSTCHI_SMTP_RELAY", relay, 1);
+    return dl_env_start_api(e);
+}
+
+int dl_env_start_api(api_env_t *e)
+{
     setenv("POSTCHI_SECRET_KEY", TEST_SECRET_KEY, 1);
     if (api_env_start(e, NULL) != 0)
         return -1;
     char *d = dl_verified_domain(e, "send.example");
     free(d);
     return d ? 0 : -1;
+}
+
+int dl_smtp_deliver(int port, const char *from, const char *rcpt, const char *file)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c 'import smtplib\n"
+             "s=smtplib.SMTP(\"127.0.0.1\", %d, timeout=20)\n"
+             "try:\n"
+             "    s.sendmail(\"%s\", [\"%s\"], open(\"%s\",\"rb\").read())\n"
+             "    print(250)\n"
+             "except smtplib.SMTPDataError as e:\n"
+             "    print(e.smtp_code)\n"
+             "except smtplib.SMTPRecipientsRefused as e:\n"
+             "    print(list(e.recipients.values())[0][0])\n"
+             "s.quit()'",
+             port, from, rcpt, file);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    int code = -1;
+    if (fscanf(p, "%d", &code) != 1)
+        code = -1;
+    pclose(p);
+    return code;
 }
 
 int dl_env_stop(api_env_t *e, dsink_t *s)

@@ -35,6 +35,14 @@ void dsink_each(const dsink_t *s, void (*fn)(const char *text, void *arg), void 
  * the API node and its worker, and make send.example a verified domain.
  * Other worker settings go in the environment (setenv) before this. 0 or -1. */
 int dl_env_start(api_env_t *e, dsink_t *s, int start_sink);
+/* Start the API node and its worker with the test secret key and make
+ * send.example a verified domain (the part of dl_env_start after the sink,
+ * for tests that route mail their own way). 0 or -1. */
+int dl_env_start_api(api_env_t *e);
+/* Deliver the message in file to rcpt on 127.0.0.1:port with python3's
+ * smtplib, reverse path from ("" for a null one, as MTAs send bounces).
+ * The SMTP code of the final reply (250 when accepted), or -1. */
+int dl_smtp_deliver(int port, const char *from, const char *rcpt, const char *file);
 /* Stop everything and remove the dumps; how many processes did not exit
  * cleanly. */
 int dl_env_stop(api_env_t *e, dsink_t *s);

@@ -155,12 +155,7 @@ static int s_setup(void **state)
     setenv("POSTCHI_SMTP_RELAY", "", 1);
     setenv("POSTCHI_SMTP_PORT", port, 1);
     setenv("POSTCHI_DNS_RESOLVER", resolver, 1);
-    setenv("POSTCHI_SECRET_KEY", TEST_SECRET_KEY, 1);
-    if (api_env_start(&E, NULL) != 0)
-        return -1;
-    char *d = dl_verified_domain(&E, "send.example");
-    free(d);
-    return d ? 0 : -1;
+    return dl_env_start_api(&E);
 }
 
 static int s_teardown(void **state)

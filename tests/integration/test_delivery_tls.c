@@ -265,12 +265,7 @@ static int s_setup(void **state)
     if (system(cmd) != 0)
         return -1;
     setenv("POSTCHI_SMTP_RELAY", "127.0.0.1:9", 1); /* replaced per test */
-    setenv("POSTCHI_SECRET_KEY", TEST_SECRET_KEY, 1);
-    if (api_env_start(&E, NULL) != 0)
-        return -1;
-    char *d = dl_verified_domain(&E, "send.example");
-    free(d);
-    return d ? 0 : -1;
+    return dl_env_start_api(&E);
 }
 
 static int s_teardown(void **state)

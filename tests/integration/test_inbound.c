@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "api_util.h"
+#include "delivery_util.h"
 #include "secretbox.h"
 #include "verp.h"
 
@@ -190,34 +190,6 @@ static void s_fixture(const char *name, const char *const *pairs, char *path)
     sbuf_destroy(&b);
 }
 
-/* Deliver file to rcpt with python3's smtplib (null reverse path, as MTAs
- * send bounces). Returns the SMTP code of the final reply (250 when
- * accepted), or -1. */
-static int s_smtplib(const char *rcpt, const char *file)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd,
-             "python3 -c 'import smtplib,sys\n"
-             "s=smtplib.SMTP(\"127.0.0.1\", %d, timeout=20)\n"
-             "try:\n"
-             "    s.sendmail(\"\", [\"%s\"], open(\"%s\",\"rb\").read())\n"
-             "    print(250)\n"
-             "except smtplib.SMTPDataError as e:\n"
-             "    print(e.smtp_code)\n"
-             "except smtplib.SMTPRecipientsRefused as e:\n"
-             "    print(list(e.recipients.values())[0][0])\n"
-             "s.quit()'",
-             s_inbound_port, rcpt, file);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    int code = -1;
-    if (fscanf(p, "%d", &code) != 1)
-        code = -1;
-    pclose(p);
-    return code;
-}
-
 static void test_hard_bounce(void **state)
 {
     (void)state;
@@ -227,7 +199,7 @@ static void test_hard_bounce(void **state)
     const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
                            "ada@dest.example", NULL};
     s_fixture("postfix_hard_511.eml", pairs, file);
-    assert_int_equal(s_smtplib(rcpt, file), 250);
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
     /* 250 came after the commit: no waiting needed. */
     ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
     ASSERT_SQL("bounced",
@@ -250,7 +222,7 @@ static void test_hard_bounce(void **state)
     free(diag);
 
     /* The MTA retries (or sends it twice): nothing doubles. */
-    assert_int_equal(s_smtplib(rcpt, file), 250);
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
     ASSERT_SQL("1",
                "SELECT count(*) FROM message_events WHERE message_id = '%s'"
                " AND type = 'bounced'",
@@ -272,7 +244,7 @@ static void test_delayed(void **state)
     snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
     const char *pairs[] = {"bounces+d4lay3d@mail.postchi.test", rcpt, NULL};
     s_fixture("postfix_delayed_441.eml", pairs, file);
-    assert_int_equal(s_smtplib(rcpt, file), 250);
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
     unlink(file);
     ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
     ASSERT_SQL("4.4.1|true",
@@ -298,8 +270,9 @@ static void test_complaint(void **state)
     const char *pairs[] = {"bounces+arf-0042@mail.postchi.test", rcpt, "user@example.com",
                            "bob@dest.example", NULL};
     s_fixture("arf_abuse.eml", pairs, file);
-    assert_int_equal(s_smtplib(rcpt, file), 250);
-    assert_int_equal(s_smtplib(rcpt, file), 250); /* a repeat adds nothing */
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
+    /* a repeat adds nothing */
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
     unlink(file);
     ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
     ASSERT_SQL("complained",
@@ -336,7 +309,8 @@ static void test_unknown_and_tenancy(void **state)
     const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
                            other, NULL};
     s_fixture("postfix_hard_511.eml", pairs, file);
-    assert_int_equal(s_smtplib(rcpt, file), 250); /* accepted and dropped */
+    /* accepted and dropped */
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
     unlink(file);
     ASSERT_SQL("subscribed",
                "SELECT status FROM contacts WHERE organization_id = '%s'"
@@ -350,7 +324,7 @@ static void test_unknown_and_tenancy(void **state)
     const char *pairs2[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
                             other, NULL};
     s_fixture("postfix_hard_511.eml", pairs2, file);
-    assert_int_equal(s_smtplib(rcpt, file), 250);
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
     unlink(file);
     ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
     ASSERT_SQL("bounced",
@@ -387,7 +361,7 @@ static int s_report(int arf, const char *rcpt, const char *addr)
     const char *abuse[] = {"bounces+arf-0042@mail.postchi.test", rcpt, "user@example.com", addr,
                            NULL};
     s_fixture(arf ? "arf_abuse.eml" : "postfix_hard_511.eml", arf ? abuse : hard, file);
-    int code = s_smtplib(rcpt, file);
+    int code = dl_smtp_deliver(s_inbound_port, "", rcpt, file);
     unlink(file);
     return code;
 }
@@ -471,13 +445,13 @@ static void test_database_lost_then_retry(void **state)
     const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
                            "erin@dest.example", NULL};
     s_fixture("postfix_hard_511.eml", pairs, file);
-    assert_int_equal(s_smtplib(rcpt, file), 451);
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 451);
     ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
     int code = -1;
     int64_t deadline = harness_now_ms() + 10000;
     while (code != 250 && harness_now_ms() < deadline) {
         usleep(300 * 1000); /* the listener waits a second between connects */
-        code = s_smtplib(rcpt, file);
+        code = dl_smtp_deliver(s_inbound_port, "", rcpt, file);
     }
     assert_int_equal(code, 250);
     unlink(file);
