@@ -737,13 +737,21 @@ static int s_render(api_req_t *req, send_t *s, json_t *warnings, int *rc)
     "FROM p, jsonb_to_recordset(coalesce(p.j->'attachments', '[]')) AS x(idx int, "                \
     "filename text, content_type text, content_id text, content text))"
 /* Why a recipient is skipped (NULL: it is not): an unexpired suppression
- * first, then its contact's status. x is the recipient with x.email. */
-#define MSG_REASON(email)                                                                          \
-    "coalesce((SELECT s.reason FROM suppressions s WHERE s.organization_id = $1 "                  \
+ * first, then its contact's status. */
+#define MSG_SUPPRESSION(email)                                                                     \
+    "(SELECT s.reason FROM suppressions s WHERE s.organization_id = $1 "                           \
     "AND lower(s.email) = lower(" email ") "                                                       \
-    "AND (s.expires_at IS NULL OR s.expires_at > now()) LIMIT 1), "                                \
+    "AND (s.expires_at IS NULL OR s.expires_at > now()) LIMIT 1)"
+#define MSG_REASON(email)                                                                          \
+    "coalesce(" MSG_SUPPRESSION(email) ", "                                                        \
     "(SELECT 'contact_' || k.status FROM contacts k WHERE k.organization_id = $1 "                 \
     "AND lower(k.email) = lower(" email ") AND k.status <> 'subscribed' LIMIT 1))"
+/* The same for a list or segment member c: the contact is c itself (one
+ * contact per address and organization), so its status is read from the
+ * row in hand, not looked up again by address (an index probe per member). */
+#define MSG_MEMBER_REASON                                                                          \
+    "coalesce(" MSG_SUPPRESSION("c.email") ", "                                                    \
+    "CASE WHEN c.status <> 'subscribed' THEN 'contact_' || c.status END)"
 #define MSG_STATUS                                                                                 \
     "CASE WHEN r.reason IS NOT NULL THEN 'suppressed' WHEN p.send_at > now() THEN 'scheduled' "    \
     "ELSE 'queued' END"
@@ -869,7 +877,7 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
     "FROM batches b WHERE b.id = $2::uuid AND b.organization_id = $1), "                           \
     "r AS (SELECT gen_random_uuid() AS id, c.id AS contact_id, c.created_at, c.email, "           \
     "lower(split_part(c.email, '@', 2)) AS domain, 'to' AS kind, "                                \
-    MSG_REASON("c.email") " AS reason FROM contacts c WHERE c.organization_id = $1 "               \
+    MSG_MEMBER_REASON " AS reason FROM contacts c WHERE c.organization_id = $1 "                   \
     "AND (c.created_at, c.id) > ($5::timestamptz, $6::uuid) AND "
 #define EXPAND_SQL_TAIL                                                                            \
     " ORDER BY c.created_at, c.id LIMIT $4::int), "                                                \
