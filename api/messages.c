@@ -1261,6 +1261,20 @@ static int s_list(api_req_t *req)
     return api_page_json(req, data, next);
 }
 
+/* The JSON text in the first column of a query's only row, parsed; NULL
+ * when there is no such row. *rc is set (the answer already given) when
+ * the query failed. */
+static json_t *s_json_row(api_req_t *req, const char *sql, int n, const char *const *params,
+                          int *rc)
+{
+    db_result_t *res = aud_query(req, 0, sql, n, params, rc);
+    if (!res)
+        return NULL;
+    json_t *out = db_result_rows(res) == 1 ? aud_json_col(db_result_get(res, 0, 0)) : NULL;
+    db_result_free(&res);
+    return out;
+}
+
 static int s_get(api_req_t *req)
 {
     const char *id = api_param(req, "id");
@@ -1288,11 +1302,9 @@ static int s_get(api_req_t *req)
     /* clang-format on */
     const char *params[] = {id, api_org(req)};
     int rc = 0;
-    db_result_t *res = aud_query(req, 0, sql, 2, params, &rc);
-    if (!res)
+    json_t *out = s_json_row(req, sql, 2, params, &rc);
+    if (rc)
         return rc;
-    json_t *out = db_result_rows(res) == 1 ? aud_json_col(db_result_get(res, 0, 0)) : NULL;
-    db_result_free(&res);
     if (!out)
         return api_not_found(req, "message");
     return api_json(req, 200, out);
@@ -1357,11 +1369,9 @@ static int s_batch(api_req_t *req)
     /* clang-format on */
     const char *params[] = {id, api_org(req)};
     int rc = 0;
-    db_result_t *res = aud_query(req, 0, sql, 2, params, &rc);
-    if (!res)
+    json_t *out = s_json_row(req, sql, 2, params, &rc);
+    if (rc)
         return rc;
-    json_t *out = db_result_rows(res) == 1 ? aud_json_col(db_result_get(res, 0, 0)) : NULL;
-    db_result_free(&res);
     if (!out)
         return api_not_found(req, "batch");
     /* Every status, zero included, so a client never guesses. */
@@ -1372,10 +1382,64 @@ static int s_batch(api_req_t *req)
     return api_json(req, 200, out);
 }
 
+/* The organization's outbox as it stands: rows waiting (queued, deferred),
+ * being sent (leased by a mailer) and scheduled, in all and per recipient
+ * domain, the deepest first, with how late the oldest due row is. This is
+ * where backpressure shows: when destinations accept mail slower than it
+ * is sent, the API keeps accepting and these numbers grow, so a client can
+ * slow down on them. Each part is read through the partial index whose
+ * predicate it repeats (the queue, the leases, the schedule), so the cost
+ * follows what is waiting, not the history. */
+static int s_queue(api_req_t *req)
+{
+    int limit;
+    const char *cursor;
+    if (api_page(req, 100, 1000, &limit, &cursor) != 0)
+        return api_invalid(req);
+    if (cursor) {
+        api_error_add(api_errors(req), "cursor",
+                      "this view has no further pages: raise limit (at most 1000) instead");
+        return api_invalid(req);
+    }
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", limit);
+    /* clang-format off */
+    const char *sql =
+        "WITH q AS (SELECT recipient_domain AS d, status AS s, next_attempt_at AS due "
+        "FROM messages WHERE organization_id = $1 AND status IN ('queued', 'deferred') "
+        "UNION ALL SELECT recipient_domain, 'sending', NULL FROM messages "
+        "WHERE organization_id = $1 AND lease_until IS NOT NULL AND status = 'sending' "
+        "UNION ALL SELECT recipient_domain, 'scheduled', NULL FROM messages "
+        "WHERE organization_id = $1 AND status = 'scheduled'), "
+        "g AS (SELECT d, count(*) AS n, count(*) FILTER (WHERE s = 'queued') AS queued, "
+        "count(*) FILTER (WHERE s = 'deferred') AS deferred, "
+        "count(*) FILTER (WHERE s = 'sending') AS sending, "
+        "count(*) FILTER (WHERE s = 'scheduled') AS scheduled, min(due) AS due FROM q GROUP BY d) "
+        "SELECT json_build_object('queued', coalesce(sum(queued), 0), "
+        "'deferred', coalesce(sum(deferred), 0), 'sending', coalesce(sum(sending), 0), "
+        "'scheduled', coalesce(sum(scheduled), 0), 'oldest_due_at', " AUD_TS("min(due)") ", "
+        "'lag_seconds', coalesce(round(greatest(extract(epoch FROM now() - min(due)), 0), 3), 0), "
+        "'destinations_total', count(*), 'destinations', coalesce((SELECT json_agg("
+        "json_build_object('domain', t.d, 'queued', t.queued, 'deferred', t.deferred, "
+        "'sending', t.sending, 'scheduled', t.scheduled, 'oldest_due_at', " AUD_TS("t.due") ") "
+        "ORDER BY t.n DESC, t.d) FROM (SELECT * FROM g ORDER BY n DESC, d LIMIT $2::int) t), "
+        "'[]'))::text FROM g";
+    /* clang-format on */
+    const char *params[] = {api_org(req), lim};
+    int rc = 0;
+    json_t *out = s_json_row(req, sql, 2, params, &rc);
+    if (rc)
+        return rc;
+    if (!out)
+        return api_problem(req, 500, "Internal Server Error", "the queue could not be read");
+    return api_json(req, 200, out);
+}
+
 const api_route_t api_routes_messages[] = {
     {"POST", "/messages", s_send, API_SCOPE_SEND, "messages.send", API_IDEMPOTENT | API_BATCH},
     {"GET", "/messages", s_list, API_SCOPE_READ, "messages.list", 0},
     {"GET", "/messages/batches/{id}", s_batch, API_SCOPE_READ, "messages.batch", 0},
+    {"GET", "/messages/queue", s_queue, API_SCOPE_READ, "messages.queue", 0},
     {"GET", "/messages/{id}", s_get, API_SCOPE_READ, "messages.get", 0},
     {"DELETE", "/messages/{id}", s_cancel, API_SCOPE_FULL, "messages.cancel", 0},
     {0},

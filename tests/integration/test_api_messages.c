@@ -6,7 +6,8 @@
  * header and broken base64 are refused with nothing written; templates
  * render at acceptance (strict ones refuse missing variables); suppressed
  * and unsubscribed recipients are written as 'suppressed' and reported;
- * scheduling and cancel; list and segment bulk sends with their progress;
+ * scheduling and cancel; the queue view (what waits, per destination);
+ * list and segment bulk sends with their progress;
  * tenancy, scopes, idempotency, pagination and filters.
  */
 #include <setjmp.h>
@@ -389,6 +390,128 @@ static void test_suppressed_and_unsubscribed_are_skipped_and_reported(void **sta
     api_resp_free(&r);
 }
 
+/* GET /messages/queue: one destination's entry, or NULL. */
+static json_t *s_queue_dest(const api_resp_t *r, const char *domain)
+{
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(r->json, "destinations"), i, d)
+        if (strcmp(json_string_value(json_object_get(d, "domain")), domain) == 0)
+            return d;
+    return NULL;
+}
+
+static long s_queue_total(const api_resp_t *r, const char *key)
+{
+    return (long)json_integer_value(json_object_get(r->json, key));
+}
+
+static void s_assert_dest(const api_resp_t *r, const char *domain, long queued, long deferred,
+                          long sending, long scheduled)
+{
+    json_t *d = s_queue_dest(r, domain);
+    assert_non_null(d);
+    assert_int_equal(json_integer_value(json_object_get(d, "queued")), queued);
+    assert_int_equal(json_integer_value(json_object_get(d, "deferred")), deferred);
+    assert_int_equal(json_integer_value(json_object_get(d, "sending")), sending);
+    assert_int_equal(json_integer_value(json_object_get(d, "scheduled")), scheduled);
+}
+
+/* The queue view counts what waits, per destination, deepest first; what
+ * was sent, bounced or suppressed is not in it; another organization sees
+ * none of it; limit bounds the destinations, and bad paging is named. */
+static void test_queue_shows_what_waits(void **state)
+{
+    (void)state;
+    api_resp_t before = {0}, r = {0};
+    assert_int_equal(api_call(&E, "GET", "/api/v1/messages/queue", E.key_read, NULL, NULL,
+                              &before),
+                     200);
+    assert_null(s_queue_dest(&before, "deep.example"));
+    assert_int_equal(s_send(E.key_send,
+                            "{\"from\":" FROM ",\"to\":[\"a@deep.example\",\"b@deep.example\","
+                            "\"c@deep.example\",\"d@deep.example\",\"e@shallow.example\"],"
+                            "\"subject\":\"q\",\"text\":\"t\"}",
+                            NULL, &r),
+                     202);
+    char send_id[40];
+    snprintf(send_id, sizeof send_id, "%s", aud_test_str(&r, "id"));
+    api_resp_free(&r);
+    assert_int_equal(s_send(E.key_send,
+                            "{\"from\":" FROM ",\"to\":\"f@shallow.example\",\"subject\":\"q\","
+                            "\"text\":\"t\",\"send_at\":\"2099-01-01T00:00:00Z\"}",
+                            NULL, &r),
+                     202);
+    api_resp_free(&r);
+    /* One row leased by a mailer, one deferred an hour ago (due, so the
+     * queue is an hour late), one sent: as delivery would leave them. */
+    free(aud_test_sql(&E, "UPDATE messages SET status = 'sending', lease_until = now() + "
+                          "interval '1 minute' WHERE send_id = '%s' AND recipient = 'b@deep.example' "
+                          "RETURNING 1", send_id));
+    free(aud_test_sql(&E, "UPDATE messages SET status = 'deferred', next_attempt_at = now() - "
+                          "interval '1 hour' WHERE send_id = '%s' AND recipient = 'c@deep.example' "
+                          "RETURNING 1", send_id));
+    free(aud_test_sql(&E, "UPDATE messages SET status = 'sent' WHERE send_id = '%s' AND "
+                          "recipient = 'd@deep.example' RETURNING 1", send_id));
+
+    assert_int_equal(api_call(&E, "GET", "/api/v1/messages/queue", E.key_read, NULL, NULL, &r),
+                     200);
+    s_assert_dest(&r, "deep.example", 1, 1, 1, 0);
+    s_assert_dest(&r, "shallow.example", 1, 0, 0, 1);
+    const char *keys[] = {"queued", "deferred", "sending", "scheduled"};
+    const long added[] = {2, 1, 1, 1};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(s_queue_total(&r, keys[i]) - s_queue_total(&before, keys[i]), added[i]);
+    assert_int_equal(s_queue_total(&r, "destinations_total") -
+                         s_queue_total(&before, "destinations_total"),
+                     2);
+    /* The deferred row has waited an hour since it was due. */
+    double lag = json_number_value(json_object_get(r.json, "lag_seconds"));
+    assert_true(lag >= 3600 && lag < 3600 + 300);
+    assert_non_null(json_string_value(json_object_get(r.json, "oldest_due_at")));
+    /* Deepest first. */
+    json_t *dests = json_object_get(r.json, "destinations");
+    long prev = -1;
+    size_t i;
+    json_t *d;
+    json_array_foreach(dests, i, d) {
+        long n = 0;
+        for (int k = 0; k < 4; k++)
+            n += (long)json_integer_value(json_object_get(d, keys[k]));
+        assert_true(prev < 0 || n <= prev);
+        prev = n;
+    }
+    api_resp_free(&r);
+    api_resp_free(&before);
+
+    /* limit bounds the destinations, not the totals. */
+    assert_int_equal(api_call(&E, "GET", "/api/v1/messages/queue?limit=1", E.key_read, NULL,
+                              NULL, &r),
+                     200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "destinations")), 1);
+    assert_true(s_queue_total(&r, "destinations_total") >= 2);
+    api_resp_free(&r);
+    const char *bad[][2] = {{"/api/v1/messages/queue?limit=0", "limit"},
+                            {"/api/v1/messages/queue?limit=1001", "limit"},
+                            {"/api/v1/messages/queue?limit=x", "limit"},
+                            {"/api/v1/messages/queue?cursor=abc", "cursor"}};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        assert_int_equal(api_call(&E, "GET", bad[k][0], E.key_read, NULL, NULL, &r), 422);
+        assert_true(aud_test_has_error(&r, bad[k][1]));
+        api_resp_free(&r);
+    }
+
+    /* Another organization's view holds none of it. */
+    assert_int_equal(api_call(&E, "GET", "/api/v1/messages/queue", s_other_key, NULL, NULL, &r),
+                     200);
+    assert_null(s_queue_dest(&r, "deep.example"));
+    assert_null(s_queue_dest(&r, "shallow.example"));
+    api_resp_free(&r);
+    /* Without a key: 401. */
+    assert_int_equal(api_call(&E, "GET", "/api/v1/messages/queue", NULL, NULL, NULL, &r), 401);
+    api_resp_free(&r);
+}
+
 static void test_schedule_and_cancel(void **state)
 {
     (void)state;
@@ -625,6 +748,7 @@ int main(void)
         cmocka_unit_test(test_template_send_renders_at_acceptance),
         cmocka_unit_test(test_suppressed_and_unsubscribed_are_skipped_and_reported),
         cmocka_unit_test(test_schedule_and_cancel),
+        cmocka_unit_test(test_queue_shows_what_waits),
         cmocka_unit_test(test_bulk_sends_to_list_and_segment),
         cmocka_unit_test(test_idempotency_key_sends_once),
         cmocka_unit_test(test_scopes_listing_filters_and_tenancy),
