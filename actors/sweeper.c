@@ -59,7 +59,28 @@ struct sweeper {
     metric_t *m_redriven;  /* events re-sent */
     metric_t *m_pending;   /* undispatched rows past SWEEP_AGE at the last sweep */
     metric_t *m_woken;     /* mailer wake-ups sent for due messages */
+    metric_t *m_mail[4];   /* the mail outbox by status (OUTBOX_STATUSES order) */
+    metric_t *m_lag;       /* seconds the oldest due row has waited */
+    int64_t mail_at;       /* when the mail outbox was last counted (ms) */
 };
+
+/* The mail outbox counted for the gauges, every OUTBOX_COUNT_MS by the
+ * leader: each part through the partial index of its status (the queue,
+ * the leases, the schedule), so the cost follows what waits, not the
+ * history. Counted in PostgreSQL, not in the engines: a worker's engine
+ * holds at most delivery_backlog rows of a domain, so under backpressure
+ * its own queue gauge stays flat while this one grows. */
+#define OUTBOX_COUNT_MS 10000
+static const char *const OUTBOX_STATUSES[] = {"queued", "deferred", "sending", "scheduled", NULL};
+static const char s_mail_count[] =
+    "SELECT count(*) FILTER (WHERE s = 'queued'), count(*) FILTER (WHERE s = 'deferred'),"
+    " count(*) FILTER (WHERE s = 'sending'), count(*) FILTER (WHERE s = 'scheduled'),"
+    " coalesce(greatest(extract(epoch FROM now() - min(due)), 0), 0) FROM ("
+    " SELECT status AS s, next_attempt_at AS due FROM messages"
+    "  WHERE status IN ('queued', 'deferred')"
+    " UNION ALL SELECT 'sending', NULL FROM messages"
+    "  WHERE lease_until IS NOT NULL AND status = 'sending'"
+    " UNION ALL SELECT 'scheduled', NULL FROM messages WHERE status = 'scheduled') q";
 
 /* The rows to re-send, grouped by organization and in id order within one;
  * the window count is every such row, not just this batch (for the gauge). */
@@ -122,6 +143,33 @@ static int s_resend(sweeper_t *self, sbuf_t *target, sbuf_t *body, const char *i
     if (log_should("sweeper-send", 12, 60000))
         log_error("cannot re-send event id=%s: %s", id, strerror(errno));
     return 1;
+}
+
+/* The mail outbox gauges: counted by the leader, 0 elsewhere, so a sum
+ * over workers is the whole outbox. A failed count keeps the last values. */
+static void s_mail_gauges(sweeper_t *self)
+{
+    if (!self->leader) {
+        for (int i = 0; OUTBOX_STATUSES[i]; i++)
+            metric_set(self->m_mail[i], 0);
+        metric_set(self->m_lag, 0);
+        return;
+    }
+    int64_t now = mesh_now_ms();
+    if (self->mail_at && now - self->mail_at < OUTBOX_COUNT_MS)
+        return;
+    self->mail_at = now;
+    sbuf_t *err = sbuf_new(128);
+    db_result_t *res = err ? db_query(self->db, s_mail_count, 0, NULL, err) : NULL;
+    if (res && db_result_rows(res) == 1) {
+        for (int i = 0; OUTBOX_STATUSES[i]; i++)
+            metric_set(self->m_mail[i], strtod(db_result_get(res, 0, i), NULL));
+        metric_set(self->m_lag, strtod(db_result_get(res, 0, 4), NULL));
+    } else if (log_should("sweeper-count", 13, 60000)) {
+        log_error("cannot count the mail outbox: %s", err ? sbuf_data(err) : "out of memory");
+    }
+    db_result_free(&res);
+    sbuf_destroy(&err);
 }
 
 /* One round: when leading, re-send up to SWEEP_BATCH undispatched rows. */
@@ -237,6 +285,7 @@ static void *s_thread(void *arg)
                 s_round(self);
                 if (self->leader)
                     s_mail_round(self);
+                s_mail_gauges(self);
                 next = mesh_now_ms() + SWEEPER_INTERVAL_MS;
             } else {
                 next = now + NOT_READY_MS;
@@ -278,6 +327,20 @@ sweeper_t *sweeper_start(const config_t *cfg, const char *node_id, sbuf_t *err)
                                     "(0 on workers that do not hold the sweeper lock).");
     self->m_woken = metrics_counter("postchi_worker_mailer_wakeups_total",
                                     "Mailer actors woken for due messages by the sweeper.");
+    static const char *const status_only[] = {"status", NULL};
+    metric_family_t *mail = metrics_family(
+        METRIC_GAUGE, "postchi_delivery_outbox_messages",
+        "Messages in the PostgreSQL outbox not yet finished, by status, counted every 10 s "
+        "(0 on workers that do not hold the sweeper lock).",
+        status_only, NULL, 0);
+    for (int i = 0; OUTBOX_STATUSES[i]; i++) {
+        const char *v[] = {OUTBOX_STATUSES[i], NULL};
+        self->m_mail[i] = metrics_series(mail, v);
+    }
+    self->m_lag = metrics_gauge("postchi_delivery_outbox_lag_seconds",
+                                "How long the oldest due queued or deferred message has waited "
+                                "since it became due, counted every 10 s (0 on workers that do "
+                                "not hold the sweeper lock).");
     self->conninfo = db_conninfo_from_config(cfg);
     char id[160];
     snprintf(id, sizeof id, "%s-sweeper", node_id);
