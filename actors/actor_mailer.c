@@ -40,6 +40,7 @@
 #include "dkim_sign.h"
 #include "log.h"
 #include "mailer_shard.h"
+#include "metrics.h"
 #include "mime.h"
 #include "mx.h"
 #include "secretbox.h"
@@ -68,6 +69,7 @@ static struct {
     size_t noverrides;                    /* how many */
     char *unsub_base;                     /* public_url (or its default), no trailing '/' */
     int unsub_https;                      /* it is https: the one-click URL can be offered */
+    metric_t *m_sign[2];                  /* signing time: [0] Ed25519 only, [1] both keys */
 } M;
 
 int mailer_configure(const config_t *cfg, sbuf_t *err);
@@ -190,6 +192,18 @@ int mailer_configure(const config_t *cfg, sbuf_t *err)
     M.enabled = config_bool(cfg, "delivery_enabled");
     snprintf(M.lease, sizeof M.lease, "%lld", (long long)config_int(cfg, "delivery_lease_s"));
     snprintf(M.resolver, sizeof M.resolver, "%s", config_str(cfg, "dns_resolver"));
+    /* Per message, both signatures together (the body hash is shared):
+     * RSA-2048 is about 0.25 ms of it, Ed25519 about 0.04 ms. */
+    static const double sign_buckets[] = {0.00002, 0.00005, 0.0001, 0.0002, 0.0003, 0.0005,
+                                          0.001,   0.002,   0.005,  0.01,   0.05};
+    static const char *const keys_only[] = {"keys", NULL};
+    metric_family_t *f = metrics_family(
+        METRIC_HISTOGRAM, "postchi_delivery_dkim_sign_seconds",
+        "DKIM signing time per message, by the keys that signed it (ed25519, or both: Ed25519 "
+        "and RSA-2048).",
+        keys_only, sign_buckets, sizeof sign_buckets / sizeof sign_buckets[0]);
+    M.m_sign[0] = metrics_series(f, (const char *const[]){"ed25519", NULL});
+    M.m_sign[1] = metrics_series(f, (const char *const[]){"both", NULL});
     M.signer = dkim_signer_new(err);
     return M.signer ? 0 : -1;
 }
@@ -355,6 +369,13 @@ static int64_t s_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double s_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* The sending domain's opened keys, from the cache or the database.
@@ -594,8 +615,11 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
     };
     /* "ed25519": the domain asked to skip the RSA signature (and its cost). */
     size_t nkeys = keys->ed_only ? 1 : 2;
-    if (dkim_signer_sign_bh(M.signer, dk, nkeys, sbuf_data(msg), sbuf_len(msg), body->bh, sig,
-                            err) != 0) {
+    double t0 = s_now_s();
+    int signed_rc = dkim_signer_sign_bh(M.signer, dk, nkeys, sbuf_data(msg), sbuf_len(msg),
+                                        body->bh, sig, err);
+    metric_observe(M.m_sign[nkeys - 1], s_now_s() - t0);
+    if (signed_rc != 0) {
         char reason[300];
         snprintf(reason, sizeof reason, "the message cannot be signed: %s", sbuf_data(err));
         s_fail(db, id, reason);

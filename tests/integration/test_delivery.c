@@ -146,6 +146,23 @@ static void s_verified_domain(void)
     free(api_sql(&E, sql));
 }
 
+/* The worker's DKIM signing histogram for keys: exactly count
+ * observations (more than at_least seconds in all when count > 0). */
+static void s_assert_signed(const char *keys, double count, double at_least)
+{
+    char series[128];
+    int port = E.mesh.worker_metrics[0];
+    snprintf(series, sizeof series, "postchi_delivery_dkim_sign_seconds_count{keys=\"%s\"}",
+             keys);
+    assert_true(mesh_metric(port, series) == count);
+    snprintf(series, sizeof series, "postchi_delivery_dkim_sign_seconds_sum{keys=\"%s\"}", keys);
+    double sum = mesh_metric(port, series);
+    if (count > 0)
+        assert_true(sum > at_least && sum < 0.5 * count);
+    else
+        assert_true(sum == 0);
+}
+
 static void test_send_signed_through_relay(void **state)
 {
     (void)state;
@@ -202,6 +219,11 @@ static void test_send_signed_through_relay(void **state)
     assert_int_equal(harness_http_get(E.mesh.worker_metrics[0], "/metrics", m), 200);
     assert_non_null(strstr(sbuf_data(m), "postchi_delivery_messages_total{outcome=\"sent\"} "));
     sbuf_destroy(&m);
+    /* The first message of the run: signed once, with both keys, and its
+     * signing time observed once, in a sane range (RSA-2048 alone is about
+     * 0.25 ms; under sanitizers several times that). */
+    s_assert_signed("both", 1, 0);
+    s_assert_signed("ed25519", 0, 0);
 }
 
 static void test_relay_down_defers_then_retry_delivers(void **state)
@@ -286,6 +308,7 @@ static void test_ed25519_only_domain_signs_once(void **state)
     assert_non_null(start);
     assert_null(strstr(start + 1, "DKIM-Signature:")); /* exactly one */
     assert_non_null(strstr(start, "a=ed25519-sha256"));
+    s_assert_signed("ed25519", 1, 0); /* its one signing, and no RSA */
     snprintf(sql, sizeof sql,
              "SELECT dkim_ed25519_selector || '|' || dkim_ed25519_public FROM domains WHERE id = '%s'",
              did);
