@@ -224,6 +224,12 @@ static void test_send_signed_through_relay(void **state)
      * 0.25 ms; under sanitizers several times that). */
     s_assert_signed("both", 1, 0);
     s_assert_signed("ed25519", 0, 0);
+    /* Its SMTP transaction, timed once: under the reply timeouts, and the
+     * sink on loopback answers in well under a second. */
+    int port = E.mesh.worker_metrics[0];
+    assert_true(mesh_metric(port, "postchi_delivery_smtp_transaction_seconds_count") == 1);
+    double txn = mesh_metric(port, "postchi_delivery_smtp_transaction_seconds_sum");
+    assert_true(txn > 0 && txn < 1);
 }
 
 static void test_relay_down_defers_then_retry_delivers(void **state)
