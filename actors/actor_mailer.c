@@ -44,14 +44,10 @@
 #include "mime.h"
 #include "mx.h"
 #include "secretbox.h"
+#include "shape_override.h"
 #include "unsub_token.h"
 #include "verp.h"
 
-typedef struct {
-    char suffix[256]; /* MX host name suffix, lower case */
-    double rate;      /* messages per second */
-    double burst;     /* burst */
-} shape_override_t;
 
 static struct {
     unsigned char key[SECRETBOX_KEY_LEN]; /* opens DKIM private keys */
@@ -75,82 +71,17 @@ static struct {
 int mailer_configure(const config_t *cfg, sbuf_t *err);
 void mailer_shutdown(void);
 
-/* Parse shaping_overrides ("suffix=rate/burst,..."; spaces around items
- * allowed) into M.overrides. 0, or -1 with err saying which item is bad. */
-static int s_parse_overrides(const char *text, sbuf_t *err)
-{
-    size_t cap = 1;
-    for (const char *p = text; *p; p++)
-        cap += *p == ',';
-    M.overrides = calloc(cap, sizeof *M.overrides);
-    if (!M.overrides) {
-        sbuf_appendf(err, "setting 'shaping_overrides': out of memory");
-        return -1;
-    }
-    const char *p = text;
-    while (*p) {
-        size_t len = strcspn(p, ",");
-        const char *end = p + len;
-        while (p < end && isspace((unsigned char)*p))
-            p++;
-        const char *e = end;
-        while (e > p && isspace((unsigned char)e[-1]))
-            e--;
-        if (e > p) {
-            const char *eq = memchr(p, '=', (size_t)(e - p));
-            shape_override_t *o = &M.overrides[M.noverrides];
-            char num[64], *stop = NULL;
-            size_t nlen = eq ? (size_t)(e - eq - 1) : 0;
-            int ok = eq && eq > p && eq[-1] != '.' && (size_t)(eq - p) < sizeof o->suffix &&
-                     nlen > 0 && nlen < sizeof num;
-            if (ok) {
-                for (const char *c = p; c < eq; c++)
-                    o->suffix[c - p] = (char)tolower((unsigned char)*c);
-                while (o->suffix[0] == '.') /* ".google.com" means the same */
-                    memmove(o->suffix, o->suffix + 1, strlen(o->suffix));
-                memcpy(num, eq + 1, nlen);
-                num[nlen] = 0;
-                o->rate = strtod(num, &stop);
-                ok = o->suffix[0] && stop != num && *stop == '/' && o->rate > 0 && o->rate <= 1e6;
-            }
-            if (ok) {
-                const char *b = stop + 1;
-                o->burst = strtod(b, &stop);
-                ok = stop != b && *stop == 0 && o->burst >= 1 && o->burst <= 1e7;
-            }
-            if (!ok) {
-                sbuf_appendf(err,
-                             "setting 'shaping_overrides': '%.*s' is not mx-host-suffix=rate/burst"
-                             " (rate > 0, burst >= 1)",
-                             (int)(e - p), p);
-                return -1;
-            }
-            M.noverrides++;
-        }
-        p = *end ? end + 1 : end;
-    }
-    return 0;
-}
-
 /* The shaping key and budget for an MX host name (see the header). */
 static void s_shape_mx(const char *mx, delivery_job_t *job)
 {
-    const shape_override_t *best = NULL;
-    size_t n = strlen(mx), bestlen = 0;
-    for (size_t i = 0; i < M.noverrides; i++) {
-        const shape_override_t *o = &M.overrides[i];
-        size_t sl = strlen(o->suffix);
-        if (sl > n || sl <= bestlen || strcasecmp(mx + n - sl, o->suffix) != 0)
-            continue;
-        if (sl == n || mx[n - sl - 1] == '.') {
-            best = o;
-            bestlen = sl;
-        }
-    }
+    const shape_override_t *best = shape_override_match(M.overrides, M.noverrides, mx);
     if (best) {
         snprintf(job->shape_key, sizeof job->shape_key, "%s", best->suffix);
         job->shape_rate = best->rate;
         job->shape_burst = best->burst;
+        job->max_conns = best->conns;
+        job->max_per_conn = best->per_conn;
+        job->conn_rate = best->conn_rate;
         return;
     }
     size_t i = 0;
@@ -174,7 +105,8 @@ int mailer_configure(const config_t *cfg, sbuf_t *err)
     M.unsub_https = strncasecmp(M.unsub_base, "https://", 8) == 0;
     M.shape_rate = (double)config_int(cfg, "shaping_rate");
     M.shape_burst = (double)config_int(cfg, "shaping_burst");
-    if (s_parse_overrides(config_str(cfg, "shaping_overrides"), err) != 0)
+    if (shape_overrides_parse(config_str(cfg, "shaping_overrides"), &M.overrides, &M.noverrides,
+                              err) != 0)
         return -1;
     M.have_key = secretbox_key_parse(config_str(cfg, "secret_key"), M.key) == 0;
     const char *relay = config_str(cfg, "smtp_relay");

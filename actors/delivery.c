@@ -108,6 +108,9 @@ struct dest {
     int credit;            /* shaping tokens taken in a batch, not yet spent */
     char credit_key[620];  /* the budget they came from */
     int64_t credit_until;  /* ms: unspent credit is dropped then */
+    int max_conns;         /* connections at most (its latest job's, or the default) */
+    int per_conn;          /* messages per connection */
+    double conn_rate;      /* new connections a second */
 };
 
 struct delivery {
@@ -124,7 +127,9 @@ struct delivery {
     char *ca_file;          /* opts.tls_ca_file storage (smtp_tls_ca_file), or NULL */
     char *auth_user;        /* opts.auth_user storage (smtp_relay_user), or NULL */
     char *auth_pass;        /* opts.auth_pass storage, wiped when freed */
-    int max_conns;          /* per destination */
+    int max_conns;          /* per destination: delivery_connections */
+    int per_conn;           /* delivery_messages_per_connection */
+    double conn_rate;       /* delivery_connection_rate */
     char max_age[32];       /* delivery_max_age_s as text */
     struct outcome *out_head, *out_tail; /* this round's outcomes (thread only) */
     pthread_t recorder;     /* writes outcomes to PostgreSQL */
@@ -564,19 +569,24 @@ static dest_t *s_dest(delivery_t *d, const delivery_job_t *j)
     snprintf(key, sizeof key, "%s:%d%s%s", j->host, j->port, j->tls_name[0] ? "/" : "",
              j->tls_name);
     dest_t *dst = dict_get(d->dests, key, strlen(key));
-    if (dst)
-        return dst;
-    dst = calloc(1, sizeof *dst);
-    if (!dst)
-        return NULL;
-    snprintf(dst->key, sizeof dst->key, "%s", key);
-    snprintf(dst->host, sizeof dst->host, "%s", j->host);
-    snprintf(dst->tls_name, sizeof dst->tls_name, "%s", j->tls_name);
-    dst->port = j->port;
-    if (dict_put(d->dests, key, strlen(key), dst) != 0) {
-        free(dst);
-        return NULL;
+    if (!dst) {
+        dst = calloc(1, sizeof *dst);
+        if (!dst)
+            return NULL;
+        snprintf(dst->key, sizeof dst->key, "%s", key);
+        snprintf(dst->host, sizeof dst->host, "%s", j->host);
+        snprintf(dst->tls_name, sizeof dst->tls_name, "%s", j->tls_name);
+        dst->port = j->port;
+        if (dict_put(d->dests, key, strlen(key), dst) != 0) {
+            free(dst);
+            return NULL;
+        }
     }
+    /* A provider's override (shaping_overrides) travels with its jobs; a
+     * changed setting reaches the destination with the next job. */
+    dst->max_conns = j->max_conns > 0 ? j->max_conns : d->max_conns;
+    dst->per_conn = j->max_per_conn > 0 ? j->max_per_conn : d->per_conn;
+    dst->conn_rate = j->conn_rate > 0 ? j->conn_rate : d->conn_rate;
     return dst;
 }
 
@@ -770,9 +780,9 @@ held:
 }
 
 /* May a new connection to dst open now (the connection-rate bucket)? */
-static int s_conn_take(delivery_t *d, dest_t *dst, int64_t now)
+static int s_conn_take(dest_t *dst, int64_t now)
 {
-    double burst = d->max_conns;
+    double burst = dst->max_conns;
     if (now < dst->conn_at)
         return 0; /* paused (refused, or waiting for a token) */
     if (dst->conn_ts == 0) {
@@ -780,7 +790,7 @@ static int s_conn_take(delivery_t *d, dest_t *dst, int64_t now)
         dst->conn_ts = now;
     }
     if (now > dst->conn_ts) {
-        dst->conn_tokens += (double)(now - dst->conn_ts) * DELIVERY_CONN_RATE / 1000.0;
+        dst->conn_tokens += (double)(now - dst->conn_ts) * dst->conn_rate / 1000.0;
         if (dst->conn_tokens > burst)
             dst->conn_tokens = burst;
         dst->conn_ts = now;
@@ -790,7 +800,7 @@ static int s_conn_take(delivery_t *d, dest_t *dst, int64_t now)
         dst->conn_at = 0;
         return 1;
     }
-    dst->conn_at = now + (int64_t)((1.0 - dst->conn_tokens) * 1000.0 / DELIVERY_CONN_RATE) + 1;
+    dst->conn_at = now + (int64_t)((1.0 - dst->conn_tokens) * 1000.0 / dst->conn_rate) + 1;
     return 0;
 }
 
@@ -850,10 +860,11 @@ static void s_dispatch(delivery_t *d, dest_t *dst)
     }
     /* No new connections while the budget holds the queue: they would sit
      * idle until the peer timed them out. */
-    while (dst->head && dst->nconns < d->max_conns && now >= dst->shape_at &&
-           s_conn_take(d, dst, now)) {
+    while (dst->head && dst->nconns < dst->max_conns && now >= dst->shape_at &&
+           s_conn_take(dst, now)) {
         sbuf_t *err = sbuf_new(64);
         smtp_opts_t opts = d->opts;
+        opts.max_messages = dst->per_conn;
         if (dst->tls_name[0])
             opts.tls_name = dst->tls_name; /* SNI, and the name verified mode checks */
         smtp_conn_t *c = smtp_conn_new(dst->host, dst->port, &opts, err);
@@ -1125,7 +1136,8 @@ delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err
         return NULL;
     }
     d->opts.helo_name = d->helo;
-    d->opts.max_messages = DELIVERY_MAX_MESSAGES_PER_CONN;
+    d->per_conn = (int)config_int(cfg, "delivery_messages_per_connection");
+    d->conn_rate = (double)config_int(cfg, "delivery_connection_rate");
     if (s_smtp_opts(d, cfg, err) != 0) {
         delivery_stop(&d);
         return NULL;

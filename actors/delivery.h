@@ -15,9 +15,12 @@
  * worker uses a local bucket at half the budget. A refused job waits in its
  * destination's queue (never dropped); one held longer than half the lease
  * goes back to the outbox as 'queued' so its lease never runs out under it.
- * Per destination: at most delivery_connections connections, at most
- * DELIVERY_CONN_RATE new connections a second (burst: the pool size), at
- * most DELIVERY_MAX_MESSAGES_PER_CONN messages per connection.
+ * Per destination (an address and its MX host name) and worker: at most
+ * delivery_connections connections, delivery_connection_rate new ones a
+ * second (burst: the pool size) and delivery_messages_per_connection
+ * messages on each; a provider's shaping_overrides item may set all three
+ * for its hosts (the job carries them; the destination follows its latest
+ * job).
  *
  * Fallback: a destination that refuses or drops every connection before
  * its first message (down, firewalled, not speaking SMTP) hands each
@@ -50,6 +53,9 @@ typedef struct {
     char shape_key[300]; /* shaping budget key (MX rollup); "": host:port */
     double shape_rate;  /* its messages per second; <= 0: shaping_rate */
     double shape_burst; /* its burst; <= 0: shaping_burst */
+    int max_conns;      /* its destination's connections; 0: delivery_connections */
+    int max_per_conn;   /* messages per connection; 0: delivery_messages_per_connection */
+    double conn_rate;   /* new connections a second; 0: delivery_connection_rate */
     char tls_name[256]; /* MX host name the certificate must match (smtp_tls=verified); "": host */
     char alt[DELIVERY_MAX_ALTS][46]; /* addresses to try next, in MX preference order */
     char alt_name[DELIVERY_MAX_ALTS][256]; /* the MX host name of each */
@@ -65,11 +71,6 @@ typedef struct {
  * wait in the engine, and bounds what a killed worker can have sent
  * without the outcome being written. */
 #define DELIVERY_BACKLOG_BYTES ((size_t)128 << 20)
-
-/* New connections a second towards one destination (local to a worker). */
-#define DELIVERY_CONN_RATE 20.0
-/* Messages on one connection before QUIT and a fresh connection. */
-#define DELIVERY_MAX_MESSAGES_PER_CONN 1000
 
 /* node_id names the engine's own mesh connection (for wake-ups). */
 delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err);

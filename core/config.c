@@ -148,6 +148,11 @@ static const setting_t s_settings[] = {
         "seconds to wait for the reply to the message's final dot (RFC: 10 min)"),
     INT("delivery_connections", 4, 1, 1000,
         "SMTP connections a worker opens at most towards one destination"),
+    INT("delivery_messages_per_connection", 1000, 1, 100000,
+        "messages a connection carries before QUIT and a fresh connection"),
+    INT("delivery_connection_rate", 20, 1, 10000,
+        "new SMTP connections a second a worker opens towards one destination (burst: "
+        "delivery_connections)"),
     INT("bulk_chunk", 5000, 1, 100000,
         "recipients a bulk send writes per transaction: the first step before the API answers, "
         "the rest in the background, so delivery starts at once and no transaction grows with "
@@ -163,7 +168,9 @@ static const setting_t s_settings[] = {
         "messages per second towards one destination (MX rollup), shared by all workers"),
     INT("shaping_burst", 100, 1, 10000000, "messages a destination may get at once above its rate"),
     STR("shaping_overrides", "",
-        "per-provider budgets keyed by MX host suffix: \"google.com=100/200,outlook.com=20/40\""),
+        "per-provider budgets keyed by MX host suffix, "
+        "suffix=rate/burst[/connections[/messages_per_connection[/connection_rate]]]: "
+        "\"google.com=100/200,outlook.com=20/40/2/50/1\" (omitted or 0: the default)"),
     STR("inbound_bind", "127.0.0.1", "address the return-path SMTP listener (bounces) binds"),
     INT("inbound_port", 0, 0, 65535,
         "port of the return-path SMTP listener in each worker; 0 turns it off"),

@@ -28,7 +28,20 @@ typedef struct {
     sbuf_t *msg;    /* the message being received */
     int authed;     /* an AUTH matched user/pass */
     int in_data;    /* between DATA and the final dot */
+    int messages;   /* accepted on this connection */
+    int open;       /* counted in the server's active */
 } fconn_t;
+
+/* The connection stops counting as open (at QUIT, before the 221 the
+ * client waits for, so its next connection never overlaps this one in
+ * the count; or at the end). */
+static void s_closed(fconn_t *c)
+{
+    pthread_mutex_lock(&c->f->lock);
+    c->f->active -= c->open;
+    c->open = 0;
+    pthread_mutex_unlock(&c->f->lock);
+}
 
 static int s_send(fconn_t *c, const char *s, size_t len)
 {
@@ -240,6 +253,7 @@ static int s_data(fconn_t *c)
 
 static int s_quit(fconn_t *c)
 {
+    s_closed(c);
     s_write(c, "221 2.0.0 bye\r\n");
     return -1;
 }
@@ -257,6 +271,8 @@ static int s_data_line(fconn_t *c)
     c->in_data = 0;
     pthread_mutex_lock(&f->lock);
     f->messages++;
+    if (++c->messages > f->max_per_conn)
+        f->max_per_conn = c->messages;
     sbuf_append(f->data, sbuf_data(c->msg), sbuf_len(c->msg));
     pthread_mutex_unlock(&f->lock);
     sbuf_reset(c->msg);
@@ -286,6 +302,12 @@ static int s_command(fconn_t *c)
 static void *s_serve(void *arg)
 {
     fconn_t *c = arg;
+    smtp_fake_t *f = c->f;
+    pthread_mutex_lock(&f->lock);
+    if (++f->active > f->max_active)
+        f->max_active = f->active;
+    c->open = 1;
+    pthread_mutex_unlock(&f->lock);
     c->line = sbuf_new(0);
     c->msg = sbuf_new(0);
     if (c->f->mode == SMTP_FAKE_GARBAGE)
@@ -298,6 +320,7 @@ static void *s_serve(void *arg)
     if (c->ssl)
         SSL_free(c->ssl);
     SSL_CTX_free(c->ctx);
+    s_closed(c);
     close(c->fd);
     free(c);
     return NULL;

@@ -66,6 +66,9 @@ typedef struct {
     int auth_ok;                          /* AUTH commands that matched user/pass */
     int auth_tries;                       /* AUTH commands of any kind */
     int messages;                         /* messages accepted */
+    int max_per_conn;                     /* the most accepted on one connection */
+    int active;                           /* connections open now */
+    int max_active;                       /* the most open at once */
     sbuf_t *data;                         /* every accepted message, concatenated */
     sbuf_t *mail;                         /* the last MAIL command line */
     sbuf_t *auth;                         /* the last AUTH's credentials as decoded: PLAIN

@@ -9,11 +9,9 @@
  *               'sent' event is recorded.
  *   order.test  MX 20 -> 127.0.0.2 (nothing listens there), MX 10 ->
  *               127.0.0.1: the lower preference value wins, so it is sent.
- *   fb.test     MX 5 -> 127.0.0.2 (down), MX 10 -> 127.0.0.1: what the
- *               engine does today is defer (it tries only the most
- *               preferred host's first address: no fallback to the next
- *               MX host within an attempt). The test pins that behaviour;
- *               when fallback lands it must change to 'sent'.
+ *   fb.test     MX 5 -> 127.0.0.2 (down), MX 10 -> 127.0.0.1: the
+ *               refused host hands the message to the next MX host in the
+ *               same attempt: sent, with no 'deferred' event.
  *   null.test   null MX (RFC 7505, "0 ."): failed, with a reason saying the
  *               domain takes no mail, and a 'failed' event.
  *   a.test      no MX, an A record 127.0.0.1: delivered to the A address
