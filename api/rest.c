@@ -35,6 +35,7 @@
 #include "hex.h"
 #include "authn.h"
 #include "dict.h"
+#include "json_depth.h"
 #include "json_guard.h"
 #include "log.h"
 #include "mesh_peer.h"
@@ -1005,6 +1006,12 @@ static int s_read_body(api_req_t *req)
     if (!ct || strncasecmp(ct, "application/json", 16) != 0 || (ct[16] && ct[16] != ';'))
         return api_problem(req, 415, "Unsupported Media Type",
                            "send the body as Content-Type: application/json");
+    /* Before the parser: its recursion would overflow this thread's stack
+     * long before the guard below could see the depth. */
+    if (!json_depth_ok(req->raw, len, json_guard_defaults()->max_depth))
+        return api_problem(req, 400, "Bad Request",
+                           "the body is too large in shape: it nests deeper than %d levels",
+                           json_guard_defaults()->max_depth);
     json_error_t jerr;
     req->body = json_loadb(req->raw, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!req->body)

@@ -24,6 +24,7 @@
 
 #include <jansson.h>
 
+#include "json_depth.h"
 #include "sbuf.h"
 
 #include "rule.h"
@@ -766,6 +767,13 @@ rule_t *rule_parse_text(const char *text, size_t len, sbuf_t *err)
     if (!text || len > RULE_MAX_TEXT) {
         if (err)
             sbuf_appendf(err, "rule: text longer than %d bytes", RULE_MAX_TEXT);
+        return NULL;
+    }
+    /* Counted before parsing: the API parses rules on its request
+     * threads, whose stacks the parser's recursion could overflow. */
+    if (!json_depth_ok(text, len, RULE_MAX_DEPTH * 2 + 2)) {
+        if (err)
+            sbuf_appendf(err, "rule: nested deeper than %d levels", RULE_MAX_DEPTH);
         return NULL;
     }
     json_error_t jerr;

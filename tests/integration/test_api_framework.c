@@ -116,6 +116,31 @@ static void test_bodies(void **state)
     api_resp_free(&r);
     free(big);
 
+    /* Nested deeper than the guard's 32, before any credential: refused
+     * from its bytes. 3,000 levels overflowed a request thread's stack in
+     * the parser, taking the API down; the call after it must still be
+     * answered. */
+    char *deep = malloc(3001);
+    memset(deep, '[', 3000);
+    deep[3000] = 0;
+    api_call(&E, "POST", "/api/v1/auth/login", NULL, deep, NULL, &r);
+    s_assert_problem(&r, 400);
+    assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "deeper than 32"));
+    api_resp_free(&r);
+    memset(deep, '{', 3000);
+    api_call(&E, "POST", "/api/v1/auth/login", NULL, deep, NULL, &r);
+    s_assert_problem(&r, 400);
+    api_resp_free(&r);
+    free(deep);
+    /* Brackets inside strings are text, not nesting: this body is read
+     * as a login (an unknown address), not refused as deep. */
+    api_call(&E, "POST", "/api/v1/auth/login", NULL,
+             "{\"email\":\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\\"{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{@x.example\","
+             "\"password\":\"a long password\"}",
+             NULL, &r);
+    assert_int_equal(r.status, 401);
+    api_resp_free(&r);
+
     /* Nothing above left a row behind. */
     char *n = api_sql(&E, "SELECT count(*) FROM api_keys");
     assert_string_equal(n, "3"); /* the three the set-up made */
@@ -163,6 +188,21 @@ static void test_credentials(void **state)
     api_call(&E, "GET", "/api/v1/api-keys",
              "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.", NULL, NULL, &r);
     s_assert_problem(&r, 401);
+    api_resp_free(&r);
+
+    /* A token whose header (read before the signature is checked) nests
+     * 1,500 levels: refused, and the API still answers. "W1tb" is "[[[". */
+    size_t tl = 500 * 4 + sizeof ".e30.AAAA";
+    char *nested = malloc(tl);
+    for (int i = 0; i < 500; i++)
+        memcpy(nested + i * 4, "W1tb", 4);
+    memcpy(nested + 2000, ".e30.AAAA", sizeof ".e30.AAAA");
+    api_call(&E, "GET", "/api/v1/contacts", nested, NULL, NULL, &r);
+    s_assert_problem(&r, 401);
+    api_resp_free(&r);
+    free(nested);
+    api_call(&E, "GET", "/api/v1/contacts", E.key_read, NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
     api_resp_free(&r);
 
     /* Managing keys takes a logged-in user, whatever the key's scope. */
