@@ -883,11 +883,12 @@ static int s_send_single(api_req_t *req, send_t *s, json_t *warnings)
     " ORDER BY c.created_at, c.id LIMIT $4::int), "                                                \
     "m AS (INSERT INTO messages (" MSG_INSERT_COLS ") "                                            \
     "SELECT r.id, $1, p.send_id, $2::uuid, r.contact_id, " MSG_STATUS ", " MSG_INSERT_DOC          \
-    " FROM p, r RETURNING id, status, send_at, recipient, recipient_domain), "                    \
+    " FROM p, r ON CONFLICT (organization_id, send_id, lower(recipient)) DO NOTHING "              \
+    "RETURNING id, status, send_at, recipient, recipient_domain), "                               \
     MSG_EVENTS ", "                                                                                \
     "l AS (SELECT created_at, contact_id FROM r ORDER BY created_at DESC, contact_id DESC "        \
     "LIMIT 1), "                                                                                   \
-    "u AS (UPDATE batches b SET total = b.total + (SELECT count(*) FROM r), "                      \
+    "u AS (UPDATE batches b SET total = b.total + (SELECT count(*) FROM m), "                      \
     "expand_at = coalesce((SELECT created_at FROM l), b.expand_at), "                              \
     "expand_id = coalesce((SELECT contact_id FROM l), b.expand_id), "                              \
     "status = CASE WHEN (SELECT count(*) FROM r) < $4::int THEN 'expanded' ELSE 'expanding' END, " \

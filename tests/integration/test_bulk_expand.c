@@ -19,6 +19,8 @@
  *    own connections while the tenant actor does too (as two activations
  *    on two workers could for a moment): the batch row lock and the cursor
  *    keep every contact to one row.
+ * 5. An address an earlier step wrote comes back as a new contact before a
+ *    later step: written once, and the send still finishes.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -328,6 +330,53 @@ static void test_racing_steps_write_each_member_once(void **state)
     printf("racing steps: %ld of the 43 written by the test's threads\n", by_racers);
 }
 
+/* An address written by an earlier step comes back as another contact
+ * (deleted and created again by a CRM sync, or another contact given the
+ * address) before a later step: the later step skips it. It used to fail
+ * on the send's one-row-per-recipient index, roll back, and be tried again
+ * every 5 s forever, with the rest of the list never written. */
+static void test_address_recreated_mid_expansion_is_written_once(void **state)
+{
+    (void)state;
+    char *list = s_list("again", 20);
+    api_resp_t r = {0};
+    /* No worker: the API writes the first step only. */
+    harness_kill9(E.mesh.workers[0]);
+    E.mesh.workers[0] = NULL;
+    char batch[64];
+    s_post_bulk("to_list", list, "Again", ",\"send_at\":\"2099-01-01T00:00:00Z\"", batch, &r);
+    api_resp_free(&r);
+    assert_int_equal(s_count(batch, "true"), 7);
+    /* A contact of that first step goes, and its address comes back as a
+     * new contact on the list, after the cursor. */
+    char *first = dl_sql(&E, "SELECT recipient FROM messages WHERE batch_id = '%s'"
+                             " ORDER BY recipient LIMIT 1", batch);
+    assert_non_null(first);
+    free(dl_sql(&E, "DELETE FROM contacts WHERE organization_id = '%s' AND email = '%s'",
+                E.org_id, first));
+    free(dl_sql(&E,
+                "WITH c AS (INSERT INTO contacts (organization_id, email) VALUES ('%s', '%s')"
+                " RETURNING id) INSERT INTO list_members (organization_id, list_id, contact_id)"
+                " SELECT '%s', '%s', id FROM c",
+                E.org_id, first, E.org_id, list));
+    racer_t one = {batch, 0, 0};
+    s_racer(&one);
+    assert_false(one.failed);
+    s_wait_expanded(batch, 5000, &r);
+    assert_string_equal(json_string_value(json_object_get(r.json, "status")), "expanded");
+    /* 20 members then 20 again, the returning one written once. */
+    assert_int_equal(json_integer_value(json_object_get(r.json, "total")), 20);
+    api_resp_free(&r);
+    assert_int_equal(s_count(batch, "true"), 20);
+    assert_int_equal(api_sql_long(&E, "SELECT count(*) FROM messages WHERE batch_id = '%s'"
+                                      " AND lower(recipient) = lower('%s')", batch, first),
+                     1);
+    free(first);
+    free(list);
+    assert_int_equal(mesh_start_worker(&E.mesh, 0), 0);
+    assert_int_equal(mesh_wait_live(&E.mesh, 1, 10000), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -335,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_stalled_segment_send_resumes_with_its_rule),
         cmocka_unit_test(test_scheduled_bulk_send_is_scheduled_in_every_step),
         cmocka_unit_test(test_racing_steps_write_each_member_once),
+        cmocka_unit_test(test_address_recreated_mid_expansion_is_written_once),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
