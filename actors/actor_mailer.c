@@ -56,6 +56,7 @@ static struct {
     int relay_port;                       /* its port */
     int mx_port;                          /* smtp_port */
     char lease[16];                       /* delivery_lease_s as text */
+    char max_age[32];                     /* delivery_max_age_s as text */
     char resolver[128];                   /* dns_resolver */
     dkim_signer_t *signer;                /* process-wide */
     int enabled;                          /* delivery_enabled */
@@ -123,6 +124,8 @@ int mailer_configure(const config_t *cfg, sbuf_t *err)
     M.mx_port = (int)config_int(cfg, "smtp_port");
     M.enabled = config_bool(cfg, "delivery_enabled");
     snprintf(M.lease, sizeof M.lease, "%lld", (long long)config_int(cfg, "delivery_lease_s"));
+    snprintf(M.max_age, sizeof M.max_age, "%lld",
+             (long long)config_int(cfg, "delivery_max_age_s"));
     snprintf(M.resolver, sizeof M.resolver, "%s", config_str(cfg, "dns_resolver"));
     /* Per message, both signatures together (the body hash is shared):
      * RSA-2048 is about 0.25 ms of it, Ed25519 about 0.04 ms. */
@@ -185,21 +188,30 @@ static const char *const SQL_ATTACHMENTS =
     "SELECT filename, content_type, content_id, data FROM message_attachments"
     " WHERE organization_id = $1 AND send_id = $2 ORDER BY idx";
 
+/* Each of these applies to the claim that made the job only ($3, its
+ * attempts): after a lease ran out the row may have been claimed again. */
 static const char *const SQL_FAIL =
     "WITH m AS (UPDATE messages SET status = 'failed', lease_until = NULL, last_response = $2,"
-    " updated_at = now() WHERE id = $1 AND status = 'sending' RETURNING id, organization_id)"
+    " updated_at = now() WHERE id = $1 AND status = 'sending' AND attempts = $3::int"
+    " RETURNING id, organization_id)"
     " INSERT INTO message_events (organization_id, message_id, type, detail)"
     " SELECT organization_id, id, 'failed', jsonb_build_object('reason', $2::text) FROM m";
 
-/* DNS trouble, or the message's content could not be read: try again
- * later (the engine's back-off is for SMTP answers; a resolver or database
- * hiccup gets a flat five minutes). */
+/* DNS trouble, or a database read failed: try again later, from five
+ * minutes doubling to six hours, with jitter; once the message has been
+ * due longer than delivery_max_age_s ($4) it fails, as after SMTP
+ * deferrals: a domain whose DNS never answers must not keep a message
+ * forever. */
 static const char *const SQL_TEMPFAIL =
-    "WITH m AS (UPDATE messages SET status = 'deferred', lease_until = NULL, last_response = $2,"
-    " next_attempt_at = now() + interval '5 minutes', updated_at = now()"
-    " WHERE id = $1 AND status = 'sending' RETURNING id, organization_id)"
+    "WITH m AS (UPDATE messages SET status = CASE WHEN greatest(created_at, send_at)"
+    "   < now() - make_interval(secs => $4::int) THEN 'failed' ELSE 'deferred' END,"
+    " lease_until = NULL, last_response = $2, next_attempt_at = now() + make_interval(secs =>"
+    "   least(300 * power(2, least(greatest(attempts - 1, 0), 10)), 21600)"
+    "   * (0.75 + random() * 0.5)), updated_at = now()"
+    " WHERE id = $1 AND status = 'sending' AND attempts = $3::int"
+    " RETURNING id, organization_id, status)"
     " INSERT INTO message_events (organization_id, message_id, type, detail)"
-    " SELECT organization_id, id, 'deferred', jsonb_build_object('reason', $2::text) FROM m";
+    " SELECT organization_id, id, status, jsonb_build_object('reason', $2::text) FROM m";
 
 #define KEY_CACHE 8          /* sending domains remembered per activation */
 #define KEY_CACHE_MS 60000   /* then read again: rotation and deletion show */
@@ -289,11 +301,17 @@ static size_t s_strings(json_t *arr, const char **out, size_t max)
     return n;
 }
 
-static void s_fail(db_t *db, const char *id, const char *why)
+static void s_fail(db_t *db, const char *id, const char *attempt, const char *why)
 {
-    const char *p[] = {id, why};
-    db_exec(db, SQL_FAIL, 2, p, NULL);
+    const char *p[] = {id, why, attempt};
+    db_exec(db, SQL_FAIL, 3, p, NULL);
     log_warn("message not sendable message=%s: %s", id, why);
+}
+
+static void s_tempfail(db_t *db, const char *id, const char *attempt, const char *why)
+{
+    const char *p[] = {id, why, attempt, M.max_age};
+    db_exec(db, SQL_TEMPFAIL, 4, p, NULL);
 }
 
 static int64_t s_now_ms(void)
@@ -312,9 +330,10 @@ static double s_now_s(void)
 
 /* The sending domain's opened keys, from the cache or the database.
  * NULL with *why set when the domain is not verified or its keys do not
- * open. */
+ * open, or with *transient set too when the query itself failed (a
+ * timeout, a lost connection: the message is fine, try it later). */
 static key_entry_t *s_keys(mailer_state_t *st, db_t *db, const char *org, const char *from,
-                           const char **why)
+                           const char **why, int *transient)
 {
     const char *at = strrchr(from, '@');
     const char *dom = at ? at + 1 : from;
@@ -333,7 +352,12 @@ static key_entry_t *s_keys(mailer_state_t *st, db_t *db, const char *org, const 
     db_result_t *keys = db_query_prepared(db, SQL_KEYS, 2, kp, NULL);
     sbuf_t *raw = sbuf_new(256), *ed = sbuf_new(256), *rsa = sbuf_new(2048);
     key_entry_t *out = NULL;
-    if (!keys || db_result_rows(keys) != 1 || !raw || !ed || !rsa)
+    if (!keys || !raw || !ed || !rsa) {
+        *why = "the sending domain's keys could not be read";
+        *transient = 1;
+        goto done;
+    }
+    if (db_result_rows(keys) != 1)
         goto done;
     *why = "the domain's keys cannot be opened with secret_key";
     if (!M.have_key || s_bytea(db_result_get(keys, 0, 3), raw) != 0 ||
@@ -417,12 +441,25 @@ static const body_cache_t *s_body(mailer_state_t *st, db_t *db, db_result_t *res
     sbuf_t *blobs = sbuf_new(1024);
     size_t *offs = natt ? calloc((size_t)natt * 2, sizeof *offs) : NULL;
     mime_part_t *parts = natt ? calloc((size_t)natt, sizeof *parts) : NULL;
-    for (int a = 0; a < natt && blobs && offs && parts; a++) {
+    int whole = blobs && (natt == 0 || (offs && parts));
+    for (int a = 0; a < natt && whole; a++) {
         offs[2 * a] = sbuf_len(blobs);
-        s_bytea(db_result_get(att, a, 3), blobs);
+        whole = s_bytea(db_result_get(att, a, 3), blobs) == 0;
         offs[2 * a + 1] = sbuf_len(blobs) - offs[2 * a];
     }
-    for (int a = 0; a < natt && blobs && offs && parts; a++) {
+    if (!whole) {
+        /* Out of memory, or an attachment that does not decode: never
+         * send the message without it; try again later. */
+        *why = "the message's attachments could not be read";
+        *transient = 1;
+        sbuf_destroy(&blobs);
+        free(offs);
+        free(parts);
+        db_result_free(&content);
+        db_result_free(&att);
+        return NULL;
+    }
+    for (int a = 0; a < natt; a++) {
         parts[a].filename = db_result_get(att, a, 0);
         parts[a].content_type = db_result_get(att, a, 1);
         parts[a].content_id = db_result_get(att, a, 2);
@@ -433,9 +470,9 @@ static const body_cache_t *s_body(mailer_state_t *st, db_t *db, db_result_t *res
         .html = html,
         .text = text,
         .attachments = parts,
-        .nattachments = parts ? (size_t)natt : 0,
+        .nattachments = (size_t)natt,
     };
-    mime_body_t *body = blobs ? mime_body_new(&m, err) : NULL;
+    mime_body_t *body = mime_body_new(&m, err);
     sbuf_destroy(&blobs);
     free(offs);
     free(parts);
@@ -457,10 +494,36 @@ static const body_cache_t *s_body(mailer_state_t *st, db_t *db, db_result_t *res
     return slot;
 }
 
+/* The recipient domain's MX answer, looked up once per claimed batch: the
+ * rows of a batch share their domain, and a slow resolver asked per row
+ * would hand the batch's last rows to the engine after their lease. */
+typedef struct {
+    char domain[256];  /* whose answer; "" = none yet */
+    int rc;            /* MX_OK, MX_TEMPFAIL, MX_PERMFAIL */
+    mx_host_t hosts[4];
+    size_t n;          /* hosts filled */
+    char err[256];     /* why, when not MX_OK */
+} mx_answer_t;
+
+static const mx_answer_t *s_mx(mx_answer_t *a, const char *domain)
+{
+    if (a->domain[0] && strcasecmp(a->domain, domain) == 0)
+        return a;
+    sbuf_t *err = sbuf_new(128);
+    a->n = 0;
+    a->rc = mx_resolve(domain, M.resolver[0] ? M.resolver : NULL, 5000, a->hosts, 4, &a->n, err);
+    snprintf(a->err, sizeof a->err, "%s", err && sbuf_len(err) ? sbuf_data(err) : "");
+    sbuf_destroy(&err);
+    s_copy(a->domain, sizeof a->domain, domain);
+    return a;
+}
+
 /* Build, sign and hand one claimed row (row i of res) to the engine. */
-static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result_t *res, int i)
+static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result_t *res, int i,
+                       mx_answer_t *mxa)
 {
     const char *id = db_result_get(res, i, 0), *org = db_result_get(res, i, 1);
+    const char *attempt = db_result_get(res, i, 14);
     const char *from = db_result_get(res, i, 2), *rcpt = db_result_get(res, i, 5);
     sbuf_t *err = sbuf_new(128), *msg = sbuf_new(4096), *sig = sbuf_new(1024);
     json_t *to = json_loads(db_result_get(res, i, 6), 0, NULL);
@@ -475,22 +538,23 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         goto done;
 
     const char *why = NULL;
-    key_entry_t *keys = s_keys(st, db, org, from, &why);
+    int transient = 0;
+    key_entry_t *keys = s_keys(st, db, org, from, &why, &transient);
     if (!keys) {
-        s_fail(db, id, why);
+        if (transient)
+            s_tempfail(db, id, attempt, why);
+        else
+            s_fail(db, id, attempt, why);
         goto done;
     }
-    int transient = 0;
     const body_cache_t *body = s_body(st, db, res, i, &tmp, &why, &transient, err);
     if (!body) {
         char reason[300];
         snprintf(reason, sizeof reason, "%s: %s", why, sbuf_data(err));
-        if (transient) {
-            const char *p[] = {id, reason};
-            db_exec(db, SQL_TEMPFAIL, 2, p, NULL);
-        } else {
-            s_fail(db, id, reason);
-        }
+        if (transient)
+            s_tempfail(db, id, attempt, reason);
+        else
+            s_fail(db, id, attempt, reason);
         goto done;
     }
     size_t nh = json_object_size(hdrs), k = 0;
@@ -538,7 +602,7 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
     if (mime_build_with_body(&m, body->body, msg, NULL, err) != 0) {
         char reason[300];
         snprintf(reason, sizeof reason, "the message cannot be built: %s", sbuf_data(err));
-        s_fail(db, id, reason);
+        s_fail(db, id, attempt, reason);
         goto done;
     }
     dkim_sign_key_t dk[2] = {
@@ -554,7 +618,7 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
     if (signed_rc != 0) {
         char reason[300];
         snprintf(reason, sizeof reason, "the message cannot be signed: %s", sbuf_data(err));
-        s_fail(db, id, reason);
+        s_fail(db, id, attempt, reason);
         goto done;
     }
     /* VERP: bounces come back to bounces+<row id and its MAC>@<return path>
@@ -566,6 +630,7 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
     if (!job || !verp)
         goto done;
     snprintf(job->id, sizeof job->id, "%s", id);
+    job->attempt = atoi(attempt);
     snprintf(job->domain, sizeof job->domain, "%s", st->domain);
     if (M.relay_host[0]) {
         snprintf(job->host, sizeof job->host, "%s", M.relay_host);
@@ -575,25 +640,22 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         job->shape_rate = M.shape_rate;
         job->shape_burst = M.shape_burst;
     } else {
-        mx_host_t hosts[4];
-        size_t n = 0;
         const char *rdomain = strrchr(rcpt, '@') ? strrchr(rcpt, '@') + 1 : rcpt;
-        sbuf_reset(err);
-        int mx = mx_resolve(rdomain, M.resolver[0] ? M.resolver : NULL, 5000, hosts, 4, &n, err);
-        if (mx == MX_PERMFAIL) {
+        const mx_answer_t *ans = s_mx(mxa, rdomain);
+        const mx_host_t *hosts = ans->hosts;
+        size_t n = ans->n;
+        if (ans->rc == MX_PERMFAIL) {
             char reason[300];
-            snprintf(reason, sizeof reason, "the recipient domain takes no mail: %s",
-                     sbuf_data(err));
-            s_fail(db, id, reason);
+            snprintf(reason, sizeof reason, "the recipient domain takes no mail: %s", ans->err);
+            s_fail(db, id, attempt, reason);
             goto done;
         }
-        if (mx != MX_OK || n == 0 || hosts[0].naddrs == 0) {
-            const char *p[] = {id, sbuf_len(err) ? sbuf_data(err) : "no MX host answered"};
-            db_exec(db, SQL_TEMPFAIL, 2, p, NULL);
+        if (ans->rc != MX_OK || n == 0 || hosts[0].naddrs == 0) {
+            s_tempfail(db, id, attempt, ans->err[0] ? ans->err : "no MX host answered");
             goto done;
         }
-        snprintf(job->host, sizeof job->host, "%s", hosts[0].addrs[0]);
-        snprintf(job->tls_name, sizeof job->tls_name, "%s", hosts[0].name);
+        s_copy(job->host, sizeof job->host, hosts[0].addrs[0]);
+        s_copy(job->tls_name, sizeof job->tls_name, hosts[0].name);
         /* Fallback, in preference order: the first host's other
          * addresses, then the next hosts'. */
         for (size_t h = 0; h < n; h++) {
@@ -693,8 +755,13 @@ static int s_receive(actor_ctx_t *ctx, void *state, const envelope_t *msg)
     if (!res)
         return 0; /* a bad id or a failed claim: nothing is leased */
     int rows = db_result_rows(res);
-    for (int i = 0; i < rows; i++)
-        s_send_row(ctx, st, db, res, i);
+    mx_answer_t *mxa = calloc(1, sizeof *mxa);
+    for (int i = 0; i < rows; i++) {
+        if (mxa)
+            s_send_row(ctx, st, db, res, i, mxa);
+        /* else out of memory: the rows stay leased and are re-driven */
+    }
+    free(mxa);
     db_result_free(&res);
     /* A full batch means more may be due: keep draining through our own
      * mailbox (other actors get their turn in between) instead of waiting

@@ -232,24 +232,30 @@ static const char *s_dest_label(const delivery_job_t *j, char *buf, size_t size)
 /* ---------------------------------------------------------------- outcomes */
 
 /* Every outcome of a recorder round in one statement: the rows still
- * 'sending' take their new status (2xx sent; 5xx bounced, the contact
- * bounced and suppressed; anything else deferred with exponential back-off
- * and jitter, or failed once older than $2 seconds), and each gets its
- * message_events row. One statement is one transaction and one WAL flush
- * for the whole round. */
+ * 'sending' on the claim that made the job (attempts is the claim's
+ * fencing token: an outcome arriving after the lease ran out and the row
+ * was claimed again must not land on the new claim) take their new status
+ * (2xx sent; 5xx bounced, the contact bounced and suppressed; anything
+ * else deferred with exponential back-off and jitter, or failed once due
+ * longer than $2 seconds: due since send_at for a scheduled message, so a
+ * send scheduled days ahead still gets its retries), and each gets its
+ * message_events row. The back-off's exponent is capped before power():
+ * PostgreSQL raises an error on overflow, which would fail the round.
+ * One statement is one transaction and one WAL flush for the whole
+ * round. */
 static const char *const SQL_OUTCOMES =
     "WITH o AS (SELECT * FROM jsonb_to_recordset($1::jsonb)"
-    "   AS x(id uuid, code int, enhanced text, response text)),"
+    "   AS x(id uuid, attempt int, code int, enhanced text, response text)),"
     " m AS (UPDATE messages m SET"
     "   status = CASE WHEN o.code BETWEEN 200 AND 299 THEN 'sent'"
     "     WHEN o.code BETWEEN 500 AND 599 THEN 'bounced'"
-    "     WHEN m.created_at < now() - make_interval(secs => $2::int) THEN 'failed'"
-    "     ELSE 'deferred' END,"
+    "     WHEN greatest(m.created_at, m.send_at) < now() - make_interval(secs => $2::int)"
+    "     THEN 'failed' ELSE 'deferred' END,"
     "   next_attempt_at = CASE WHEN o.code BETWEEN 200 AND 299 OR o.code BETWEEN 500 AND 599"
     "     THEN m.next_attempt_at ELSE now() + make_interval(secs => least(60 * power(2,"
-    "     greatest(m.attempts - 1, 0)), 21600) * (0.75 + random() * 0.5)) END,"
+    "     least(greatest(m.attempts - 1, 0), 10)), 21600) * (0.75 + random() * 0.5)) END,"
     "   lease_until = NULL, last_response = o.response, updated_at = now()"
-    "   FROM o WHERE m.id = o.id AND m.status = 'sending'"
+    "   FROM o WHERE m.id = o.id AND m.status = 'sending' AND m.attempts = o.attempt"
     "   RETURNING m.id, m.organization_id, m.recipient, m.status, m.attempts,"
     "   m.next_attempt_at, o.response, o.enhanced),"
     " c AS (UPDATE contacts SET status = 'bounced', updated_at = now() FROM m"
@@ -267,11 +273,11 @@ static const char *const SQL_OUTCOMES =
     "     'next_attempt_at', next_attempt_at) END FROM m";
 
 /* Outbox re-queue: the row was never tried on this claim, so the attempt
- * it cost is given back. */
+ * it cost is given back (on this claim only: $3 fences it). */
 static const char *const SQL_REQUEUE =
     "UPDATE messages SET status = 'queued', attempts = greatest(attempts - 1, 0),"
     " lease_until = NULL, next_attempt_at = now() + make_interval(secs => $2::int),"
-    " updated_at = now() WHERE id = $1 AND status = 'sending'";
+    " updated_at = now() WHERE id = $1 AND status = 'sending' AND attempts = $3::int";
 
 /* What the engine hands the recorder: an outcome, or a job given back to
  * the outbox untried (requeue_s > 0). */
@@ -280,6 +286,8 @@ typedef struct outcome {
     char domain[256];     /* the job's recipient domain (backlog) */
     size_t bytes;         /* the job's size (backlog) */
     char id[40];          /* messages.id */
+    int attempt;          /* the claim's attempts (fencing token) */
+    int recorded;         /* its statement committed (metrics count it) */
     int code;             /* SMTP code, 0 for connection trouble */
     int requeue_s;        /* > 0: back to 'queued', due in this many seconds */
     char enhanced[16];    /* enhanced status or "" */
@@ -387,6 +395,7 @@ static void s_record(delivery_t *d, job_t *job, int code, const char *enhanced,
     snprintf(o->domain, sizeof o->domain, "%s", job->j->domain);
     o->bytes = job->j->len;
     snprintf(o->id, sizeof o->id, "%s", job->j->id);
+    o->attempt = job->j->attempt;
     o->code = code;
     char lb[320];
     dest_metrics_t *dm = s_dest_metrics(d, s_dest_label(job->j, lb, sizeof lb));
@@ -441,26 +450,17 @@ static db_t *s_db(delivery_t *d)
     return d->db;
 }
 
-/* Write one round. A failure loses nothing: those rows stay 'sending' and
- * are re-driven after their lease (a repeat send is the price). */
-static void s_write_round(delivery_t *d, outcome_t *list)
+/* Run SQL_OUTCOMES for the outcomes of list from first on; with one,
+ * only first. 0 when the statement ran. */
+static int s_write_outcomes(delivery_t *d, db_t *db, outcome_t *first, int one, sbuf_t *err)
 {
-    db_t *db = s_db(d);
-    sbuf_t *err = sbuf_new(64);
     json_t *arr = json_array();
-    int n = 0, rc = db && arr ? 0 : -1;
-    for (outcome_t *o = list; o && rc == 0; o = o->next) {
-        if (o->requeue_s > 0) {
-            char secs[16];
-            snprintf(secs, sizeof secs, "%d", o->requeue_s);
-            const char *p[] = {o->id, secs};
-            if (db_exec(db, SQL_REQUEUE, 2, p, NULL) != 0 &&
-                log_should("delivery-requeue", 16, 10000))
-                log_error("held message not given back to the outbox message=%s", o->id);
+    int n = 0, rc = arr ? 0 : -1;
+    for (outcome_t *o = first; o && rc == 0 && !(one && n == 1); o = o->next) {
+        if (o->requeue_s > 0)
             continue;
-        }
-        json_t *row = json_pack("{s:s, s:i, s:s, s:s}", "id", o->id, "code", o->code, "enhanced",
-                                o->enhanced, "response", o->response);
+        json_t *row = json_pack("{s:s, s:i, s:i, s:s, s:s}", "id", o->id, "attempt", o->attempt,
+                                "code", o->code, "enhanced", o->enhanced, "response", o->response);
         if (!row || json_array_append_new(arr, row) != 0)
             rc = -1;
         n++;
@@ -477,12 +477,82 @@ static void s_write_round(delivery_t *d, outcome_t *list)
         db_result_t *res = doc ? db_query(db, SQL_OUTCOMES, 2, p, err) : NULL;
         rc = res ? 0 : -1;
         db_result_free(&res);
-        if (rc != 0 && log_should("delivery-record", 15, 10000))
-            log_error("a round of %d outcomes was not recorded (re-driven after the lease): %s",
-                      n, err && sbuf_len(err) ? sbuf_data(err) : "no database");
     }
     free(doc);
     json_decref(arr);
+    return rc;
+}
+
+/* Write one round. -1 when the database could not be reached (down, or
+ * the connection broke under the statement): nothing was given up, and
+ * the recorder tries the same round again; every statement is fenced by
+ * status and attempt, so what did commit is not applied twice. When the
+ * connection is fine but the round's statement failed (a row the
+ * statement cannot take), the outcomes are written one by one, so one
+ * bad row costs only itself: it stays 'sending' and is re-driven after
+ * its lease. With give_up (the engine stopped long ago) a round that
+ * cannot be written is dropped the same way. */
+static int s_write_round(delivery_t *d, outcome_t *list, int give_up)
+{
+    db_t *db = s_db(d);
+    if (!db && !give_up)
+        return -1;
+    sbuf_t *err = sbuf_new(64);
+    int n = 0, rc = db ? 0 : -1;
+    for (outcome_t *o = list; o; o = o->next) {
+        if (o->requeue_s <= 0) {
+            n++;
+            continue;
+        }
+        if (!db)
+            continue; /* given up: re-driven after its lease */
+        char secs[16], attempt[16];
+        snprintf(secs, sizeof secs, "%d", o->requeue_s);
+        snprintf(attempt, sizeof attempt, "%d", o->attempt);
+        const char *p[] = {o->id, secs, attempt};
+        if (db_exec(db, SQL_REQUEUE, 3, p, NULL) != 0) {
+            if (!db_usable(db) && !give_up) {
+                sbuf_destroy(&err);
+                return -1;
+            }
+            if (log_should("delivery-requeue", 16, 10000))
+                log_error("held message not given back to the outbox message=%s", o->id);
+        }
+    }
+    if (n > 0 && db) {
+        rc = s_write_outcomes(d, db, list, 0, err);
+        if (rc != 0 && !db_usable(db) && !give_up) {
+            if (log_should("delivery-record", 15, 10000))
+                log_warn("a round of %d outcomes waits for the database: %s", n,
+                         err && sbuf_len(err) ? sbuf_data(err) : "no connection");
+            sbuf_destroy(&err);
+            return -1;
+        }
+        if (rc != 0 && db_usable(db)) {
+            if (log_should("delivery-record", 15, 10000))
+                log_error("a round of %d outcomes failed, writing them one by one: %s", n,
+                          err && sbuf_len(err) ? sbuf_data(err) : "out of memory");
+            for (outcome_t *o = list; o; o = o->next) {
+                if (o->requeue_s > 0)
+                    continue;
+                if (err)
+                    sbuf_reset(err);
+                o->recorded = s_write_outcomes(d, db, o, 1, err) == 0;
+                if (!o->recorded)
+                    log_error("outcome not recorded message=%s (re-driven after its lease): %s",
+                              o->id, err && sbuf_len(err) ? sbuf_data(err) : "out of memory");
+            }
+        } else if (rc == 0) {
+            for (outcome_t *o = list; o; o = o->next)
+                o->recorded = 1;
+        } else {
+            log_error("a round of %d outcomes was not recorded (re-driven after the lease): %s",
+                      n, err && sbuf_len(err) ? sbuf_data(err) : "no database");
+        }
+    } else if (n > 0) {
+        log_error("a round of %d outcomes was not recorded (re-driven after the lease): "
+                  "no database", n);
+    }
     /* Written (or given up: then the rows come back after their lease):
      * either way these jobs leave the backlog, and mailers held back may
      * claim again. */
@@ -502,7 +572,7 @@ static void s_write_round(delivery_t *d, outcome_t *list)
     while (list) {
         outcome_t *o = list;
         list = o->next;
-        if (rc == 0 && o->requeue_s <= 0) {
+        if (o->recorded && o->requeue_s <= 0) {
             metric_inc(o->code >= 200 && o->code < 300   ? d->m_sent
                        : o->code >= 500 && o->code < 600 ? d->m_bounced
                                                          : d->m_deferred);
@@ -512,13 +582,30 @@ static void s_write_round(delivery_t *d, outcome_t *list)
         free(o);
     }
     sbuf_destroy(&err);
+    return 0;
+}
+
+/* How long a round that cannot reach the database is tried again once
+ * the engine has stopped: the worker's exit waits this long at most. */
+#define REC_STOP_RETRY_MS 5000
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* The recorder: takes whatever the engine has handed over, writes it, and
- * goes on until the engine has stopped and nothing is left. */
+ * goes on until the engine has stopped and nothing is left. A round the
+ * database did not take goes back to the front of the list and is tried
+ * again, from 100 ms doubling to 2 s apart: its jobs stay in the backlog
+ * meanwhile, so mailers stop claiming while PostgreSQL is away. */
 static void *s_recorder(void *arg)
 {
     delivery_t *d = arg;
+    int pause_ms = 0;
+    int64_t stop_at = 0;
     for (;;) {
         pthread_mutex_lock(&d->rec_lock);
         while (!d->rec_head && !d->rec_stopping)
@@ -527,26 +614,56 @@ static void *s_recorder(void *arg)
          * rows or a hundred: under load, gather for a few milliseconds
          * first (measured at 3,400 msg/s: 1,224 rounds became 609 per
          * 21,000 messages, their planning 0.51 s of PostgreSQL time became
-         * 0.23 s). Alone, a message waits REC_GATHER_MS at most. */
+         * 0.23 s). Alone, a message waits REC_GATHER_MS at most. After a
+         * failed round, wait the retry pause instead. */
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += REC_GATHER_MS * 1000000L;
+        long wait_ms = pause_ms > 0 ? pause_ms : REC_GATHER_MS;
+        until.tv_sec += wait_ms / 1000;
+        until.tv_nsec += (wait_ms % 1000) * 1000000L;
         if (until.tv_nsec >= 1000000000L) {
             until.tv_sec++;
             until.tv_nsec -= 1000000000L;
         }
-        while (d->rec_head && d->rec_count < REC_GATHER_ROWS && !d->rec_stopping &&
+        while (d->rec_head && (pause_ms > 0 || d->rec_count < REC_GATHER_ROWS) &&
+               !d->rec_stopping &&
                pthread_cond_timedwait(&d->rec_cond, &d->rec_lock, &until) == 0)
             ;
         outcome_t *list = d->rec_head;
         d->rec_head = d->rec_tail = NULL;
+        int count = d->rec_count;
         d->rec_count = 0;
         int stop = d->rec_stopping;
         pthread_mutex_unlock(&d->rec_lock);
-        if (list)
-            s_write_round(d, list);
-        else if (stop)
-            break;
+        if (stop && !stop_at)
+            stop_at = s_mono_ms();
+        if (!list) {
+            if (stop)
+                break;
+            continue;
+        }
+        int give_up = stop && s_mono_ms() - stop_at > REC_STOP_RETRY_MS;
+        if (s_write_round(d, list, give_up) == 0) {
+            pause_ms = 0;
+            continue;
+        }
+        /* Not taken: put the round back in front of what came meanwhile. */
+        outcome_t *tail = list;
+        while (tail->next)
+            tail = tail->next;
+        pthread_mutex_lock(&d->rec_lock);
+        tail->next = d->rec_head;
+        if (!d->rec_head)
+            d->rec_tail = tail;
+        d->rec_head = list;
+        d->rec_count += count;
+        pthread_mutex_unlock(&d->rec_lock);
+        pause_ms = pause_ms ? (pause_ms * 2 > 2000 ? 2000 : pause_ms * 2) : 100;
+        if (stop) {
+            /* the engine is gone: nothing will signal; sleep the pause */
+            struct timespec ts = {pause_ms / 1000, (pause_ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
     }
     return NULL;
 }
@@ -822,6 +939,7 @@ static void s_requeue_stale(delivery_t *d, dest_t *dst, int64_t now)
             snprintf(o->domain, sizeof o->domain, "%s", job->j->domain);
             o->bytes = job->j->len;
             snprintf(o->id, sizeof o->id, "%s", job->j->id);
+            o->attempt = job->j->attempt;
             o->requeue_s = secs > 86400 ? 86400 : (int)secs;
             s_queue_outcome(d, o);
         }

@@ -43,6 +43,7 @@ typedef struct delivery delivery_t;
 
 typedef struct {
     char id[40];        /* messages.id */
+    int attempt;        /* the claim's attempts: outcomes apply to this claim only */
     char host[256];     /* numeric address to connect to */
     int port;           /* its port */
     char *mail_from;    /* envelope sender (VERP return path) */

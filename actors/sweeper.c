@@ -62,6 +62,8 @@ struct sweeper {
     metric_t *m_mail[4];   /* the mail outbox by status (OUTBOX_STATUSES order) */
     metric_t *m_lag;       /* seconds the oldest due row has waited */
     int64_t mail_at;       /* when the mail outbox was last counted (ms) */
+    char max_age[32];      /* delivery_max_age_s as text */
+    char due_from[256];    /* the due walk starts at this domain ("": the first) */
 };
 
 /* The mail outbox counted for the gauges, every OUTBOX_COUNT_MS by the
@@ -212,42 +214,103 @@ done:
 }
 
 /* Messages: scheduled rows whose time came become queued, 'sending' rows
- * whose lease ran out (a worker died mid-send) become deferred, and every
- * destination with due rows (queued or deferred, past a short grace so the
- * API's own wake-up goes first) gets a "wake" for its mailer actor, which
- * claims the rows itself. A lost wake-up costs one round, never a message.
- * Then bulk sends still expanding that stopped moving are announced to
- * their tenant actors again. */
-static const char s_mail_select[] =
+ * whose lease ran out (a worker died mid-send) become deferred (or failed,
+ * with their event, once due longer than delivery_max_age_s: a message
+ * whose sending kills its worker must not be re-driven forever), and the
+ * mailers of those destinations are woken. */
+static const char s_mail_update[] =
     "WITH promoted AS (UPDATE messages SET status = 'queued', updated_at = now()"
     " WHERE status = 'scheduled' AND send_at <= now() RETURNING recipient_domain),"
-    " expired AS (UPDATE messages SET status = 'deferred', lease_until = NULL, updated_at = now()"
-    " WHERE status = 'sending' AND lease_until < now() RETURNING recipient_domain)"
+    " expired AS (UPDATE messages SET status = CASE WHEN greatest(created_at, send_at)"
+    "   < now() - make_interval(secs => $1::int) THEN 'failed' ELSE 'deferred' END,"
+    "   lease_until = NULL, updated_at = now()"
+    "   WHERE status = 'sending' AND lease_until < now()"
+    "   RETURNING id, organization_id, recipient_domain, status),"
+    " ev AS (INSERT INTO message_events (organization_id, message_id, type, detail)"
+    "   SELECT organization_id, id, 'failed', jsonb_build_object('reason',"
+    "   'its lease ran out after it had been due longer than delivery_max_age_s')"
+    "   FROM expired WHERE status = 'failed')"
     " SELECT DISTINCT d FROM (SELECT recipient_domain AS d FROM promoted"
-    " UNION ALL SELECT recipient_domain FROM expired"
-    " UNION ALL (SELECT recipient_domain FROM messages WHERE status IN ('queued', 'deferred')"
-    " AND next_attempt_at <= now() - interval '2 seconds' LIMIT 5000)) x LIMIT 1000";
+    " UNION ALL SELECT recipient_domain FROM expired WHERE status = 'deferred') x LIMIT 1000";
+
+/* Then every destination with due rows (queued or deferred, past a short
+ * grace so the API's own wake-up goes first) gets a "wake" for its mailer
+ * actors, which claim the rows themselves; a lost wake-up costs one round,
+ * never a message. The destinations are found by skipping through the
+ * queue index one recipient domain at a time (a loose index scan), each
+ * asked for one due row: a query over due rows, however limited, would
+ * see only the domain of a big send's 100,000 due rows and never the
+ * deferred retries of the others. At most DUE_WALK domains per round,
+ * from $1 on (where the last round stopped), so a queue of very many
+ * domains is walked over several rounds. Returns the due domains and the
+ * last one looked at, with its rank. */
+#define DUE_WALK 5000
+#define DUE_WAKE 1000 /* domains woken per round at most */
+static const char s_due_select[] =
+    "WITH RECURSIVE doms(d, n) AS ("
+    "  (SELECT recipient_domain, 1 FROM messages WHERE status IN ('queued', 'deferred')"
+    "   AND recipient_domain >= $1 ORDER BY recipient_domain LIMIT 1)"
+    "  UNION ALL SELECT (SELECT recipient_domain FROM messages"
+    "   WHERE status IN ('queued', 'deferred') AND recipient_domain > doms.d"
+    "   ORDER BY recipient_domain LIMIT 1), n + 1 FROM doms"
+    "   WHERE doms.d IS NOT NULL AND n < $2::int)"
+    " SELECT d, due, n, last FROM (SELECT d, n, max(n) OVER () AS last,"
+    "   EXISTS (SELECT 1 FROM messages WHERE status IN ('queued', 'deferred')"
+    "   AND recipient_domain = doms.d AND next_attempt_at <= now() - interval '2 seconds') AS due"
+    "   FROM doms WHERE d IS NOT NULL) x WHERE due OR n = last ORDER BY n";
+
+/* Send "wake" to every mailer shard of domain; -1 when the pipe is full. */
+static int s_wake(sweeper_t *self, const char *domain)
+{
+    for (int shard = 0; shard < MAILER_SHARDS; shard++) {
+        char addr[300];
+        mailer_address(addr, sizeof addr, domain, shard);
+        if (mesh_client_send(self->client, addr, "wake", "{}", 2) != 0)
+            return -1;
+        metric_inc(self->m_woken);
+    }
+    return 0;
+}
 
 static void s_mail_round(sweeper_t *self)
 {
     sbuf_t *err = sbuf_new(128), *target = sbuf_new(64);
-    db_result_t *res = err && target ? db_query(self->db, s_mail_select, 0, NULL, err) : NULL;
+    const char *up[] = {self->max_age};
+    db_result_t *res = err && target ? db_query(self->db, s_mail_update, 1, up, err) : NULL;
     if (!res) {
         if (log_should("sweeper-mail", 12, 60000))
             log_error("cannot read the message outbox: %s", err ? sbuf_data(err) : "out of memory");
         goto done;
     }
-    for (int i = 0; i < db_result_rows(res); i++) {
-        int full = 0;
-        for (int shard = 0; shard < MAILER_SHARDS && !full; shard++) {
-            char addr[300];
-            mailer_address(addr, sizeof addr, db_result_get(res, i, 0), shard);
-            full = mesh_client_send(self->client, addr, "wake", "{}", 2) != 0;
-            if (!full)
-                metric_inc(self->m_woken);
+    int full = 0;
+    for (int i = 0; i < db_result_rows(res) && !full; i++)
+        full = s_wake(self, db_result_get(res, i, 0)) != 0;
+    db_result_free(&res);
+    sbuf_reset(err);
+    char walk[16];
+    snprintf(walk, sizeof walk, "%d", DUE_WALK);
+    const char *dp[] = {self->due_from, walk};
+    res = full ? NULL : db_query(self->db, s_due_select, 2, dp, err);
+    if (!res && !full && log_should("sweeper-due", 11, 60000))
+        log_error("cannot read the due destinations: %s", sbuf_data(err));
+    if (res) {
+        int rows = db_result_rows(res), woken = 0;
+        /* Where the next round starts: after the last domain looked at when
+         * the walk stopped at its bound, else from the beginning. */
+        char next[256] = "";
+        for (int i = 0; i < rows; i++) {
+            const char *d = db_result_get(res, i, 0);
+            if (strcmp(db_result_get(res, i, 1), "t") == 0) {
+                if (woken == DUE_WAKE || s_wake(self, d) != 0) {
+                    snprintf(next, sizeof next, "%s", d); /* the rest next round, from here */
+                    break;
+                }
+                woken++;
+            }
+            if (i == rows - 1 && atoi(db_result_get(res, i, 2)) >= DUE_WALK)
+                snprintf(next, sizeof next, "%s", d);
         }
-        if (full)
-            break; /* pipe full: the rest next round */
+        snprintf(self->due_from, sizeof self->due_from, "%s", next);
     }
     db_result_free(&res);
     sbuf_reset(err);
@@ -342,6 +405,8 @@ sweeper_t *sweeper_start(const config_t *cfg, const char *node_id, sbuf_t *err)
                                 "since it became due, counted every 10 s (0 on workers that do "
                                 "not hold the sweeper lock).");
     self->conninfo = db_conninfo_from_config(cfg);
+    snprintf(self->max_age, sizeof self->max_age, "%lld",
+             (long long)config_int(cfg, "delivery_max_age_s"));
     char id[160];
     snprintf(id, sizeof id, "%s-sweeper", node_id);
     if (!self->conninfo) {
