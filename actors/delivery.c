@@ -87,6 +87,7 @@ typedef struct conn {
     job_t *inflight;       /* the job submitted on it, or NULL */
     int idle;              /* ready for a transaction */
     int ever_idle;         /* the session got as far as IDLE once */
+    int64_t idle_at;       /* ms: when it last became idle */
     int64_t started_us;    /* when inflight was submitted (monotonic µs) */
 } conn_t;
 
@@ -146,6 +147,7 @@ struct delivery {
     double def_rate;        /* shaping_rate, for jobs without a budget */
     double def_burst;       /* shaping_burst */
     int64_t hold_ms;        /* a job queued longer goes back to the outbox */
+    int64_t idle_ms;        /* delivery_idle_s: an unused connection is closed after this */
     char *redis_host;       /* redis_host */
     int redis_port;         /* redis_port */
     kv_t *kv;               /* this thread's Redis connection, or NULL */
@@ -948,11 +950,29 @@ static void s_requeue_stale(delivery_t *d, dest_t *dst, int64_t now)
     }
 }
 
+/* Connections left idle with nothing to send are closed politely after
+ * delivery_idle_s: the next burst reuses them until then, and a send
+ * across thousands of destinations does not keep a socket open to each
+ * until every peer times it out (file descriptors, the poll set, and the
+ * peers' own connection slots). */
+static void s_quit_idle(delivery_t *d, dest_t *dst, int64_t now)
+{
+    if (dst->head)
+        return;
+    for (conn_t *cn = dst->conns; cn; cn = cn->next) {
+        if (cn->idle && now - cn->idle_at >= d->idle_ms) {
+            cn->idle = 0;
+            smtp_conn_quit(cn->c);
+        }
+    }
+}
+
 /* Hand waiting jobs to idle connections; open more when allowed. */
 static void s_dispatch(delivery_t *d, dest_t *dst)
 {
     int64_t now = smtp_now_ms();
     s_requeue_stale(d, dst, now);
+    s_quit_idle(d, dst, now);
     for (conn_t *cn = dst->conns; cn && dst->head; cn = cn->next) {
         if (!cn->idle)
             continue;
@@ -1025,6 +1045,7 @@ static void s_advance(delivery_t *d, dest_t *dst, conn_t *cn, short revents)
         if (rc == SMTP_STEP_IDLE) {
             cn->idle = 1;
             cn->ever_idle = 1;
+            cn->idle_at = smtp_now_ms();
             return;
         }
         if (rc == SMTP_STEP_CLOSED) {
@@ -1096,6 +1117,8 @@ static int s_collect(void *arg, const void *key, size_t len, void *value)
     for (conn_t *cn = dst->conns; cn && ps->n < MAX_POLL; cn = cn->next) {
         short ev = smtp_conn_events(cn->c);
         int64_t dl = smtp_conn_deadline(cn->c);
+        if (cn->idle && !dst->head && (dl < 0 || cn->idle_at + ps->d->idle_ms < dl))
+            dl = cn->idle_at + ps->d->idle_ms; /* its QUIT is due then */
         if (dl >= 0 && (ps->deadline < 0 || dl < ps->deadline))
             ps->deadline = dl;
         ps->fds[ps->n].fd = smtp_conn_fd(cn->c);
@@ -1265,6 +1288,7 @@ delivery_t *delivery_start(const config_t *cfg, const char *node_id, sbuf_t *err
     d->def_rate = (double)config_int(cfg, "shaping_rate");
     d->def_burst = (double)config_int(cfg, "shaping_burst");
     d->hold_ms = config_int(cfg, "delivery_lease_s") * 1000 / 2;
+    d->idle_ms = config_int(cfg, "delivery_idle_s") * 1000;
     d->redis_port = (int)config_int(cfg, "redis_port");
     snprintf(d->max_age, sizeof d->max_age, "%lld",
              (long long)config_int(cfg, "delivery_max_age_s"));

@@ -153,6 +153,9 @@ static const setting_t s_settings[] = {
     INT("delivery_connection_rate", 20, 1, 10000,
         "new SMTP connections a second a worker opens towards one destination (burst: "
         "delivery_connections)"),
+    INT("delivery_idle_s", 5, 1, 3600,
+        "seconds an SMTP connection with nothing to send stays open for the next message "
+        "before QUIT"),
     INT("bulk_chunk", 5000, 1, 100000,
         "recipients a bulk send writes per transaction: the first step before the API answers, "
         "the rest in the background, so delivery starts at once and no transaction grows with "

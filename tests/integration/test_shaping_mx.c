@@ -21,7 +21,9 @@
  *                  two MX hosts, one provider, so one budget: eight
  *                  messages at 4 a second span at least 1.75 s (asserted
  *                  1.4 s; a budget per domain would take about 0.75 s).
- *   free.test      no override: eight messages go out at once (< 1 s).
+ *   free.test      no override: eight messages go out at once (< 1 s);
+ *                  and its connections, kept open after a send, are
+ *                  closed with QUIT after delivery_idle_s (2 s here).
  * A malformed shaping_overrides item stops a worker at start with a message
  * naming the item (test_shape_override checks every kind of malformed
  * item).
@@ -125,6 +127,24 @@ static void test_rollup_shares_one_budget(void **state)
         fail_msg("8 messages under the default budget took %.2f s, want < 1", span);
 }
 
+/* Connections with nothing left to send are kept for the next message
+ * (they are open right after the send) and closed with QUIT after
+ * delivery_idle_s (2 s here), so nothing stays open towards a destination
+ * once its mail is out. */
+static void test_idle_connections_close(void **state)
+{
+    (void)state;
+    const char *d[] = {"free.test"};
+    s_send_all(2, d, 1, "Subject-idle");
+    assert_true(smtp_fake_get(&F, &F.active) >= 1);
+    int64_t sent = harness_now_ms();
+    while (smtp_fake_get(&F, &F.active) > 0 && harness_now_ms() - sent < 6000)
+        usleep(50 * 1000);
+    assert_int_equal(smtp_fake_get(&F, &F.active), 0);
+    printf("idle connections closed %.1f s after the last message\n",
+           (double)(harness_now_ms() - sent) / 1000.0);
+}
+
 /* A malformed item stops a worker at start, naming the item. */
 static void test_bad_override_stops_the_worker(void **state)
 {
@@ -178,6 +198,7 @@ static int s_setup(void **state)
     setenv("POSTCHI_SMTP_RELAY", "", 1);
     setenv("POSTCHI_SMTP_PORT", port, 1);
     setenv("POSTCHI_DNS_RESOLVER", resolver, 1);
+    setenv("POSTCHI_DELIVERY_IDLE_S", "2", 1);
     setenv("POSTCHI_SHAPING_OVERRIDES",
            "provider.test=4/1, conn.test=1000/1000/1/2/50, slow.test=1000/1000/1/1/2", 1);
     return dl_env_start_api(&E);
@@ -201,6 +222,7 @@ int main(void)
         cmocka_unit_test(test_provider_connection_limits),
         cmocka_unit_test(test_provider_connection_rate),
         cmocka_unit_test(test_rollup_shares_one_budget),
+        cmocka_unit_test(test_idle_connections_close),
         cmocka_unit_test(test_bad_override_stops_the_worker),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
