@@ -4,10 +4,11 @@
  * inbound_report.h for what is understood and the output rules).
  *
  * How: the raw bytes are first checked by a cheap linear scan (size, longest
- * line, number of Content-Type headers) so that GMime never sees input that
- * could make its recursive parser go deep or its boundary matching go
- * quadratic (see s_prescan). GMime then builds the MIME tree from an in-memory stream; we walk
- * it with a depth limit and a part budget, never descending into an attached
+ * line, number of Content-Type headers, boundary-like and header-like lines)
+ * so that GMime never sees input that could make its recursive parser go
+ * deep, its tree huge or its boundary matching slow (see
+ * inbound_report_check). GMime then builds the MIME tree from an in-memory
+ * stream; we walk it with a depth limit and a part budget, never descending into an attached
  * original message except to read its headers. The machine-readable parts
  * (message/delivery-status, message/feedback-report, text/rfc822-headers) are
  * decoded by GMime (so base64 or quoted-printable ones work) and read by
@@ -32,7 +33,7 @@
 #define S_TOKEN_MAX 64        /* VERP token, characters */
 #define S_LEGACY_SCAN 65536u  /* bytes of a legacy bounce's text read */
 #define S_ADDR_MAX 320        /* an address candidate before VERP parsing */
-#define S_BOUNDARY_WORK 4000000u /* "--" lines times Content-Type headers (see s_prescan) */
+#define S_NAME_MAX 76          /* longest field name a header-like line is checked for */
 
 static pthread_once_t s_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -176,16 +177,36 @@ static void s_clean(char *dst, size_t size, const char *src, size_t len)
     dst[o] = '\0';
 }
 
-/* The cheap scan before GMime: refuse what could make it slow or deep.
- * GMime compares every line that starts with "--" with every boundary open
- * at that point, and boundaries nest no deeper than there are Content-Type
- * headers, so dashes * headers bounds that work (a real report has a few
- * dozen of each; 10 MB of "--x" lines under 256 nested multiparts costs
- * seconds of CPU without the budget). */
-static int s_prescan(const char *raw, size_t len, sbuf_t *err)
+/* Does the line at s[0..len) start like a header field, "Name:" (GMime
+ * takes white space before the colon too) with a name of at most
+ * S_NAME_MAX printable characters? Looks at 2 * S_NAME_MAX bytes at most,
+ * so the scan stays linear. */
+static bool s_field_line(const char *s, size_t len)
+{
+    size_t k = 0;
+    while (k < len && k <= S_NAME_MAX && s[k] > ' ' && s[k] < 0x7F && s[k] != ':')
+        k++;
+    if (k == 0 || k > S_NAME_MAX)
+        return false;
+    for (size_t w = 0; k < len && w < S_NAME_MAX && (s[k] == ' ' || s[k] == '\t'); w++)
+        k++;
+    return k < len && s[k] == ':';
+}
+
+/* The cheap scan before GMime: refuse what would make it slow, big or
+ * deep. GMime builds one object per part and per header, and compares
+ * every line that starts with "--" with every boundary open at that point
+ * (boundaries nest no deeper than there are Content-Type headers), so
+ * absolute caps on each keep both the tree and that work small whatever
+ * else the input holds. */
+int inbound_report_check(const char *raw, size_t len, sbuf_t *err)
 {
     static const char CT[] = "content-type";
-    size_t headers = 0, dashes = 0, line = 0;
+    size_t headers = 0, dashes = 0, fields = 0, line = 0;
+    if (!raw && len)
+        return s_fail(err, "no input");
+    if (len > INBOUND_REPORT_MAX_BYTES)
+        return s_fail(err, "message too large");
     for (size_t i = 0; i < len; i++) {
         if (raw[i] == '\n') {
             line = 0;
@@ -195,8 +216,10 @@ static int s_prescan(const char *raw, size_t len, sbuf_t *err)
             return s_fail(err, "line too long");
         if (line != 1)
             continue;
-        if (raw[i] == '-' && i + 1 < len && raw[i + 1] == '-')
-            dashes++;
+        if (raw[i] == '-' && i + 1 < len && raw[i + 1] == '-' && ++dashes > INBOUND_REPORT_MAX_DASH_LINES)
+            return s_fail(err, "too many MIME parts");
+        if (s_field_line(raw + i, len - i) && ++fields > INBOUND_REPORT_MAX_FIELD_LINES)
+            return s_fail(err, "too many header lines");
         if ((raw[i] != 'c' && raw[i] != 'C') || len - i < sizeof CT || !s_ieq(raw + i, sizeof CT - 1, CT))
             continue;
         size_t j = i + sizeof CT - 1;
@@ -205,8 +228,6 @@ static int s_prescan(const char *raw, size_t len, sbuf_t *err)
         if (j < len && raw[j] == ':' && ++headers > INBOUND_REPORT_MAX_HEADERS)
             return s_fail(err, "too many MIME parts");
     }
-    if (dashes * headers > S_BOUNDARY_WORK)
-        return s_fail(err, "too many boundary lines");
     return 0;
 }
 
@@ -703,29 +724,43 @@ static void s_read_legacy(s_ctx_t *ctx, GMimeMessage *msg)
     }
 }
 
-/* The VERP token from the candidates, in the order inbound_report.h gives. */
+/* Add addr's token, when it has our VERP shape, to the candidates. */
+static void s_candidate(s_ctx_t *ctx, const char *addr, const char *verp_local, const char *verp_domain)
+{
+    inbound_report_t *out = ctx->out;
+    if (out->n_candidates >= INBOUND_REPORT_MAX_CANDIDATES)
+        return;
+    char *tok = out->verp_candidates[out->n_candidates];
+    if (s_verp_parse(addr, verp_local, verp_domain, tok, sizeof out->verp_candidates[0]) == 0)
+        out->n_candidates++;
+    else
+        tok[0] = '\0';
+}
+
+/* Every VERP candidate, in the order inbound_report.h gives; the first is
+ * verp_token. */
 static void s_find_token(s_ctx_t *ctx, GMimeMessage *msg, const char *envelope_rcpt, const char *verp_local,
                          const char *verp_domain)
 {
-    char *tok = ctx->out->verp_token;
-    size_t size = sizeof ctx->out->verp_token;
-    if (envelope_rcpt && s_verp_parse(envelope_rcpt, verp_local, verp_domain, tok, size) == 0)
-        return;
-    if (ctx->mail_from[0] && s_verp_parse(ctx->mail_from, verp_local, verp_domain, tok, size) == 0)
-        return;
-    if (ctx->return_path[0] && s_verp_parse(ctx->return_path, verp_local, verp_domain, tok, size) == 0)
-        return;
+    inbound_report_t *out = ctx->out;
+    if (envelope_rcpt)
+        s_candidate(ctx, envelope_rcpt, verp_local, verp_domain);
+    if (ctx->mail_from[0])
+        s_candidate(ctx, ctx->mail_from, verp_local, verp_domain);
+    if (ctx->return_path[0])
+        s_candidate(ctx, ctx->return_path, verp_local, verp_domain);
     InternetAddressList *to = g_mime_message_get_to(msg);
     int n = to ? internet_address_list_length(to) : 0;
-    for (int i = 0; i < n && i < 16; i++) {
+    int before = out->n_candidates;
+    for (int i = 0; i < n && i < 16 && out->n_candidates == before; i++) {
         InternetAddress *a = internet_address_list_get_address(to, i);
         if (!INTERNET_ADDRESS_IS_MAILBOX(a))
             continue;
         const char *addr = internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(a));
-        if (addr && strlen(addr) < S_ADDR_MAX && s_verp_parse(addr, verp_local, verp_domain, tok, size) == 0)
-            return;
+        if (addr && strlen(addr) < S_ADDR_MAX)
+            s_candidate(ctx, addr, verp_local, verp_domain);
     }
-    tok[0] = '\0';
+    memcpy(out->verp_token, out->verp_candidates[0], sizeof out->verp_token);
 }
 
 int inbound_report_parse(const char *raw, size_t len, const char *envelope_rcpt, const char *verp_local,
@@ -733,11 +768,7 @@ int inbound_report_parse(const char *raw, size_t len, const char *envelope_rcpt,
 {
     memset(out, 0, sizeof *out);
     out->kind = REPORT_NONE;
-    if (!raw && len)
-        return s_fail(err, "no input");
-    if (len > INBOUND_REPORT_MAX_BYTES)
-        return s_fail(err, "message too large");
-    if (s_prescan(raw, len, err) != 0)
+    if (inbound_report_check(raw, len, err) != 0)
         return -1;
     pthread_once(&s_once, s_init);
 

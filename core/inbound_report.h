@@ -29,7 +29,12 @@
  * NULL verp_local or verp_domain matches any): the envelope recipient, the
  * ARF Original-Mail-From, the original message's Return-Path, the report's
  * own To: header. The token is only extracted here, not checked: whether it
- * is one we made is core/verp.h's question (verp_token_check).
+ * is one we made is core/verp.h's question (verp_token_check). Every
+ * candidate that has the shape is kept too (verp_candidates, at most
+ * INBOUND_REPORT_MAX_CANDIDATES, the To: header giving at most one), so a
+ * caller whose first candidate fails the check can try the next: a
+ * feedback loop delivers to a fixed address, and the report's own fields
+ * then carry the token.
  *
  * Every string field is NUL-terminated, truncated to fit (at a UTF-8 boundary)
  * and sanitized: no control characters, invalid UTF-8 replaced by '?', runs of
@@ -41,9 +46,13 @@
  * What can go wrong: everything here is hostile input from anyone on the
  * Internet. Input over INBOUND_REPORT_MAX_BYTES, with more than
  * INBOUND_REPORT_MAX_HEADERS Content-Type headers (which bounds MIME nesting,
- * and with it GMime's recursion), with so many lines starting with "--"
- * that GMime's boundary matching would cost seconds, or with a line longer
- * than INBOUND_REPORT_MAX_LINE is refused before GMime sees it. At most
+ * and with it GMime's recursion), with more than
+ * INBOUND_REPORT_MAX_DASH_LINES lines starting with "--" or
+ * INBOUND_REPORT_MAX_FIELD_LINES lines shaped like a header field, or with a
+ * line longer than INBOUND_REPORT_MAX_LINE is refused before GMime sees it
+ * (inbound_report_check): GMime builds the whole tree before anything is
+ * walked, and a 10 MB message of empty parts or one-line headers costs it
+ * seconds of CPU and gigabytes. A real report has a few dozen of each. At most
  * INBOUND_REPORT_MAX_PARTS parts are walked, no deeper than
  * INBOUND_REPORT_MAX_DEPTH, and at most INBOUND_REPORT_MAX_FIELDS bytes of a
  * status or feedback part are read.
@@ -65,12 +74,17 @@
 #define INBOUND_REPORT_MAX_PARTS 100                 /* MIME parts walked */
 #define INBOUND_REPORT_MAX_DEPTH 16                  /* MIME nesting walked */
 #define INBOUND_REPORT_MAX_FIELDS (64u * 1024)       /* bytes of a status/feedback part read */
+#define INBOUND_REPORT_MAX_DASH_LINES 2000           /* lines starting with "--" (boundary-like) */
+#define INBOUND_REPORT_MAX_FIELD_LINES 20000         /* lines shaped like "Name:" (header-like) */
+#define INBOUND_REPORT_MAX_CANDIDATES 4              /* VERP tokens kept, in the order above */
 
 typedef enum { REPORT_NONE, REPORT_DSN, REPORT_ARF } report_kind_t;
 
 typedef struct {
     report_kind_t kind;
     char verp_token[128];          /* from the envelope recipient (VERP) when given, else from the report */
+    char verp_candidates[INBOUND_REPORT_MAX_CANDIDATES][128]; /* every candidate's token, that order */
+    int n_candidates;              /* how many; verp_token is the first (or "" when none) */
     char original_message_id[256]; /* Message-ID of the original, without <> */
     char recipient[320];           /* Final-Recipient / Original-Recipient (DSN), or ARF Original-Rcpt-To */
     char action[16];               /* DSN: failed / delayed / delivered / relayed / expanded */
@@ -92,6 +106,13 @@ typedef struct {
  * message at all) or memory ran out; *out is then zeroed, kind NONE. */
 int inbound_report_parse(const char *raw, size_t len, const char *envelope_rcpt, const char *verp_local,
                          const char *verp_domain, inbound_report_t *out, sbuf_t *err);
+
+/* The cheap linear check inbound_report_parse runs before GMime: 0 when
+ * raw[0..len) is within the limits above, else -1 with the reason ("message
+ * too large", "line too long", "too many MIME parts", "too many header
+ * lines") appended to err (when not NULL). A caller can run it on its own
+ * to refuse such input outright instead of treating it as "not a report". */
+int inbound_report_check(const char *raw, size_t len, sbuf_t *err);
 
 /* Release GMime's global state (tests and leak checkers call it once at the
  * end). Idempotent; inbound_report_parse must not be called afterwards. */

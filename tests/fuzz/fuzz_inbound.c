@@ -64,6 +64,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     s_check(r.status, sizeof r.status);
     s_check(r.diagnostic, sizeof r.diagnostic);
     s_check(r.feedback_type, sizeof r.feedback_type);
+    if (r.n_candidates < 0 || r.n_candidates > INBOUND_REPORT_MAX_CANDIDATES)
+        abort();
+    for (int i = 0; i < INBOUND_REPORT_MAX_CANDIDATES; i++)
+        s_check(r.verp_candidates[i], sizeof r.verp_candidates[i]);
+    if (strcmp(r.verp_token, r.n_candidates ? r.verp_candidates[0] : "") != 0)
+        abort();
+    /* Whatever the parse accepted, the cheap check accepted first. */
+    if (rc == 0 && inbound_report_check((const char *)data, size, NULL) != 0)
+        abort();
     if (r.hard != 0 && (r.hard != 1 || r.kind == REPORT_NONE))
         abort();
     if (r.hard && r.kind == REPORT_DSN && (strcmp(r.action, "failed") != 0 || r.status[0] != '5'))
