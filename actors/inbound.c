@@ -9,10 +9,14 @@
  * complete, so PIPELINING needs nothing special; a session whose output is
  * not being read is not read either (back-pressure instead of memory).
  *
- * After the final dot each accepted recipient's report is parsed
- * (core/inbound_report) and, when it is a DSN or an ARF complaint whose VERP
- * token names a messages row, recorded by one SQL statement that also
- * updates the contact and the suppressions of that row's organization. The
+ * A recipient is accepted only when it is ours: a VERP address whose token
+ * passes its MAC, an unsubscribe address whose token does, or the fixed
+ * feedback-loop address (FBL_LOCAL@<any domain>); anything else gets 550 at
+ * RCPT, so mail nobody authenticated is never parsed. After the final dot
+ * the message is checked and parsed once (core/inbound_report), whatever
+ * the number of recipients, and for each recipient, when it is a DSN or an
+ * ARF complaint, recorded by one SQL statement that also updates the
+ * contact and the suppressions of that row's organization. The
  * statements are idempotent where a retry could repeat them (status only
  * moves from sent/deferred/sending; one complaint event per message;
  * suppressions ON CONFLICT DO NOTHING), so a 451 followed by a retry does
@@ -22,7 +26,12 @@
  * secret_key (core/verp.h), so knowing a message id is not enough to get
  * its recipient bounced or suppressed. A token that fails (forged, made
  * under another key, or the unsigned format of mail sent before tokens had
- * a MAC) is counted and logged as unknown and writes nothing.
+ * a MAC) is refused at RCPT. A report to the feedback-loop address is
+ * applied to the first of its own candidate tokens (inbound_report.h) that
+ * passes the MAC, else counted and logged as unknown and writes nothing.
+ * Each client address (IPv4, or IPv6 /64) gets INBOUND_MAX_PER_CLIENT
+ * sessions, and all sessions together buffer at most INBOUND_MAX_BUFFERED
+ * bytes of DATA (past it a message gets 452 and is retried later).
  *
  * What can go wrong: the database work runs on the poll thread, so while
  * PostgreSQL is slow every session waits (an MTA times out after minutes,
@@ -33,8 +42,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +71,18 @@
 #define SESSION_MAX_MS (30 * 60000) /* a session lives at most this long */
 #define RECONNECT_MS 1000           /* pause after a failed PostgreSQL connect */
 #define VERP_LOCAL "bounces"
+#define FBL_LOCAL "fbl" /* feedback loops deliver to fbl@<return path domain> */
+#define STALL_MS 1000   /* a loop turn this long was our stall, not the clients' silence */
+#define PEER_LEN 9      /* family byte, then an IPv4 address or an IPv6 /64 */
+
+typedef enum { RCPT_VERP, RCPT_UNSUB, RCPT_FBL } rcpt_kind_t;
+
+/* One accepted recipient, already authenticated. */
+typedef struct {
+    rcpt_kind_t kind; /* what the address is */
+    char id[64];      /* VERP: the row uuid; UNSUB: the token; FBL: "" */
+} rcpt_t;
+_Static_assert(VERP_UUID_SIZE <= 64 && UNSUB_TOKEN_LEN + 1 <= 64, "rcpt_t.id holds either");
 
 typedef enum { ST_CMD, ST_DATA, ST_CLOSING } sess_state_t;
 
@@ -72,14 +95,15 @@ typedef struct {
     sbuf_t *data;       /* the message being received (unstuffed) */
     int helo;           /* EHLO/HELO seen */
     int mail;           /* MAIL FROM seen in this transaction */
-    char **rcpts;       /* accepted recipients (malloc'd strings) */
+    rcpt_t *rcpts;      /* accepted recipients, each once */
     int nrcpts;         /* how many */
     int skip;           /* discarding the rest of an over-long line */
     int bol;            /* DATA: at the beginning of a line */
-    int over;           /* DATA: past INBOUND_MAX_MESSAGE, being discarded */
+    int over;           /* DATA discarded: 1 message too big, 2 INBOUND_MAX_BUFFERED reached */
     int errors;         /* bad commands so far */
     int64_t last_ms;    /* last byte read */
     int64_t start_ms;   /* accepted at */
+    unsigned char peer[PEER_LEN]; /* the client's address, as counted for INBOUND_MAX_PER_CLIENT */
 } sess_t;
 
 struct inbound {
@@ -89,6 +113,7 @@ struct inbound {
     int wake[2];                     /* self-pipe: inbound_stop writes to wake[1] */
     sess_t *sess[INBOUND_MAX_CONNS]; /* sessions, NULL slots free */
     int nsess;                       /* sessions open */
+    size_t buffered;                 /* DATA bytes held by all sessions */
     char *conninfo;                  /* PostgreSQL connection string */
     db_t *db;                        /* the thread's connection, NULL until needed */
     int64_t db_failed_ms;            /* when the last connect failed */
@@ -96,6 +121,7 @@ struct inbound {
     unsigned char key[VERP_KEY_LEN]; /* secret_key: checks VERP tokens */
     int have_key;                    /* secret_key was valid (else no token checks) */
     metric_t *m_hard;                /* reports: DSN failed 5.x.x */
+    metric_t *m_soft;                /* reports: DSN failed otherwise (4.x.x: the queue expired) */
     metric_t *m_delayed;             /* reports: DSN delayed */
     metric_t *m_arf;                 /* reports: ARF abuse */
     metric_t *m_unknown;             /* reports: anything else, or no such message */
@@ -122,6 +148,20 @@ static const char *const SQL_HARD =
     " e AS (INSERT INTO message_events (organization_id, message_id, type, detail)"
     " SELECT organization_id, id, 'bounced', jsonb_build_object('status', $3::text,"
     " 'diagnostic', $2::text, 'async', true) FROM m RETURNING id)"
+    " SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1::uuid), (SELECT count(*) FROM e)";
+
+/* Failed for a temporary reason (the remote gave up retrying, 4.x.x, or
+ * gave no usable status): the message is bounced with its event, but the
+ * contact and the suppressions are left alone, a later send may well get
+ * through. */
+static const char *const SQL_SOFT =
+    "WITH m AS (UPDATE messages SET status = 'bounced', lease_until = NULL,"
+    " last_response = $2, updated_at = now()"
+    " WHERE id = $1::uuid AND status IN ('sent', 'deferred', 'sending')"
+    " RETURNING id, organization_id),"
+    " e AS (INSERT INTO message_events (organization_id, message_id, type, detail)"
+    " SELECT organization_id, id, 'bounced', jsonb_build_object('status', $3::text,"
+    " 'diagnostic', $2::text, 'async', true, 'soft', true) FROM m RETURNING id)"
     " SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1::uuid), (SELECT count(*) FROM e)";
 
 /* Delayed: a note on the message, nothing else changes. */
@@ -157,19 +197,23 @@ static void s_sess_free(sess_t *s)
     sbuf_destroy(&s->in);
     sbuf_destroy(&s->out);
     sbuf_destroy(&s->data);
-    for (int i = 0; i < s->nrcpts; i++)
-        free(s->rcpts[i]);
     free(s->rcpts);
     free(s);
 }
 
-static void s_reset_tx(sess_t *s)
+/* Free the DATA a session holds and give its bytes back to the budget. */
+static void s_drop_data(inbound_t *in, sess_t *s)
+{
+    if (s->data)
+        in->buffered -= sbuf_len(s->data);
+    sbuf_destroy(&s->data);
+}
+
+static void s_reset_tx(inbound_t *in, sess_t *s)
 {
     s->mail = 0;
-    for (int i = 0; i < s->nrcpts; i++)
-        free(s->rcpts[i]);
     s->nrcpts = 0;
-    sbuf_destroy(&s->data);
+    s_drop_data(in, s);
     s->over = 0;
 }
 
@@ -258,46 +302,39 @@ static void s_unknown(inbound_t *in, const char *why, const char *token)
     }
 }
 
-/* Record one recipient's report. 0 when it is done (recorded, or nothing
- * to record), -1 when the database could not be reached or refused: the
- * caller answers 451 and the MTA retries. */
-static int s_record(inbound_t *in, const char *raw, size_t len, const char *rcpt)
+/* Record report r (parsed once for the whole message) for the row uuid,
+ * whose token passed its MAC; token is for the log. 0 when it is done
+ * (recorded, or nothing to record), -1 when the database could not be
+ * reached or refused: the caller answers 451 and the MTA retries. */
+static int s_record(inbound_t *in, const inbound_report_t *r, const char *uuid, const char *token)
 {
-    inbound_report_t r;
-    sbuf_t *err = sbuf_new(64);
-    int prc = inbound_report_parse(raw, len, rcpt, VERP_LOCAL, NULL, &r, err);
-    if (prc != 0 || r.kind == REPORT_NONE) {
-        s_unknown(in, prc != 0 ? sbuf_data(err) : "not a report", "");
-        sbuf_destroy(&err);
-        return 0;
-    }
     const char *sql = NULL;
     metric_t *m = NULL;
-    const char *p[3];
-    char uuid[VERP_UUID_SIZE];
-    if (s_token_uuid(in, r.verp_token, uuid) != 0) {
-        s_unknown(in, "token not ours (no valid MAC)", r.verp_token);
-        sbuf_destroy(&err);
-        return 0;
-    }
-    p[0] = uuid;
-    if (r.kind == REPORT_DSN && r.hard) {
+    const char *p[3] = {uuid, NULL, NULL};
+    if (r->kind == REPORT_DSN && r->hard) {
         sql = SQL_HARD, m = in->m_hard;
-        p[1] = r.diagnostic, p[2] = r.status;
-    } else if (r.kind == REPORT_DSN && strcasecmp(r.action, "delayed") == 0) {
+        p[1] = r->diagnostic, p[2] = r->status;
+    } else if (r->kind == REPORT_DSN && strcmp(r->action, "failed") == 0) {
+        /* The remote gave up for good, only for a reason that was not
+         * permanent (Postfix and Exchange say 4.4.x when the queue expires). */
+        sql = SQL_SOFT, m = in->m_soft;
+        p[1] = r->diagnostic, p[2] = r->status;
+    } else if (r->kind == REPORT_DSN && strcmp(r->action, "delayed") == 0) {
         sql = SQL_DELAYED, m = in->m_delayed;
-        p[1] = r.diagnostic, p[2] = r.status;
-    } else if (r.kind == REPORT_ARF && r.hard) {
+        p[1] = r->diagnostic, p[2] = r->status;
+    } else if (r->kind == REPORT_ARF && r->hard) {
         sql = SQL_COMPLAINT, m = in->m_arf;
-        p[1] = r.feedback_type, p[2] = NULL;
+        p[1] = r->feedback_type;
     } else {
         s_unknown(in,
-                  r.kind == REPORT_ARF ? "feedback type not acted on" : "DSN action not acted on",
-                  r.verp_token);
-        sbuf_destroy(&err);
+                  r->kind == REPORT_ARF   ? "feedback type not acted on"
+                  : r->kind == REPORT_DSN ? "DSN action not acted on"
+                                          : "not a report",
+                  token);
         return 0;
     }
     int rc = -1;
+    sbuf_t *err = sbuf_new(64);
     db_t *db = s_db(in);
     db_result_t *res = db ? db_query(db, sql, sql == SQL_COMPLAINT ? 2 : 3, p, err) : NULL;
     if (res) {
@@ -305,15 +342,30 @@ static int s_record(inbound_t *in, const char *raw, size_t len, const char *rcpt
         if (exists && exists[0] == 't') {
             metric_inc(m);
         } else {
-            s_unknown(in, "no such message", r.verp_token);
+            s_unknown(in, "no such message", token);
         }
         rc = 0;
     } else if (db && log_should("inbound-record", 14, 10000)) {
-        log_error("report not recorded message=%s: %s", uuid, sbuf_data(err));
+        log_error("report not recorded message=%s: %s", uuid,
+                  err ? sbuf_data(err) : "out of memory");
     }
     db_result_free(&res);
     sbuf_destroy(&err);
     return rc;
+}
+
+/* A report to the feedback-loop address carries no token in its envelope:
+ * apply it to the first of its own candidates that passes the MAC (each is
+ * authenticated on its own, so the order only matters for reports that name
+ * two of our messages). */
+static int s_record_fbl(inbound_t *in, const inbound_report_t *r)
+{
+    char uuid[VERP_UUID_SIZE];
+    for (int i = 0; i < r->n_candidates; i++)
+        if (s_token_uuid(in, r->verp_candidates[i], uuid) == 0)
+            return s_record(in, r, uuid, r->verp_candidates[i]);
+    s_unknown(in, "feedback loop: no candidate token is ours", r->verp_token);
+    return 0;
 }
 
 /* ---- the List-Unsubscribe mailto route (unsubscribe+<token>@<any domain>) ---- */
@@ -331,6 +383,14 @@ static int s_unsub_rcpt(const inbound_t *in, const char *addr, char *token)
     domain[dlen] = '\0';
     return mime_verp_parse(addr, UNSUB_LOCAL, domain, token, UNSUB_TOKEN_LEN + 1) == 0 &&
            unsub_token_check(in->unsub_key, token, uuid) == 0;
+}
+
+/* 1 when addr is the feedback-loop address, FBL_LOCAL@<any domain>. */
+static int s_fbl_rcpt(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    return at && at - addr == (ptrdiff_t)strlen(FBL_LOCAL) &&
+           strncasecmp(addr, FBL_LOCAL, strlen(FBL_LOCAL)) == 0 && at[1] != '\0';
 }
 
 /* Unsubscribe the recipient of the row the token names (whatever the
@@ -356,23 +416,47 @@ static int s_unsubscribe(inbound_t *in, const char *token)
     return rc == UNSUB_ERROR ? -1 : 0;
 }
 
-/* The final dot: record the message for every recipient, then answer. */
+/* The final dot: check and parse the message once, record it for every
+ * recipient, then answer. A message GMime should not be given is refused
+ * with a 5xx for all of them: it is no report a real MTA writes. */
 static void s_end_data(inbound_t *in, sess_t *s)
 {
-    if (s->over) {
+    const char *raw = s->data ? sbuf_data(s->data) : "";
+    size_t len = s->data ? sbuf_len(s->data) : 0;
+    int need_parse = 0;
+    for (int i = 0; i < s->nrcpts; i++)
+        need_parse |= s->rcpts[i].kind != RCPT_UNSUB;
+    sbuf_t *err = sbuf_new(64);
+    inbound_report_t r;
+    memset(&r, 0, sizeof r);
+    int prc = 0;
+    if (s->over == 1) {
         s_reply(s, "552 5.3.4 Message too big");
+    } else if (s->over) {
+        s_reply(s, "452 4.3.1 Insufficient system storage, try again later");
+    } else if (need_parse && inbound_report_check(raw, len, err) != 0) {
+        s_unknown(in, err ? sbuf_data(err) : "refused", "");
+        sbuf_appendf(s->out, "554 5.6.0 Message refused: %s\r\n", err ? sbuf_data(err) : "refused");
     } else {
-        const char *raw = s->data ? sbuf_data(s->data) : "";
-        size_t len = s->data ? sbuf_len(s->data) : 0;
+        if (need_parse)
+            prc = inbound_report_parse(raw, len, NULL, VERP_LOCAL, NULL, &r, err);
         int failed = 0;
-        char utok[UNSUB_TOKEN_LEN + 1];
-        for (int i = 0; i < s->nrcpts && !failed; i++)
-            failed = (s_unsub_rcpt(in, s->rcpts[i], utok) ? s_unsubscribe(in, utok)
-                                                           : s_record(in, raw, len, s->rcpts[i])) != 0;
+        for (int i = 0; i < s->nrcpts && !failed; i++) {
+            const rcpt_t *rc = &s->rcpts[i];
+            if (rc->kind == RCPT_UNSUB)
+                failed = s_unsubscribe(in, rc->id) != 0;
+            else if (prc != 0)
+                s_unknown(in, err ? sbuf_data(err) : "not a message", rc->id);
+            else if (rc->kind == RCPT_VERP)
+                failed = s_record(in, &r, rc->id, rc->id) != 0;
+            else
+                failed = s_record_fbl(in, &r) != 0;
+        }
         s_reply(s, failed ? "451 4.3.0 Temporary failure, try again later"
                           : "250 2.0.0 Ok: report received");
     }
-    s_reset_tx(s);
+    sbuf_destroy(&err);
+    s_reset_tx(in, s);
     s->state = ST_CMD;
 }
 
@@ -398,7 +482,7 @@ static void s_command(inbound_t *in, sess_t *s, char *line)
             s_bad(s, "501 5.5.4 Syntax: EHLO hostname");
             return;
         }
-        s_reset_tx(s);
+        s_reset_tx(in, s);
         s->helo = 1;
         if (VERB("HELO")) {
             sbuf_appendf(s->out, "250 %s\r\n", in->host);
@@ -444,25 +528,39 @@ static void s_command(inbound_t *in, sess_t *s, char *line)
             s_bad(s, "501 5.5.4 Syntax: RCPT TO:<address>");
             return;
         }
+        rcpt_t rc = {.kind = RCPT_VERP};
         char token[128];
-        if (s_rcpt_token(to, token, sizeof token) != 0 && !s_unsub_rcpt(in, to, token)) {
+        if (s_unsub_rcpt(in, to, rc.id))
+            rc.kind = RCPT_UNSUB;
+        else if (s_fbl_rcpt(to))
+            rc.kind = RCPT_FBL;
+        else if (s_rcpt_token(to, token, sizeof token) != 0 ||
+                 s_token_uuid(in, token, rc.id) != 0) {
+            /* Not ours, or a token we did not make: refused here, so no
+             * unauthenticated message is ever parsed. */
             free(to);
             s_bad(s, "550 5.1.1 Recipient address rejected: not a return path here");
             return;
         }
+        free(to);
+        for (int i = 0; i < s->nrcpts; i++) {
+            if (s->rcpts[i].kind == rc.kind && strcmp(s->rcpts[i].id, rc.id) == 0) {
+                /* Said twice: recorded once, or a replay would count twice. */
+                s_reply(s, "250 2.1.5 Ok");
+                return;
+            }
+        }
         if (s->nrcpts >= INBOUND_MAX_RCPTS) {
-            free(to);
             s_reply(s, "452 4.5.3 Error: too many recipients");
             return;
         }
-        char **r = realloc(s->rcpts, (size_t)(s->nrcpts + 1) * sizeof *r);
+        rcpt_t *r = realloc(s->rcpts, (size_t)(s->nrcpts + 1) * sizeof *r);
         if (!r) {
-            free(to);
             s_reply(s, "452 4.3.1 Insufficient system storage");
             return;
         }
         s->rcpts = r;
-        s->rcpts[s->nrcpts++] = to;
+        s->rcpts[s->nrcpts++] = rc;
         s_reply(s, "250 2.1.5 Ok");
     } else if (VERB("DATA")) {
         if (!s->mail) {
@@ -483,7 +581,7 @@ static void s_command(inbound_t *in, sess_t *s, char *line)
         s->over = 0;
         s_reply(s, "354 End data with <CR><LF>.<CR><LF>");
     } else if (VERB("RSET")) {
-        s_reset_tx(s);
+        s_reset_tx(in, s);
         s_reply(s, "250 2.0.0 Ok");
     } else if (VERB("NOOP")) {
         s_reply(s, "250 2.0.0 Ok");
@@ -500,21 +598,24 @@ static void s_command(inbound_t *in, sess_t *s, char *line)
 }
 
 /* Append one DATA chunk (dot-unstuffed when it starts a line) unless the
- * message is already over its limit. */
-static void s_data_append(sess_t *s, const char *p, size_t n)
+ * message is already over its limit or all sessions together hold
+ * INBOUND_MAX_BUFFERED (then it is discarded and answered 452 at the dot:
+ * many slow sessions cannot make the worker hold gigabytes). */
+static void s_data_append(inbound_t *in, sess_t *s, const char *p, size_t n)
 {
     if (s->bol && n > 0 && p[0] == '.')
         p++, n--;
     if (s->over)
         return;
-    if (sbuf_len(s->data) + n > INBOUND_MAX_MESSAGE) {
-        s->over = 1;
-        sbuf_destroy(&s->data);
-        s->data = sbuf_new(16);
+    if (sbuf_len(s->data) + n > INBOUND_MAX_MESSAGE || in->buffered + n > INBOUND_MAX_BUFFERED) {
+        s->over = sbuf_len(s->data) + n > INBOUND_MAX_MESSAGE ? 1 : 2;
+        s_drop_data(in, s);
         return;
     }
     if (sbuf_append(s->data, p, n) != 0)
         s->over = 1; /* out of memory: refused like an oversized message */
+    else
+        in->buffered += n;
 }
 
 /* Handle every complete line in s->in; keep a partial one for later unless
@@ -529,7 +630,7 @@ static void s_process(inbound_t *in, sess_t *s)
             size_t rest = len - pos;
             if (rest >= INBOUND_MAX_LINE) {
                 if (s->state == ST_DATA) {
-                    s_data_append(s, buf + pos, rest);
+                    s_data_append(in, s, buf + pos, rest);
                     s->bol = 0;
                 } else {
                     s->skip = 1;
@@ -547,7 +648,7 @@ static void s_process(inbound_t *in, sess_t *s)
                 s_end_data(in, s);
                 continue;
             }
-            s_data_append(s, line, n);
+            s_data_append(in, s, line, n);
             s->bol = 1;
             continue;
         }
@@ -583,21 +684,72 @@ static void s_process(inbound_t *in, sess_t *s)
 
 static void s_close(inbound_t *in, int i)
 {
+    s_drop_data(in, in->sess[i]);
     s_sess_free(in->sess[i]);
     in->sess[i] = NULL;
     in->nsess--;
     metric_set(in->m_open, in->nsess);
 }
 
+/* What INBOUND_MAX_PER_CLIENT counts for the address sa: an IPv4 address
+ * (IPv4-mapped IPv6 included), or an IPv6 /64 (one host commonly holds a
+ * whole /64, so counting addresses would not limit it). */
+static void s_peer(const struct sockaddr_storage *sa, unsigned char peer[PEER_LEN])
+{
+    memset(peer, 0, PEER_LEN);
+    if (sa->ss_family == AF_INET) {
+        peer[0] = 4;
+        memcpy(peer + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    } else if (sa->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a)) {
+            peer[0] = 4;
+            memcpy(peer + 1, a->s6_addr + 12, 4);
+        } else {
+            peer[0] = 6;
+            memcpy(peer + 1, a->s6_addr, 8);
+        }
+    }
+}
+
+/* Sessions open from peer. */
+static int s_peer_count(const inbound_t *in, const unsigned char peer[PEER_LEN])
+{
+    int n = 0;
+    for (int i = 0; i < INBOUND_MAX_CONNS; i++)
+        n += in->sess[i] && memcmp(in->sess[i]->peer, peer, PEER_LEN) == 0;
+    return n;
+}
+
+/* Tell a client we will not serve it and hang up. */
+static void s_refuse(int fd, const char *reply)
+{
+    if (send(fd, reply, strlen(reply), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* Nothing to do: the client sees the close. */
+    }
+    close(fd);
+}
+
 static void s_accept(inbound_t *in)
 {
     for (int k = 0; k < 64; k++) {
-        int fd = accept4(in->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof sa;
+        memset(&sa, 0, sizeof sa);
+        int fd = accept4(in->lfd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
                 errno != ECONNABORTED && log_should("inbound-accept", 14, 10000))
                 log_warn("accept: %s", strerror(errno));
             return;
+        }
+        unsigned char peer[PEER_LEN];
+        s_peer(&sa, peer);
+        if (s_peer_count(in, peer) >= INBOUND_MAX_PER_CLIENT) {
+            /* One client cannot take the slots (and the DATA budget) every
+             * other MTA needs. */
+            s_refuse(fd, "421 4.7.0 Too many connections from your address, try again later\r\n");
+            continue;
         }
         int slot = -1;
         for (int i = 0; i < INBOUND_MAX_CONNS && slot < 0; i++)
@@ -610,17 +762,14 @@ static void s_accept(inbound_t *in)
             s->out = sbuf_new(512);
         }
         if (!s || !s->in || !s->out) {
-            static const char busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-            if (send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
-                /* Nothing to do: the client sees the close. */
-            }
             if (s) {
                 s->fd = -1;
                 s_sess_free(s);
             }
-            close(fd);
+            s_refuse(fd, "421 4.3.2 Too many connections, try again later\r\n");
             continue;
         }
+        memcpy(s->peer, peer, PEER_LEN);
         s->start_ms = s->last_ms = mesh_now_ms();
         sbuf_appendf(s->out, "220 %s ESMTP Postchi return path\r\n", in->host);
         in->sess[slot] = s;
@@ -703,6 +852,7 @@ static void *s_thread(void *arg)
         }
         if (pfd[0].revents)
             break;
+        int64_t turn_ms = mesh_now_ms();
         for (int k = 2; k < n; k++) {
             int i = idx[k];
             sess_t *s = in->sess[i];
@@ -719,6 +869,12 @@ static void *s_thread(void *arg)
         }
         if (pfd[1].revents & POLLIN)
             s_accept(in);
+        /* A message recorded on this thread (a slow database) kept every
+         * other session from being read: that time is not their silence. */
+        int64_t stall = mesh_now_ms() - turn_ms;
+        for (int i = 0; stall > STALL_MS && i < INBOUND_MAX_CONNS; i++)
+            if (in->sess[i])
+                in->sess[i]->last_ms += stall;
     }
     free(pfd);
     free(idx);
@@ -758,7 +914,7 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
     static const char *const labels[] = {"kind", NULL};
     metric_family_t *f = metrics_family(METRIC_COUNTER, "postchi_inbound_reports_total",
                                         "Messages received on the return path, by what they were "
-                                        "(dsn_hard, dsn_delayed, arf, unsubscribe, unknown).",
+                                        "(dsn_hard, dsn_soft, dsn_delayed, arf, unsubscribe, unknown).",
                                         labels, NULL, 0);
     inbound_t *in = calloc(1, sizeof *in);
     if (!in) {
@@ -767,6 +923,7 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
     }
     in->lfd = in->wake[0] = in->wake[1] = -1;
     in->m_hard = metrics_series(f, (const char *const[]){"dsn_hard", NULL});
+    in->m_soft = metrics_series(f, (const char *const[]){"dsn_soft", NULL});
     in->m_delayed = metrics_series(f, (const char *const[]){"dsn_delayed", NULL});
     in->m_arf = metrics_series(f, (const char *const[]){"arf", NULL});
     in->m_unknown = metrics_series(f, (const char *const[]){"unknown", NULL});

@@ -10,12 +10,15 @@
  * reached, so the sending MTA keeps the report and retries).
  *
  * What can go wrong: every byte here comes from anyone on the Internet.
- * Sessions are bounded (INBOUND_MAX_CONNS, INBOUND_MAX_MESSAGE bytes,
- * INBOUND_MAX_LINE per command line, INBOUND_IDLE_MS of silence,
+ * Sessions are bounded (INBOUND_MAX_CONNS, INBOUND_MAX_PER_CLIENT,
+ * INBOUND_MAX_MESSAGE bytes, INBOUND_MAX_BUFFERED bytes of DATA across all
+ * sessions, INBOUND_MAX_LINE per command line, INBOUND_IDLE_MS of silence,
  * INBOUND_MAX_RCPTS, INBOUND_MAX_ERRORS bad commands); past a bound a
- * client gets an SMTP error or is disconnected, never more memory. The
- * token alone selects the message row; the report's own addresses are never
- * used to pick an organization.
+ * client gets an SMTP error or is disconnected, never more memory. A VERP
+ * recipient whose token fails its MAC is refused at RCPT, so only mail for
+ * our own messages (or to the feedback-loop address) is ever parsed. A
+ * verified token alone selects the message row; the report's own addresses
+ * are never used to pick an organization.
  */
 #ifndef POSTCHI_INBOUND_H
 #define POSTCHI_INBOUND_H
@@ -29,6 +32,8 @@
 #define INBOUND_IDLE_MS 60000                   /* silence before a session is closed */
 #define INBOUND_MAX_RCPTS 100                   /* RCPT TO per transaction */
 #define INBOUND_MAX_ERRORS 20                   /* bad commands before 421 and close */
+#define INBOUND_MAX_PER_CLIENT 8                /* sessions at once from one IPv4 address or IPv6 /64 */
+#define INBOUND_MAX_BUFFERED (32u * 1024 * 1024) /* DATA bytes held across all sessions */
 
 typedef struct inbound inbound_t;
 

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "delivery_util.h"
+#include "inbound.h"
 #include "secretbox.h"
 #include "verp.h"
 
@@ -378,8 +379,9 @@ static void s_upper_hex(char *dst, const char *src)
  * sent to tokens we did not make - the bare row id (the format before
  * tokens carried a MAC), the same in upper case, the right row with a
  * MAC made under another key, the right token with one digit changed - are
- * accepted by SMTP (an MTA must not learn which tokens are good), counted
- * as unknown, and change nothing: no bounce, no complaint, no suppression. */
+ * refused at RCPT (550: unauthenticated mail never reaches the parser; the
+ * answer tells a prober nothing it could use, an 80-bit MAC is not
+ * guessable) and change nothing: no bounce, no complaint, no suppression. */
 static void test_forged_tokens(void **state)
 {
     (void)state;
@@ -403,11 +405,11 @@ static void test_forged_tokens(void **state)
     for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++) {
         char rcpt[160];
         snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", forged[i]);
-        assert_int_equal(s_report(0, rcpt, addr), 250);
-        assert_int_equal(s_report(1, rcpt, addr), 250);
+        assert_int_equal(s_report(0, rcpt, addr), 550);
+        assert_int_equal(s_report(1, rcpt, addr), 550);
     }
-    /* 250 came after the report was handled: no waiting needed. */
-    assert_int_equal(s_unknown_count(), before + 8);
+    /* Never parsed, so not even counted as an unknown report. */
+    assert_int_equal(s_unknown_count(), before);
     ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
     ASSERT_SQL("0",
                "SELECT count(*) FROM message_events WHERE message_id = '%s'"
@@ -429,6 +431,81 @@ static void test_forged_tokens(void **state)
     ASSERT_SQL("bounce",
                "SELECT reason FROM suppressions WHERE organization_id = '%s' AND email = '%s'",
                E.org_id, addr);
+}
+
+/* Queue expiry: "Action: failed" with a 4.x.x status (Postfix after
+ * maximal_queue_lifetime, Exchange's 4.4.7) is a final failure. The message
+ * is bounced with its event, but the address is not suppressed nor the
+ * contact marked: the reason was temporary. */
+static void test_soft_failure(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("expired@dest.example", id, token);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           "expired@dest.example", "Status: 5.1.1", "Status: 4.4.7", NULL};
+    s_fixture("postfix_hard_511.eml", pairs, file);
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
+    /* A retry adds nothing. */
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
+    unlink(file);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("1|4.4.7|true|true",
+               "SELECT count(*) || '|' || min(detail->>'status') || '|' ||"
+               " bool_and((detail->>'async')::boolean) || '|' ||"
+               " bool_and((detail->>'soft')::boolean)"
+               " FROM message_events WHERE message_id = '%s' AND type = 'bounced'",
+               id);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'expired@dest.example'",
+               E.org_id);
+    ASSERT_SQL("0",
+               "SELECT count(*) FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'expired@dest.example'",
+               E.org_id);
+}
+
+/* Feedback loops deliver to one address the sender registered, not to each
+ * message's return path: an ARF report to fbl@<return path domain> whose
+ * Original-Mail-From holds a forged token but whose attached original's
+ * Return-Path holds a genuine one is applied by the first that verifies. A
+ * report whose candidates all fail changes nothing. */
+static void test_fbl_complaint(void **state)
+{
+    (void)state;
+    const char *addr = "gina@dest.example";
+    char id[64], token[64], rp[200], file[64], forged[160];
+    s_sent_message(addr, id, token);
+    snprintf(forged, sizeof forged, "bounces+%s@bounces.send.example", "f0rged");
+    snprintf(rp, sizeof rp, "Return-Path: <bounces+%s@bounces.send.example>\nFrom: <somespammer",
+             token);
+    const char *bad[] = {"bounces+arf-0042@mail.postchi.test", forged, "user@example.com", addr,
+                         NULL};
+    s_fixture("arf_abuse.eml", bad, file);
+    long before = s_unknown_count();
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", "fbl@bounces.send.example", file), 250);
+    unlink(file);
+    assert_int_equal(s_unknown_count(), before + 1);
+    ASSERT_SQL("subscribed",
+               "SELECT status FROM contacts WHERE organization_id = '%s' AND email = '%s'",
+               E.org_id, addr);
+
+    const char *good[] = {"bounces+arf-0042@mail.postchi.test", forged, "user@example.com", addr,
+                          "From: <somespammer", rp, NULL};
+    s_fixture("arf_abuse.eml", good, file);
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", "fbl@bounces.send.example", file), 250);
+    unlink(file);
+    ASSERT_SQL("complained",
+               "SELECT status FROM contacts WHERE organization_id = '%s' AND email = '%s'",
+               E.org_id, addr);
+    ASSERT_SQL("complaint",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s' AND email = '%s'",
+               E.org_id, addr);
+    ASSERT_SQL("1",
+               "SELECT count(*) FROM message_events WHERE message_id = '%s' AND type = 'complaint'",
+               id);
 }
 
 /* PostgreSQL drops the listener's connection: the report gets 451 (the
@@ -470,14 +547,37 @@ typedef struct {
     size_t len;      /* how many */
 } conn_t;
 
-static void s_conn(conn_t *c)
+/* Connect to the listener from the loopback address src (any 127/8
+ * address is ours on Linux; NULL: the kernel's choice, 127.0.0.1), so tests
+ * can be several clients. */
+static void s_conn_from(conn_t *c, const char *src)
 {
     c->len = 0;
     c->fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(c->fd >= 0);
+    if (src) {
+        struct sockaddr_in b = {.sin_family = AF_INET};
+        assert_int_equal(inet_pton(AF_INET, src, &b.sin_addr), 1);
+        assert_int_equal(bind(c->fd, (struct sockaddr *)&b, sizeof b), 0);
+    }
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s_inbound_port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0);
+}
+
+static void s_conn(conn_t *c)
+{
+    s_conn_from(c, NULL);
+}
+
+/* "RCPT TO:<bounces+<token>@<domain>>\r\n" for a token we made for a row
+ * that need not exist (the n-th of a few fixed uuids), into line[256]. */
+static void s_rcpt_line(char *line, int n, const char *domain)
+{
+    char id[64], token[64];
+    snprintf(id, sizeof id, "01234567-89ab-cdef-0123-%012d", n);
+    s_token(id, token);
+    snprintf(line, 256, "RCPT TO:<bounces+%s@%s>\r\n", token, domain);
 }
 
 static void s_put(conn_t *c, const void *data, size_t len)
@@ -555,7 +655,16 @@ static void test_hostile_sessions(void **state)
     assert_int_equal(s_cmd(c, "RCPT TO:<bounces@x.example>\r\n"), 550);
     assert_int_equal(s_cmd(c, "RCPT TO:<bounces+bad token@x.example>\r\n"), 550);
     assert_int_equal(s_cmd(c, "RCPT TO:bounces+abc@x.example\r\n"), 501);
-    assert_int_equal(s_cmd(c, "RCPT TO:<BOUNCES+abc@X.Example>\r\n"), 250);
+    /* Our shape, but not a token we made: never reaches the parser. */
+    assert_int_equal(s_cmd(c, "RCPT TO:<BOUNCES+abc@X.Example>\r\n"), 550);
+    assert_int_equal(s_cmd(c, "RCPT TO:<bounces+0123456789abcdef0123456789abcdef@b.example>\r\n"),
+                     550);
+    char good[256];
+    s_rcpt_line(good, 1, "X.Example");
+    for (char *u = good + 17; *u != '@'; u++) /* a token in upper case is still ours */
+        if (*u >= 'a' && *u <= 'f')
+            *u = (char)(*u - 'a' + 'A');
+    assert_int_equal(s_cmd(c, good), 250);
     /* An over-long command line, in pieces. */
     char big[3000];
     memset(big, 'A', sizeof big);
@@ -571,7 +680,7 @@ static void test_hostile_sessions(void **state)
     assert_int_equal(s_cmd(c, "DATA\r\n"), 503); /* RSET ended the transaction */
     assert_int_equal(s_cmd(c, "MAIL FROM:<>\r\n"), 250);
     assert_int_equal(s_cmd(c, "DATA\r\n"), 554); /* no recipients */
-    assert_int_equal(s_cmd(c, "RCPT TO:<bounces+abc@x.example>\r\n"), 250);
+    assert_int_equal(s_cmd(c, good), 250);
     assert_int_equal(s_cmd(c, "DATA\r\n"), 354);
     /* Over 10 MB, in long and short lines: refused at the dot. */
     char *line = malloc(65536);
@@ -593,7 +702,9 @@ static void test_hostile_sessions(void **state)
     /* A client that stops mid-DATA and goes away. */
     s_conn(mid);
     assert_int_equal(s_reply(mid), 220);
-    s_puts(mid, "HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<bounces+abc@x.example>\r\nDATA\r\n");
+    s_puts(mid, "HELO x\r\nMAIL FROM:<>\r\n");
+    s_puts(mid, good);
+    s_puts(mid, "DATA\r\n");
     assert_int_equal(s_reply(mid), 250);
     assert_int_equal(s_reply(mid), 250);
     assert_int_equal(s_reply(mid), 250);
@@ -617,8 +728,8 @@ static void test_hostile_sessions(void **state)
     assert_int_equal(s_reply(c), 220);
     assert_int_equal(s_cmd(c, "EHLO good.example\r\n"), 250);
     assert_int_equal(s_cmd(c, "MAIL FROM:<> BODY=8BITMIME SIZE=100\r\n"), 250);
-    assert_int_equal(s_cmd(c, "RCPT TO:<bounces+0123456789abcdef0123456789abcdef@b.example>\r\n"),
-                     250);
+    s_rcpt_line(good, 2, "b.example");
+    assert_int_equal(s_cmd(c, good), 250);
     assert_int_equal(s_cmd(c, "DATA\r\n"), 354);
     assert_int_equal(s_cmd(c, "From: a@b.example\r\nSubject: hi\r\n\r\n..dot\r\n.\r\n"), 250);
     assert_int_equal(s_cmd(c, "QUIT\r\n"), 221);
@@ -641,6 +752,147 @@ static void test_hostile_sessions(void **state)
     free(c);
     free(idle);
     free(mid);
+}
+
+/* EHLO, MAIL FROM:<> and RCPT to the valid tokens 1..nrcpt on a fresh
+ * session c, then DATA (354). */
+static void s_open_tx(conn_t *c, const char *src, int nrcpt)
+{
+    s_conn_from(c, src);
+    assert_int_equal(s_reply(c), 220);
+    assert_int_equal(s_cmd(c, "EHLO attacker.example\r\n"), 250);
+    assert_int_equal(s_cmd(c, "MAIL FROM:<>\r\n"), 250);
+    for (int i = 1; i <= nrcpt; i++) {
+        char rcpt[256];
+        s_rcpt_line(rcpt, i, "bounces.send.example");
+        assert_int_equal(s_cmd(c, rcpt), 250);
+    }
+    assert_int_equal(s_cmd(c, "DATA\r\n"), 354);
+}
+
+/* A good session already open, and one that connects, both answer at once
+ * after the bomb. */
+static void s_listener_answers(conn_t *open)
+{
+    int64_t t0 = harness_now_ms();
+    assert_int_equal(s_cmd(open, "NOOP\r\n"), 250);
+    conn_t *c = calloc(1, sizeof *c);
+    s_conn(c);
+    assert_int_equal(s_reply(c), 220);
+    assert_int_equal(s_cmd(c, "QUIT\r\n"), 221);
+    close(c->fd);
+    free(c);
+    assert_true(harness_now_ms() - t0 < 1000);
+}
+
+/* Parse amplification: a multipart/report of 300,000 empty parts (2 MB)
+ * and one of 200,000 one-line headers, each to three genuine tokens, cost
+ * GMime seconds and hundreds of MB per parse, once per recipient, on the
+ * listener's only thread. Both are refused at the dot with a 5xx, at once,
+ * and the listener goes on answering. */
+static void test_parse_bomb(void **state)
+{
+    (void)state;
+    conn_t *other = calloc(1, sizeof *other), *c = calloc(1, sizeof *c);
+    s_conn(other);
+    assert_int_equal(s_reply(other), 220);
+    assert_int_equal(s_cmd(other, "EHLO legit.example\r\n"), 250);
+
+    sbuf_t *m = sbuf_new(4 << 20);
+    sbuf_append_str(m, "From: MAILER-DAEMON@x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report;"
+                       " report-type=delivery-status; boundary=\"b\"\r\n\r\n");
+    for (int i = 0; i < 300000; i++)
+        sbuf_append_str(m, "--b\r\n\r\n");
+    sbuf_append_str(m, "--b--\r\n.\r\n");
+    s_open_tx(c, NULL, 3);
+    s_put(c, sbuf_data(m), sbuf_len(m));
+    int64_t t0 = harness_now_ms();
+    int code = s_reply(c);
+    int64_t took = harness_now_ms() - t0;
+    print_message("parts bomb: %d after %lld ms\n", code, (long long)took);
+    assert_int_equal(code / 100, 5);
+    assert_true(took < 2000);
+    s_listener_answers(other);
+    close(c->fd);
+
+    sbuf_reset(m);
+    sbuf_append_str(m, "From: MAILER-DAEMON@x\r\n");
+    for (int i = 0; i < 200000; i++)
+        sbuf_append_str(m, "a:\r\n");
+    sbuf_append_str(m, "\r\nbody\r\n.\r\n");
+    s_open_tx(c, NULL, 3);
+    s_put(c, sbuf_data(m), sbuf_len(m));
+    t0 = harness_now_ms();
+    code = s_reply(c);
+    took = harness_now_ms() - t0;
+    print_message("header bomb: %d after %lld ms\n", code, (long long)took);
+    assert_int_equal(code / 100, 5);
+    assert_true(took < 2000);
+    s_listener_answers(other);
+    close(c->fd);
+    close(other->fd);
+    sbuf_destroy(&m);
+    free(c);
+    free(other);
+}
+
+/* One client address gets INBOUND_MAX_PER_CLIENT sessions at once, then
+ * 421; another address is still served. */
+static void test_per_client_limit(void **state)
+{
+    (void)state;
+    enum { N = 12 };
+    conn_t *c = calloc(N + 1, sizeof *c);
+    int ok = 0, busy = 0;
+    for (int i = 0; i < N; i++) {
+        s_conn_from(&c[i], "127.0.2.1");
+        int code = s_reply(&c[i]);
+        ok += code == 220;
+        busy += code == 421;
+    }
+    print_message("from one address: %d served, %d refused\n", ok, busy);
+    assert_int_equal(ok, INBOUND_MAX_PER_CLIENT);
+    assert_int_equal(busy, N - INBOUND_MAX_PER_CLIENT);
+    s_conn_from(&c[N], "127.0.2.2");
+    assert_int_equal(s_reply(&c[N]), 220);
+    for (int i = 0; i <= N; i++)
+        close(c[i].fd);
+    free(c);
+}
+
+/* Sessions that each hold most of a 10 MB message cannot together make
+ * the listener buffer more than INBOUND_MAX_BUFFERED: those that go past
+ * it get a temporary 452 at their dot, the others go through. */
+static void test_buffer_budget(void **state)
+{
+    (void)state;
+    enum { EACH = 9500 * 1000, N = INBOUND_MAX_BUFFERED / EACH + 2 };
+    conn_t *c = calloc(N, sizeof *c);
+    char *line = malloc(1000);
+    memset(line, 'x', 998);
+    line[998] = '\r', line[999] = '\n';
+    for (int i = 0; i < N; i++) {
+        char src[32];
+        snprintf(src, sizeof src, "127.0.3.%d", i + 1);
+        s_open_tx(&c[i], src, 1);
+        s_puts(&c[i], "Subject: filler\r\n\r\n");
+        for (int k = 0; k < EACH / 1000; k++)
+            s_put(&c[i], line, 1000);
+    }
+    free(line);
+    usleep(500 * 1000); /* let the listener read what the kernel holds */
+    int ok = 0, full = 0;
+    for (int i = 0; i < N; i++) {
+        int code = s_cmd(&c[i], ".\r\n");
+        print_message("session %d: %d\n", i, code);
+        ok += code == 250;
+        full += code == 452;
+        close(c[i].fd);
+    }
+    assert_int_equal(ok + full, N);
+    assert_true(ok >= 1);
+    assert_true(full >= 1);
+    free(c);
 }
 
 /* Random bytes on several sessions, then past the session limit: 421 at
@@ -674,7 +926,11 @@ static void test_garbage_and_limit(void **state)
     int ok = 0, busy = 0;
     for (int i = 0; i < N; i++) {
         conn_t *c = calloc(1, sizeof *c);
-        s_conn(c);
+        char src[32];
+        /* Many clients, a few sessions each: the global limit, not the
+         * per-client one, is what this counts. */
+        snprintf(src, sizeof src, "127.0.1.%d", 1 + i % 64);
+        s_conn_from(c, src);
         int code = s_reply(c);
         if (code == 220)
             ok++;
@@ -718,6 +974,11 @@ int main(void)
         cmocka_unit_test(test_forged_tokens),
         cmocka_unit_test(test_hostile_sessions),
         cmocka_unit_test(test_garbage_and_limit),
+        cmocka_unit_test(test_parse_bomb),
+        cmocka_unit_test(test_per_client_limit),
+        cmocka_unit_test(test_buffer_budget),
+        cmocka_unit_test(test_soft_failure),
+        cmocka_unit_test(test_fbl_complaint),
         cmocka_unit_test(test_database_lost_then_retry),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
