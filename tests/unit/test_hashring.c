@@ -54,7 +54,7 @@ static hashring_t *s_ring(int nodes, const uint32_t *weights)
     hashring_t *ring = hashring_new();
     assert_non_null(ring);
     for (int i = 0; i < nodes; i++) {
-        char id[16];
+        char id[32]; /* "worker-" and any int */
         snprintf(id, sizeof id, "worker-%d", i);
         assert_int_equal(hashring_add(ring, id, weights ? weights[i] : 1, &s_tags[i]), 0);
     }
