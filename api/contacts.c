@@ -171,14 +171,6 @@ static json_t *s_body_object(api_req_t *req)
     return body;
 }
 
-/* 1 when s is valid UTF-8 text PostgreSQL will take (no NUL by construction). */
-static int s_utf8_ok(const char *s)
-{
-    json_t *j = json_string(s);
-    json_decref(j);
-    return j != NULL;
-}
-
 static int s_digits(const char *s, int n, int *out)
 {
     int v = 0;
@@ -419,7 +411,7 @@ static int s_list(api_req_t *req)
         }
     }
     const char *prefix = api_query(req, "email_prefix");
-    if (prefix && (strlen(prefix) > PREFIX_MAX || !s_utf8_ok(prefix)))
+    if (prefix && (strlen(prefix) > PREFIX_MAX || !api_utf8_ok(prefix)))
         api_error_add(errs, "email_prefix", "must be UTF-8 text of at most 254 bytes");
     const char *st = api_query(req, "status");
     if (st) {
@@ -434,7 +426,7 @@ static int s_list(api_req_t *req)
     if (list_id && !api_is_uuid(list_id))
         api_error_add(errs, "list_id", "must be a uuid");
     const char *tag = api_query(req, "tag");
-    if (tag && (!*tag || strlen(tag) > TAG_NAME_MAX || !s_utf8_ok(tag)))
+    if (tag && (!*tag || strlen(tag) > TAG_NAME_MAX || !api_utf8_ok(tag)))
         api_error_add(errs, "tag", "must be a tag name of 1 to 64 bytes");
     const char *after = api_query(req, "created_after");
     if (after && !s_rfc3339_ok(after))

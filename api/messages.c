@@ -1211,6 +1211,18 @@ static int s_list(api_req_t *req)
                                                      "sent, deferred, bounced, failed, "
                                                      "suppressed, canceled");
     }
+    /* Query values are raw bytes after percent-decoding: PostgreSQL refuses
+     * text that is not UTF-8 (a 500), so they are checked as a body field
+     * would be. */
+    if (recipient && (strlen(recipient) > EMAIL_ADDR_MAX || !api_utf8_ok(recipient) ||
+                      !s_one_line(recipient)))
+        api_error_add(api_errors(req), "recipient",
+                      "must be UTF-8 text of at most %d bytes without control characters",
+                      EMAIL_ADDR_MAX);
+    if (tag && (!*tag || strlen(tag) > TAG_MAX_BYTES || !api_utf8_ok(tag) || !s_one_line(tag)))
+        api_error_add(api_errors(req), "tag",
+                      "must be UTF-8 text of 1 to %d bytes without control characters",
+                      TAG_MAX_BYTES);
     if (send_id && !api_is_uuid(send_id))
         api_error_add(api_errors(req), "send_id", "must be an id (uuid)");
     if (batch_id && !api_is_uuid(batch_id))

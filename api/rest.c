@@ -368,7 +368,10 @@ int api_db_error(api_req_t *req, const char *sqlstate, const char *message)
     if (strcmp(st, "23505") == 0)
         return api_problem(req, 409, "Conflict", "a resource with these values already exists");
     if (strncmp(st, "23", 2) == 0 || strcmp(st, "22P02") == 0 || strcmp(st, "22007") == 0 ||
-        strcmp(st, "22008") == 0 || strcmp(st, "22003") == 0)
+        strcmp(st, "22008") == 0 || strcmp(st, "22003") == 0 ||
+        /* bytes that are not UTF-8 (22021) or have no mapping (22P05):
+         * a value the caller sent, never a server fault */
+        strcmp(st, "22021") == 0 || strcmp(st, "22P05") == 0)
         return api_problem(req, 422, "Unprocessable Content",
                            "the request conflicts with the data it refers to");
     if (strcmp(st, "57014") == 0)
@@ -534,6 +537,15 @@ void api_field_only(api_req_t *req, json_t *obj, const char *const *allowed)
         if (!ok)
             api_error_add(&req->errs, key, "is not a known field");
     }
+}
+
+int api_utf8_ok(const char *s)
+{
+    /* jansson's decoder is the one every JSON string already went through,
+     * so query text and body text are held to the same rule. */
+    json_t *j = json_string(s);
+    json_decref(j);
+    return j != NULL;
 }
 
 int api_is_uuid(const char *s)

@@ -103,8 +103,8 @@ int api_problem(api_req_t *req, int status, const char *title, const char *fmt, 
  * missing or another organization's). */
 int api_not_found(api_req_t *req, const char *what);
 /* A database failure: 409 for a unique violation (with detail naming the
- * conflict), 422 for a check or foreign-key violation, else 500 (logged,
- * the server message never sent to the client). */
+ * conflict), 422 for a check or foreign-key violation or text that is not
+ * UTF-8, else 500 (logged, the server message never sent to the client). */
 int api_db_error(api_req_t *req, const char *sqlstate, const char *message);
 /* Add a response header (before the api_json/api_problem call). */
 void api_set_header(api_req_t *req, const char *name, const char *value);
@@ -136,6 +136,10 @@ int api_field_enum(api_req_t *req, json_t *obj, const char *field, int required,
 void api_field_only(api_req_t *req, json_t *obj, const char *const *allowed);
 /* 1 when s is a canonical lower-case uuid text (for ids in paths). */
 int api_is_uuid(const char *s);
+/* 1 when s is valid UTF-8 that PostgreSQL will take. Query and path
+ * values are percent-decoded bytes, not JSON strings: any of them that
+ * reaches SQL as text must pass this first, or a stray %FF is a 500. */
+int api_utf8_ok(const char *s);
 
 /* ---- pagination: ?limit=&cursor= ---- */
 /* Reads limit (1..max, default def) and cursor (opaque, produced by

@@ -762,6 +762,21 @@ static void test_scopes_listing_filters_and_tenancy(void **state)
             fail_msg("%s: %d %s", bad[i][0], st, sbuf_data(r.raw));
         api_resp_free(&r);
     }
+    /* Bytes that are not UTF-8 in a text filter: a 422 naming it, never
+     * the 500 PostgreSQL's refusal of the bytes used to become. */
+    const char *bytes[][2] = {{"/api/v1/messages?recipient=%FF", "recipient"},
+                              {"/api/v1/messages?tag=%FF%FE", "tag"},
+                              {"/api/v1/messages?recipient=a%C0%80b", "recipient"},
+                              {"/api/v1/messages?tag=ok%ED%A0%80", "tag"}};
+    for (size_t i = 0; i < sizeof bytes / sizeof bytes[0]; i++) {
+        char ct[64];
+        int st = api_call(&E, "GET", bytes[i][0], E.key_read, NULL, NULL, &r);
+        const char *got = api_resp_header(&r, "Content-Type", ct, sizeof ct);
+        if (st != 422 || !aud_test_has_error(&r, bytes[i][1]) || !got ||
+            strcmp(got, "application/problem+json") != 0)
+            fail_msg("%s: %d %s", bytes[i][0], st, sbuf_data(r.raw));
+        api_resp_free(&r);
+    }
     /* The other organization sees none of A's messages. */
     assert_int_equal(api_call(&E, "GET", "/api/v1/messages", s_other_key, NULL, NULL, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "data")), 0);
