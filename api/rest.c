@@ -101,6 +101,7 @@ struct api_req {
     sbuf_t *headers;                      /* extra response headers */
     thread_state_t *ts;                   /* per-thread connections */
     int in_tx;                            /* a transaction is open */
+    int tx_doomed;                        /* a statement in it failed unchecked: no COMMIT */
     char *cursor;                         /* decoded ?cursor= position */
 };
 
@@ -791,11 +792,20 @@ int api_tx_begin(api_req_t *req)
     if (db_exec(api_db(req), "BEGIN", 0, NULL, NULL) != 0)
         return -1;
     req->in_tx = 1;
+    req->tx_doomed = 0;
     return 0;
 }
 
 int api_tx_commit(api_req_t *req)
 {
+    /* PostgreSQL answers COMMIT of an aborted transaction with a ROLLBACK
+     * and no error: without this check a failed audit row turned the whole
+     * change into a silent rollback answered as a success. */
+    if (req->tx_doomed) {
+        api_tx_rollback(req);
+        req->tx_doomed = 0;
+        return -1;
+    }
     req->in_tx = 0;
     return db_exec(api_db(req), "COMMIT", 0, NULL, NULL);
 }
@@ -822,8 +832,12 @@ void api_audit(api_req_t *req, const char *action, const char *resource_type,
     if (db_exec(api_db(req),
                 "INSERT INTO audit_log (organization_id, actor_type, actor_id, action, "
                 "resource_type, resource_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
-                7, p, err) != 0)
+                7, p, err) != 0) {
         log_error("audit row not written action=%s: %s", action, err ? sbuf_data(err) : "");
+        /* The change and its audit row are kept together or not at all. */
+        if (req->in_tx)
+            req->tx_doomed = 1;
+    }
     sbuf_destroy(&err);
     free(text);
 }

@@ -155,9 +155,10 @@ int api_page_json(api_req_t *req, json_t *data, char *next_cursor);
 
 /* ---- side effects ---- */
 /* Record who changed what: audit_log row in the request's organization, with
- * actor type/id from the request. detail is stolen (may be NULL). Errors
- * are logged, not returned: an audit failure must not hide a change that
- * committed... so call it inside the same transaction as the change. */
+ * actor type/id from the request. detail is stolen (may be NULL). Call it
+ * inside the transaction of the change: a failed write is logged and makes
+ * that transaction's api_tx_commit roll back and return -1, so the caller
+ * answers an error and never a success for a change that was discarded. */
 void api_audit(api_req_t *req, const char *action, const char *resource_type,
                const char *resource_id, json_t *detail);
 /* Announce a trigger to the organization's tenant actor (tenant/<org>)
@@ -171,7 +172,8 @@ int api_trigger(api_req_t *req, const char *name, json_t *body);
  * are committed; a lost message is re-driven from the rows. 0 or -1. */
 int api_mesh_send(api_req_t *req, const char *target, const char *name, json_t *body);
 
-/* Begin / commit / roll back on this thread's connection. 0 or -1. */
+/* Begin / commit / roll back on this thread's connection. 0 or -1; commit
+ * is -1 (after rolling back) when an api_audit in the transaction failed. */
 int api_tx_begin(api_req_t *req);
 int api_tx_commit(api_req_t *req);
 void api_tx_rollback(api_req_t *req);

@@ -783,6 +783,43 @@ static void test_scopes_listing_filters_and_tenancy(void **state)
     api_resp_free(&r);
 }
 
+/* The audit row is written in the transaction of the change. When it fails
+ * (here a constraint only this test adds; in life a lock or statement
+ * timeout, a partition change), PostgreSQL answers the COMMIT with a
+ * rollback and no error: the client must hear of it. */
+static void test_failed_audit_write_fails_the_request(void **state)
+{
+    (void)state;
+    free(aud_test_sql(&E, "ALTER TABLE audit_log ADD CONSTRAINT audit_fault CHECK "
+                          "(action NOT IN ('message.send', 'list.create')) NOT VALID"));
+    api_resp_t r = {0};
+    char ct[64];
+    s_send(E.key_send,
+           "{\"from\":" FROM ",\"to\":\"ghost@y.example\",\"subject\":\"ghost send\","
+           "\"text\":\"t\"}",
+           NULL, &r);
+    const char *got = api_resp_header(&r, "Content-Type", ct, sizeof ct);
+    if (r.status != 500 || !got || strcmp(got, "application/problem+json") != 0)
+        fail_msg("send: %d %s", r.status, sbuf_data(r.raw));
+    api_resp_free(&r);
+    assert_int_equal(s_count("subject = 'ghost send'"), 0);
+    api_call(&E, "POST", "/api/v1/lists", E.key_full, "{\"name\":\"ghost list\"}", NULL, &r);
+    if (r.status != 500)
+        fail_msg("list: %d %s", r.status, sbuf_data(r.raw));
+    api_resp_free(&r);
+    assert_int_equal(aud_test_sql_long(&E, "SELECT count(*) FROM lists WHERE name = 'ghost list'"),
+                     0);
+    /* The connection is usable again once the fault is gone. */
+    free(aud_test_sql(&E, "ALTER TABLE audit_log DROP CONSTRAINT audit_fault"));
+    assert_int_equal(s_send(E.key_send,
+                            "{\"from\":" FROM ",\"to\":\"ghost@y.example\","
+                            "\"subject\":\"ghost send\",\"text\":\"t\"}",
+                            NULL, &r),
+                     202);
+    api_resp_free(&r);
+    assert_int_equal(s_count("subject = 'ghost send'"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -796,6 +833,7 @@ int main(void)
         cmocka_unit_test(test_bulk_sends_to_list_and_segment),
         cmocka_unit_test(test_idempotency_key_sends_once),
         cmocka_unit_test(test_scopes_listing_filters_and_tenancy),
+        cmocka_unit_test(test_failed_audit_write_fails_the_request),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
