@@ -11,9 +11,10 @@
  *
  * Headers go through a tiny writer (hw_t) that appends tokens, each with the
  * whitespace before it, and folds before that whitespace when the line would
- * pass 78 octets. Literal words are capped (HDR_WORD_MAX) and anything that
- * is not plain printable ASCII is turned into encoded words that fit the
- * room left on the line, so no header line can reach 998.
+ * pass 78 octets. Literal words and the blank runs before them are capped
+ * (HDR_WORD_MAX, HDR_WSP_MAX: a fold keeps the run, so the pair is what a
+ * folded line can hold) and anything else is turned into encoded words that
+ * fit the room left on the line, so no header line can reach 998.
  *
  * What can go wrong: bad input (refused with a reason that never quotes the
  * input), out of memory, getrandom failing. On any failure the caller's
@@ -36,6 +37,7 @@
 
 #define LINE_SOFT 78            /* fold header lines before they pass this (RFC 5322 2.1.1) */
 #define HDR_WORD_MAX 900        /* longest literal header word; longer ones are encoded */
+#define HDR_WSP_MAX 64          /* longest literal blank run; with a word, under 998 */
 #define EW_MAX 75               /* longest encoded word (RFC 2047 2) */
 #define EW_OVERHEAD 12          /* "=?UTF-8?B?" + "?=" */
 #define EW_MIN 24               /* narrower room than this: fold and start a fresh line */
@@ -472,16 +474,21 @@ static void s_hw_encoded(hw_t *hw, const char *text, size_t len)
 
 /* True when v[0..len) can be written as is in an unstructured field:
  * printable ASCII and blanks, nothing that looks like an encoded word, and no
- * word too long to fold. */
+ * word or blank run too long to fold. A blank run is written whole as the
+ * folding whitespace before the next word, so it is bounded too: 1,500
+ * spaces in a Subject made a 1,501-octet line. */
 static int s_plain_ok(const char *v, size_t len)
 {
-    size_t word = 0;
+    size_t word = 0, blanks = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)v[i];
         if (s_is_wsp(c)) {
             word = 0;
+            if (++blanks > HDR_WSP_MAX)
+                return 0;
             continue;
         }
+        blanks = 0;
         if (c < 33 || c > 126 || ++word > HDR_WORD_MAX)
             return 0;
         if (c == '=' && i + 1 < len && v[i + 1] == '?')

@@ -517,6 +517,49 @@ static void test_addresses(void **state)
     free(addrs);
 }
 
+/* Long runs of blanks between words (a Subject of "a", 1,500 spaces and
+ * "b"; a custom value of "x", 2,046 tabs and "y") used to be written whole
+ * as one fold's whitespace: lines of 1,501 and 2,048 octets. Every line now
+ * stays within 998 and the values read back unchanged. */
+static void test_blank_runs_stay_under_998(void **state)
+{
+    (void)state;
+    char subject[1503], value[2049], edge[70];
+    subject[0] = 'a';
+    memset(subject + 1, ' ', 1500);
+    strcpy(subject + 1501, "b");
+    value[0] = 'x';
+    memset(value + 1, '\t', 2046);
+    strcpy(value + 2047, "y");
+    /* at the limit: written literally, one fold's whitespace */
+    edge[0] = 'e';
+    memset(edge + 1, ' ', 64);
+    strcpy(edge + 65, "f");
+    const char *subjects[] = {subject, edge, "a" "\t \t \t" "b"};
+    for (size_t i = 0; i < sizeof subjects / sizeof subjects[0]; i++) {
+        mime_header_t hdr = {"X-Blanks", value};
+        mime_msg_t m = s_base();
+        m.subject = subjects[i];
+        m.headers = &hdr;
+        m.nheaders = 1;
+        sbuf_t *out = sbuf_new(0);
+        assert_int_equal(mime_build(&m, out, NULL, NULL), 0);
+        s_check_raw(out, 998);
+        const char *extra[] = {"X-Blanks", NULL};
+        char *desc = s_describe(out, extra);
+        sbuf_t *want = sbuf_new(0);
+        sbuf_appendf(want, "Subject: %s\n", subjects[i]);
+        if (!strstr(desc, sbuf_data(want)))
+            fail_msg("subject %zu not read back:\n%s", i, desc);
+        sbuf_reset(want);
+        sbuf_appendf(want, "X-Blanks: %s\n", value);
+        assert_non_null(strstr(desc, sbuf_data(want)));
+        free(desc);
+        sbuf_destroy(&want);
+        sbuf_destroy(&out);
+    }
+}
+
 static void test_headers_and_unsubscribe(void **state)
 {
     (void)state;
@@ -964,6 +1007,7 @@ int main(void)
         cmocka_unit_test(test_header_checks),
         cmocka_unit_test(test_big_attachment),
         cmocka_unit_test(test_verp),
+        cmocka_unit_test(test_blank_runs_stay_under_998),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
