@@ -25,6 +25,7 @@
 #endif
 #include <assert.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@
 #define PARAM_SEG 60            /* chars of one RFC 2231 parameter segment */
 #define MSGID_DOMAIN_MAX 200    /* so a generated Message-ID fits MIME_MESSAGE_ID_MAX */
 #define MSGID_MAX 250           /* bytes of a caller-given Message-ID */
+#define MSGID_DOMAIN_FALLBACK "postchi.invalid" /* From's domain has no ASCII form that fits */
 #define CID_MAX 200             /* bytes of a Content-ID */
 #define UNSUB_MAX 900           /* bytes of a List-Unsubscribe mailto or URL */
 #define BOUNDARY_PREFIX "=_pc_" /* '=' and '_' occur in neither base64 nor QP output */
@@ -744,6 +746,103 @@ static int s_domain_ok(const char *d)
     return 1;
 }
 
+/* Punycode (RFC 3492) digit d, 0..35. */
+static char s_puny_digit(uint32_t d)
+{
+    return (char)(d < 26 ? 'a' + d : '0' + d - 26);
+}
+
+static uint32_t s_puny_adapt(uint32_t delta, uint32_t npoints, int first)
+{
+    uint32_t k = 0;
+    delta = first ? delta / 700 : delta / 2;
+    delta += delta / npoints;
+    while (delta > (36 - 1) * 26 / 2) {
+        delta /= 36 - 1;
+        k += 36;
+    }
+    return k + (36 - 1 + 1) * delta / (delta + 38);
+}
+
+/* The ASCII form of a UTF-8 domain: each label with 8-bit bytes becomes
+ * "xn--" and its punycode (RFC 3492), other labels are kept (lower-cased).
+ * No IDNA mapping or normalization: the result names the domain only as a
+ * Message-ID's right side, where it needs to be ASCII and stable, not
+ * resolvable. 0, or -1 when d is not UTF-8 or the result does not fit size. */
+static int s_domain_ascii(const char *d, size_t len, char *out, size_t size)
+{
+    const unsigned char *u = (const unsigned char *)d;
+    size_t o = 0;
+    for (size_t b = 0; b <= len;) {
+        size_t e = b;
+        while (e < len && u[e] != '.')
+            e++;
+        uint32_t cp[64];
+        size_t n = 0, basic = 0;
+        for (size_t i = b; i < e; n++) {
+            size_t k = s_utf8_seq(u + i, e - i);
+            if (k == 0 || n == sizeof cp / sizeof cp[0])
+                return -1;
+            uint32_t c = k == 1 ? u[i] : (uint32_t)(u[i] & (0xFF >> (k + 1)));
+            for (size_t j = 1; j < k; j++)
+                c = c << 6 | (u[i + j] & 0x3F);
+            cp[n] = c;
+            basic += c < 0x80;
+            i += k;
+        }
+#define PUT(ch)                                                                                    \
+    do {                                                                                           \
+        if (o + 1 >= size)                                                                         \
+            return -1;                                                                             \
+        out[o++] = (ch);                                                                           \
+    } while (0)
+        if (b > 0)
+            PUT('.');
+        for (const char *x = "xn--"; basic < n && *x; x++)
+            PUT(*x);
+        for (size_t i = 0; i < n; i++)
+            if (cp[i] < 0x80)
+                PUT((char)(cp[i] >= 'A' && cp[i] <= 'Z' ? cp[i] + 32 : cp[i]));
+        if (basic < n) {
+            if (basic)
+                PUT('-');
+            uint32_t next = 0x80, delta = 0, bias = 72, h = (uint32_t)basic;
+            while (h < n) {
+                uint32_t m = UINT32_MAX;
+                for (size_t i = 0; i < n; i++)
+                    if (cp[i] >= next && cp[i] < m)
+                        m = cp[i];
+                delta += (m - next) * (h + 1); /* < 64 * 0x110000: no overflow */
+                next = m;
+                for (size_t i = 0; i < n; i++) {
+                    if (cp[i] < next)
+                        delta++;
+                    if (cp[i] != next)
+                        continue;
+                    uint32_t q = delta;
+                    for (uint32_t k = 36;; k += 36) {
+                        uint32_t t = k <= bias ? 1 : k >= bias + 26 ? 26 : k - bias;
+                        if (q < t)
+                            break;
+                        PUT(s_puny_digit(t + (q - t) % (36 - t)));
+                        q = (q - t) / (36 - t);
+                    }
+                    PUT(s_puny_digit(q));
+                    bias = s_puny_adapt(delta, h + 1, h == basic);
+                    delta = 0;
+                    h++;
+                }
+                delta++;
+                next++;
+            }
+        }
+#undef PUT
+        b = e + 1;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
 /* A URI fit for <...> in List-Unsubscribe (RFC 2369: no blanks, brackets,
  * quotes or literal commas). */
 static int s_uri_ok(const char *u)
@@ -1073,18 +1172,26 @@ static int s_hdr_msgid(sbuf_t *out, const mime_msg_t *m, char *mid_out, sbuf_t *
         snprintf(mid, sizeof mid, "%s", m->message_id);
     } else {
         const char *domain = m->message_id_domain;
-        if (!domain) {
-            const char *at = strrchr(m->from_addr, '@');
-            domain = at ? at + 1 : "";
-        }
         char dom[MSGID_DOMAIN_MAX + 1];
         size_t b, e;
-        s_trim(domain, strlen(domain), &b, &e);
-        if (e - b > MSGID_DOMAIN_MAX)
-            return s_fail(err, "message_id_domain must be an ASCII host name");
-        snprintf(dom, sizeof dom, "%.*s", (int)(e - b), domain + b);
-        if (!s_domain_ok(dom))
-            return s_fail(err, "message_id_domain must be an ASCII host name");
+        if (!domain) {
+            /* From's domain may be UTF-8 (email_addr takes IDNs): its
+             * punycode form is the same domain in the ASCII a msg-id needs,
+             * and when even that does not fit, any ASCII name will do, since
+             * the random left part is what makes the id unique. */
+            const char *at = strrchr(m->from_addr, '@');
+            domain = at ? at + 1 : "";
+            s_trim(domain, strlen(domain), &b, &e);
+            if (s_domain_ascii(domain + b, e - b, dom, sizeof dom) != 0 || !s_domain_ok(dom))
+                snprintf(dom, sizeof dom, "%s", MSGID_DOMAIN_FALLBACK);
+        } else {
+            s_trim(domain, strlen(domain), &b, &e);
+            if (e - b > MSGID_DOMAIN_MAX)
+                return s_fail(err, "message_id_domain must be an ASCII host name");
+            snprintf(dom, sizeof dom, "%.*s", (int)(e - b), domain + b);
+            if (!s_domain_ok(dom))
+                return s_fail(err, "message_id_domain must be an ASCII host name");
+        }
         char hex[33];
         if (s_random_hex(hex, 16) < 0)
             return s_fail(err, "no Message-ID (randomness unavailable)");

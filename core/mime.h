@@ -18,7 +18,8 @@
  * Boundaries are random and checked not to occur in what they enclose.
  *
  * Addresses are written as given: a UTF-8 address (RFC 6531) makes the
- * header section 8-bit, and the SMTP client must then use SMTPUTF8.
+ * header section 8-bit, and the SMTP client must then use SMTPUTF8. A
+ * generated Message-ID takes From's domain in its ASCII (punycode) form.
  *
  * With no To and no Cc (a Bcc-only send) the message has no To field.
  *

@@ -560,6 +560,45 @@ static void test_blank_runs_stay_under_998(void **state)
     }
 }
 
+/* With no message_id_domain the Message-ID takes From's domain; a UTF-8
+ * (IDN) domain used to fail the build ("must be an ASCII host name"). Its
+ * punycode form is used: RFC 3492 and IDNA test vectors. */
+static void test_idn_from_message_id(void **state)
+{
+    (void)state;
+    const char *cases[][2] = {
+        {"news@b\xc3\xbc" "cher.de", "xn--bcher-kva.de"},
+        {"a@M\xc3\xbcnchen.DE", "xn--mnchen-3ya.de"},
+        {"a@\xe4\xbe\x8b\xe3\x81\x88.\xe3\x83\x86\xe3\x82\xb9\xe3\x83\x88",
+         "xn--r8jz45g.xn--zckzah"},
+        {"a@\xd9\x85\xd8\xab\xd8\xa7\xd9\x84.\xd8\xa7\xdb\x8c\xd8\xb1\xd8\xa7\xd9\x86",
+         "xn--mgbh0fb.xn--mgba3a4f16a"},
+        {"a@example.org", "example.org"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mime_msg_t m = s_base();
+        m.from_addr = cases[i][0];
+        m.message_id_domain = NULL;
+        sbuf_t *out = sbuf_new(0), *err = sbuf_new(0);
+        char mid[MIME_MESSAGE_ID_MAX];
+        if (mime_build(&m, out, mid, err) != 0)
+            fail_msg("case %zu: %s", i, sbuf_data(err));
+        const char *at = strchr(mid, '@');
+        assert_non_null(at);
+        if (strlen(at + 1) != strlen(cases[i][1]) + 1 ||
+            strncmp(at + 1, cases[i][1], strlen(cases[i][1])) != 0)
+            fail_msg("case %zu: %s, want @%s>", i, mid, cases[i][1]);
+        sbuf_destroy(&out);
+        sbuf_destroy(&err);
+    }
+    /* a caller's own message_id_domain is still held to ASCII */
+    mime_msg_t m = s_base();
+    m.message_id_domain = "b\xc3\xbc" "cher.de";
+    sbuf_t *out = sbuf_new(0);
+    assert_int_equal(mime_build(&m, out, NULL, NULL), -1);
+    sbuf_destroy(&out);
+}
+
 static void test_headers_and_unsubscribe(void **state)
 {
     (void)state;
@@ -1008,6 +1047,7 @@ int main(void)
         cmocka_unit_test(test_big_attachment),
         cmocka_unit_test(test_verp),
         cmocka_unit_test(test_blank_runs_stay_under_998),
+        cmocka_unit_test(test_idn_from_message_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
