@@ -580,9 +580,9 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         if (unsub_url)
             snprintf(unsub_url, ul, "%s" UNSUB_PATH "%s", M.unsub_base, utok);
     }
-    const char *tov[100], *ccv[100], *rtv[4];
+    const char *tov[100], *ccv[100], *rtv[10]; /* reply_to: the API takes up to 10 */
     size_t nto = s_strings(to, tov, 100), ncc = s_strings(cc, ccv, 100);
-    size_t nrt = s_strings(reply, rtv, 4);
+    size_t nrt = s_strings(reply, rtv, 10);
     mime_msg_t m = {
         .from_name = db_result_get(res, i, 3),
         .from_addr = from,
@@ -590,7 +590,8 @@ static void s_send_row(actor_ctx_t *ctx, mailer_state_t *st, db_t *db, db_result
         .nto = nto,
         .cc = ccv,
         .ncc = ncc,
-        .reply_to = nrt ? rtv[0] : NULL,
+        .reply_to_list = rtv,
+        .nreply_to = nrt,
         .subject = db_result_get(res, i, 8),
         .headers = hv,
         .nheaders = k,

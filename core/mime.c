@@ -1253,7 +1253,14 @@ static int s_headers(sbuf_t *out, const mime_msg_t *m, build_t *b, char *mid_out
         return s_fail(err, "too many custom headers (at most %d)", MIME_HEADERS_MAX);
     if (s_hdr_date(out, m->date, err) < 0 || s_hdr_from(out, m, err) < 0)
         return -1;
+    if (m->reply_to && m->nreply_to)
+        return s_fail(err, "reply_to: give reply_to or reply_to_list, not both");
+    if (m->nreply_to > MIME_RECIPIENTS_MAX)
+        return s_fail(err, "too many reply_to addresses (at most %d)", MIME_RECIPIENTS_MAX);
     if (m->reply_to && s_hdr_addresses(out, "Reply-To", &m->reply_to, 1, b->name, err) < 0)
+        return -1;
+    if (m->nreply_to &&
+        s_hdr_addresses(out, "Reply-To", m->reply_to_list, m->nreply_to, b->name, err) < 0)
         return -1;
     if (m->nto && s_hdr_addresses(out, "To", m->to, m->nto, b->name, err) < 0)
         return -1;

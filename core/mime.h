@@ -21,6 +21,9 @@
  * header section 8-bit, and the SMTP client must then use SMTPUTF8. A
  * generated Message-ID takes From's domain in its ASCII (punycode) form.
  *
+ * Reply-To: reply_to (one address) or reply_to_list (nreply_to of them,
+ * all written), not both.
+ *
  * With no To and no Cc (a Bcc-only send) the message has no To field.
  *
  * Security: every header input is refused when it holds CR, LF or NUL, is
@@ -60,7 +63,9 @@ typedef struct {
     size_t nto;                          /* entries in to */
     const char *const *cc;               /* same form as to */
     size_t ncc;                          /* entries in cc */
-    const char *reply_to;                /* may be NULL; same form as to */
+    const char *reply_to;                /* one Reply-To, or NULL; same form as to */
+    const char *const *reply_to_list;    /* Reply-To with several addresses (or one) */
+    size_t nreply_to;                    /* entries in reply_to_list (0: none, or reply_to) */
     const char *subject;                 /* UTF-8; NULL or "" = no Subject */
     const char *html, *text;             /* either or both (NULL = absent) */
     const mime_header_t *headers;        /* custom headers (X-..., etc.) */

@@ -599,6 +599,28 @@ static void test_idn_from_message_id(void **state)
     sbuf_destroy(&out);
 }
 
+/* Reply-To with several addresses writes every one (the API takes up to
+ * 10; only the first used to be sent); giving both forms is refused. */
+static void test_reply_to_list(void **state)
+{
+    (void)state;
+    const char *rt[] = {"r1@example.org", "R Two <r2@example.org>", "r3@example.net"};
+    mime_msg_t m = s_base();
+    m.reply_to_list = rt;
+    m.nreply_to = 3;
+    sbuf_t *want = sbuf_new(0);
+    s_want_headers(want, "Hello");
+    sbuf_append_str(want, "Reply-To: |r1@example.org; R Two|r2@example.org; |r3@example.net\n");
+    s_leaf(want, 0, "text/plain", "7bit", "-", "-", "-", TEXT, strlen(TEXT));
+    s_expect(&m, want);
+    sbuf_destroy(&want);
+    m.reply_to = "r@example.org";
+    sbuf_t *out = sbuf_new(0);
+    assert_int_equal(mime_build(&m, out, NULL, NULL), -1);
+    assert_int_equal(sbuf_len(out), 0);
+    sbuf_destroy(&out);
+}
+
 static void test_headers_and_unsubscribe(void **state)
 {
     (void)state;
@@ -1048,6 +1070,7 @@ int main(void)
         cmocka_unit_test(test_verp),
         cmocka_unit_test(test_blank_runs_stay_under_998),
         cmocka_unit_test(test_idn_from_message_id),
+        cmocka_unit_test(test_reply_to_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
