@@ -50,6 +50,7 @@
 #include "db.h"
 #include "email_addr.h"
 #include "log.h"
+#include "mime.h"
 #include "rule.h"
 #include "sbuf.h"
 #include "tmpl.h"
@@ -333,7 +334,9 @@ static void s_headers(api_req_t *req, send_t *s, json_t *body)
                           HEADER_NAME_MAX);
             continue;
         }
-        if (s_header_reserved(key)) {
+        /* mime refuses more (Resent-*, ...) when it builds the message,
+         * long after the 202: ask it now. */
+        if (s_header_reserved(key) || !mime_custom_header_ok(key)) {
             api_error_add(api_errors(req), field,
                           "is set by Postchi itself; use the matching field or leave it out");
             continue;
@@ -418,16 +421,20 @@ static void s_attachments(api_req_t *req, send_t *s, json_t *body)
             }
             val[k] = json_string_value(v);
         }
-        if (val[1] && !strchr(val[1], '/')) {
+        /* The mailer builds with core/mime: what it would refuse is refused
+         * here, so an accepted send never fails for its shape. */
+        if (val[1] && !mime_attachment_type_ok(val[1])) {
             snprintf(field, sizeof field, "attachments[%zu].content_type", i);
-            api_error_add(api_errors(req), field, "must be a media type such as image/png");
+            api_error_add(api_errors(req), field,
+                          "must be a media type type/subtype without parameters, such as "
+                          "image/png (at most 127 bytes; not multipart/* or message/*)");
             val[1] = NULL;
         }
-        if (val[3] && strpbrk(val[3], "<> \t\"")) {
+        if (val[3] && !mime_content_id_ok(val[3])) {
             snprintf(field, sizeof field, "attachments[%zu].content_id", i);
             api_error_add(api_errors(req), field,
-                          "must not contain angle brackets, quotes or spaces (reference it as "
-                          "cid:<content_id>)");
+                          "must be 1 to 200 printable ASCII characters without spaces or any of "
+                          "< > \" \\ ( ) , ; : [ ] (reference it as cid:<content_id>)");
             val[3] = NULL;
         }
         size_t decoded = 0;
@@ -446,6 +453,32 @@ static void s_attachments(api_req_t *req, send_t *s, json_t *body)
                                                  "content", val[2]));
     }
     json_object_set_new(s->doc, "attachments", out);
+}
+
+/* Inline images (content_id) live in a multipart/related beside the html
+ * that references them: without an html body mime has nothing to put them
+ * in. Called once the bodies are known (after rendering for a template);
+ * -1 after a field error per inline attachment. */
+static int s_inline_needs_html(api_req_t *req, const send_t *s)
+{
+    json_t *html = json_object_get(s->doc, "html");
+    if (json_string_length(html) > 0)
+        return 0;
+    int bad = 0;
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(s->doc, "attachments"), i, a) {
+        if (!json_string_value(json_object_get(a, "content_id")))
+            continue;
+        char field[64];
+        snprintf(field, sizeof field, "attachments[%lld].content_id",
+                 (long long)json_integer_value(json_object_get(a, "idx")));
+        api_error_add(api_errors(req), field,
+                      "an inline image needs an html body that references it; without html, "
+                      "leave content_id out to attach it");
+        bad = 1;
+    }
+    return bad ? -1 : 0;
 }
 
 /* tags: [string], metadata: {}. */
@@ -666,6 +699,11 @@ static int s_render(api_req_t *req, send_t *s, json_t *warnings, int *rc)
         } else if (i == 0 && !aud_no_controls(sbuf_data(buf), sbuf_len(buf))) {
             api_error_add(api_errors(req), "variables",
                           "the rendered subject contains CR, LF or other control characters");
+            failed = 1;
+        } else if (i == 0 && sbuf_len(buf) > SUBJECT_MAX) {
+            api_error_add(api_errors(req), "variables",
+                          "the rendered subject is %zu bytes; at most %d (as a given subject)",
+                          sbuf_len(buf), SUBJECT_MAX);
             failed = 1;
         } else {
             if (i == 0 || sbuf_len(buf) > 0)
@@ -1151,9 +1189,13 @@ static int s_send(api_req_t *req)
     s_send_at(req, &s, body);
 
     int rc = 0;
+    if (!json_object_get(body, "template_id"))
+        s_inline_needs_html(req, &s);
     if (api_errors_count(api_errors(req)))
         goto invalid;
     if (s_check_domain(req, &s, &rc) != 0 || (s.template_id && s_render(req, &s, warnings, &rc)))
+        goto invalid;
+    if (s.template_id && s_inline_needs_html(req, &s) != 0)
         goto invalid;
     if (s.size > MESSAGE_MAX_BYTES) {
         rc = api_problem(req, 413, "Content Too Large",

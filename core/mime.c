@@ -715,6 +715,17 @@ static int s_cid_ok(const char *cid)
     return 1;
 }
 
+int mime_attachment_type_ok(const char *ct)
+{
+    return ct && mime_header_value_ok(ct) && s_content_type_ok(ct) &&
+           strncasecmp(ct, "multipart/", 10) != 0 && strncasecmp(ct, "message/", 8) != 0;
+}
+
+int mime_content_id_ok(const char *cid)
+{
+    return cid && mime_header_value_ok(cid) && s_cid_ok(cid);
+}
+
 /* "<left@right>" with one '@' and id characters only. */
 static int s_msgid_ok(const char *id)
 {

@@ -119,6 +119,16 @@ int mime_header_value_ok(const char *v);
  * Return-Path, Received, Reply-To, Sender, List-Unsubscribe*. */
 int mime_custom_header_ok(const char *name);
 
+/* 1 when ct is a content type mime_build takes for an attachment:
+ * "type/subtype" of RFC 2045 tokens with no parameters, at most 127 bytes,
+ * and not a multipart or message type (those cannot be base64 leaves). The API
+ * asks before accepting a send, so a send is never refused later. */
+int mime_attachment_type_ok(const char *ct);
+
+/* 1 when cid is a Content-ID mime_build takes: 1..200 printable ASCII
+ * characters, none of them a blank or one of < > " \ ( ) , ; : [ ]. */
+int mime_content_id_ok(const char *cid);
+
 /* VERP return path for a message: "<local>+<token>@<domain>" where token
  * identifies the message (letters, digits, '-' and '_' only). Caller owns
  * the result (free it); NULL when an input is invalid or memory runs out. */

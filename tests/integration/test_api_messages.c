@@ -229,6 +229,26 @@ static void test_every_bad_field_is_named_and_nothing_is_written(void **state)
         {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
          "\"a\\r\\nX: y\",\"content_type\":\"text/plain\",\"content\":\"AA==\"}]",
          "attachments[0].filename"},
+        /* What the mailer's MIME builder would refuse after a 202. */
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain; charset=utf-8\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"message/rfc822\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"html\":\"h\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"image/png\",\"content\":\"AA==\",\"content_id\":\"a(b)\"}]",
+         "attachments[0].content_id"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"html\":\"h\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"image/png\",\"content\":\"AA==\",\"content_id\":"
+         "\"caf\u00e9\"}]",
+         "attachments[0].content_id"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"image/png\",\"content\":\"AA==\",\"content_id\":\"logo\"}]",
+         "attachments[0].content_id"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\","
+         "\"headers\":{\"Resent-From\":\"x@y.example\"}",
+         "headers.Resent-From"},
         {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"tags\":[\"\"]", "tags[0]"},
         {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"metadata\":[1]", "metadata"},
         {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"send_at\":\"tomorrow\"",
@@ -326,6 +346,36 @@ static void test_template_send_renders_at_acceptance(void **state)
     assert_int_equal(s_send(E.key_send, body, NULL, &r), 422);
     assert_true(aud_test_has_error(&r, "variables"));
     api_resp_free(&r);
+
+    /* A rendered subject over 998 bytes (a given one is capped there) is
+     * refused now, not failed by the mailer after a 202. */
+    assert_int_equal(api_call(&E, "POST", "/api/v1/templates", E.key_full,
+                              "{\"name\":\"long subject\",\"subject\":\"{{ s }}\","
+                              "\"text\":\"t\"}",
+                              NULL, &r),
+                     201);
+    char *long_tid = strdup(aud_test_str(&r, "id"));
+    api_resp_free(&r);
+    char *big = malloc(3000 + 512);
+    int n = snprintf(big, 512, "{\"from\":" FROM ",\"to\":\"t1@y.example\",\"template_id\":\"%s\","
+                     "\"variables\":{\"s\":\"", long_tid);
+    memset(big + n, 's', 3000);
+    strcpy(big + n + 3000, "\"}}");
+    assert_int_equal(s_send(E.key_send, big, NULL, &r), 422);
+    assert_true(aud_test_has_error(&r, "variables"));
+    api_resp_free(&r);
+    /* An inline image with a template that renders no html. */
+    snprintf(big, 3000 + 512,
+             "{\"from\":" FROM ",\"to\":\"t1@y.example\",\"template_id\":\"%s\","
+             "\"variables\":{\"s\":\"short\"},\"attachments\":[{\"filename\":\"a\","
+             "\"content_type\":\"image/png\",\"content\":\"AA==\",\"content_id\":\"logo\"}]}",
+             long_tid);
+    assert_int_equal(s_send(E.key_send, big, NULL, &r), 422);
+    assert_true(aud_test_has_error(&r, "attachments[0].content_id"));
+    api_resp_free(&r);
+    free(big);
+    free(long_tid);
+    assert_int_equal(s_count("true"), before);
 
     /* Strict: the missing variable refuses the send, nothing written. */
     char path[128];
