@@ -209,10 +209,11 @@ int authn_jwt_issue(const char *secret, const char *issuer, int64_t ttl_s, const
  * "typ":"JWT"; -1 otherwise. */
 static int s_header_ok(const unsigned char *json, size_t len)
 {
-    /* Read before the signature is checked, so from anyone: flat only
-     * (a deep one would overflow the request thread's stack in the
-     * parser). */
-    if (!json_depth_ok((const char *)json, len, 1))
+    /* Read before the signature is checked, so from anyone: two levels
+     * at most ({"alg":["HS256"]} is still told apart as an unsupported
+     * algorithm; a deep one would overflow the request thread's stack in
+     * the parser). */
+    if (!json_depth_ok((const char *)json, len, 2))
         return -1;
     json_t *h = json_loadb((const char *)json, len, JSON_REJECT_DUPLICATES, NULL);
     if (!h || !json_is_object(h)) {
@@ -285,7 +286,7 @@ int authn_jwt_verify(const char *secret, const char *issuer, const char *token, 
     if (s_header_ok(header, header_len) != 0) {
         /* Well-formed JSON with the wrong algorithm (or extra header
          * fields) is told apart from garbage, for the log. */
-        json_t *h = json_depth_ok((const char *)header, header_len, 1)
+        json_t *h = json_depth_ok((const char *)header, header_len, 2)
                         ? json_loadb((const char *)header, header_len, 0, NULL)
                         : NULL;
         if (json_is_object(h))
