@@ -2,7 +2,7 @@
  * smtp_fake_util - see smtp_fake_util.h. One thread per connection reads
  * a line at a time (into an sbuf: no limit on what the client sends) and
  * hands it to the command table; the modes hook in at the greeting, at
- * EHLO and inside DATA. Test code: a peer that misbehaves just gets its
+ * EHLO, at MAIL, RCPT and DATA and inside DATA. Test code: a peer that misbehaves just gets its
  * connection closed.
  */
 #include <netinet/in.h>
@@ -162,6 +162,37 @@ static int s_auth_login(fconn_t *c, sbuf_t *seen)
     return ok;
 }
 
+/* Read and drop what the client sends until it closes. */
+static void s_drain(fconn_t *c)
+{
+    char buf[4096];
+    while (recv(c->fd, buf, sizeof buf, 0) > 0)
+        ;
+}
+
+/* Hang up politely (FIN) and wait for the client to close, so what it
+ * sent after is read and the close is never turned into a reset. */
+static void s_hangup(fconn_t *c)
+{
+    shutdown(c->fd, SHUT_WR);
+    s_drain(c);
+}
+
+/* SMTP_FAKE_REPLY: 1 when verb is the one answered oddly (then *rc is
+ * what the command returns), else 0. */
+static int s_odd(fconn_t *c, const char *verb, int *rc)
+{
+    const smtp_fake_t *f = c->f;
+    if (f->mode != SMTP_FAKE_REPLY || !f->odd_at || strcasecmp(f->odd_at, verb) != 0)
+        return 0;
+    *rc = s_write(c, f->odd_reply);
+    if (f->odd_close) {
+        s_hangup(c);
+        *rc = -1;
+    }
+    return 1;
+}
+
 /* ---- commands: each returns 0 to go on, -1 to end the connection ---- */
 
 static int s_ehlo(fconn_t *c)
@@ -174,6 +205,13 @@ static int s_ehlo(fconn_t *c)
         for (int i = 0; i < 10; i++)
             s_send(c, chunk, sizeof chunk);
         return s_write(c, "\r\n250 ok\r\n");
+    }
+    if (f->mode == SMTP_FAKE_EARLY_220) {
+        /* one write, so the client reads the 220 with the EHLO reply */
+        s_write(c, "250-fake\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+                   "220 2.0.0 go ahead\r\n");
+        s_drain(c); /* the handshake never comes: the client must not spin */
+        return -1;
     }
     if (c->ssl)
         s_count(f, &f->ehlo_tls);
@@ -236,19 +274,43 @@ static int s_mail(fconn_t *c)
 {
     smtp_fake_t *f = c->f;
     s_record(f, f->mail, sbuf_data(c->line), sbuf_len(c->line));
+    int rc;
+    if (s_odd(c, "MAIL", &rc))
+        return rc;
     return s_write(c, f->user && !c->authed ? "530 5.7.0 authentication required\r\n"
                                             : "250 2.1.0 ok\r\n");
 }
 
 static int s_rcpt(fconn_t *c)
 {
+    int rc;
+    if (s_odd(c, "RCPT", &rc))
+        return rc;
     return s_write(c, "250 2.1.5 ok\r\n");
+}
+
+/* SMTP_FAKE_FLOOD_BODY: the body goes unread while the client is flooded. */
+static int s_flood(fconn_t *c)
+{
+    smtp_fake_t *f = c->f;
+    char chunk[65536];
+    memset(chunk, 'x', sizeof chunk);
+    for (int i = 0; i < 1024 && s_send(c, chunk, sizeof chunk) == 0; i++) {
+        pthread_mutex_lock(&f->lock);
+        f->flooded += (long long)sizeof chunk;
+        pthread_mutex_unlock(&f->lock);
+    }
+    return -1;
 }
 
 static int s_data(fconn_t *c)
 {
+    int rc;
+    if (s_odd(c, "DATA", &rc))
+        return rc;
     c->in_data = 1;
-    return s_write(c, "354 go\r\n");
+    rc = s_write(c, "354 go\r\n");
+    return rc == 0 && c->f->mode == SMTP_FAKE_FLOOD_BODY ? s_flood(c) : rc;
 }
 
 static int s_quit(fconn_t *c)
@@ -264,11 +326,20 @@ static int s_data_line(fconn_t *c)
     smtp_fake_t *f = c->f;
     if (f->mode == SMTP_FAKE_DROP_DATA && sbuf_len(c->msg) > 20)
         return -1;
+    if (f->mode == SMTP_FAKE_EARLY_552 && sbuf_len(c->msg) > 20) {
+        s_write(c, "552 5.3.4 message too big\r\n");
+        return -1; /* closed with the rest of the message unread: a reset */
+    }
     if (strcmp(sbuf_data(c->line), ".") != 0) {
         sbuf_append(c->msg, sbuf_data(c->line), sbuf_len(c->line));
         return sbuf_append(c->msg, "\n", 1);
     }
     c->in_data = 0;
+    int rc;
+    if (s_odd(c, ".", &rc)) {
+        sbuf_reset(c->msg);
+        return rc;
+    }
     pthread_mutex_lock(&f->lock);
     f->messages++;
     if (++c->messages > f->max_per_conn)

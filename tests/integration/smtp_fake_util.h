@@ -25,6 +25,20 @@
  *   SMTP_FAKE_LONG_LINE  answers EHLO with a 10,000-byte reply line.
  *   SMTP_FAKE_DROP_DATA  hangs up once more than 20 bytes of a message
  *                        arrived, without a reply.
+ *   SMTP_FAKE_REPLY      answers the command odd_at ("MAIL", "RCPT",
+ *                        "DATA", or "." for the final dot) with odd_reply
+ *                        instead (a 250 to DATA, a 354 to MAIL, a 554 to
+ *                        MAIL); with odd_close it then hangs up (FIN, and
+ *                        reads to EOF). DATA answered so is not data mode.
+ *   SMTP_FAKE_FLOOD_BODY after its 354 stops reading and writes 'x' until
+ *                        64 MiB went out or the client hung up (flooded
+ *                        counts the bytes), then closes.
+ *   SMTP_FAKE_EARLY_220  answers EHLO (with STARTTLS) and a 220 to a
+ *                        STARTTLS not yet sent, in one write; then reads
+ *                        and drops everything until EOF.
+ *   SMTP_FAKE_EARLY_552  once more than 20 bytes of a message arrived,
+ *                        answers 552 before the end of the data and hangs
+ *                        up with the rest unread (a reset).
  *
  * Test code: a peer that misbehaves just gets its connection closed.
  */
@@ -41,7 +55,11 @@ typedef enum {
     SMTP_FAKE_NORMAL = 0, /* a small but correct ESMTP server */
     SMTP_FAKE_GARBAGE,    /* greeting is not SMTP, then a hang-up */
     SMTP_FAKE_LONG_LINE,  /* EHLO reply line of 10,000 bytes */
-    SMTP_FAKE_DROP_DATA   /* hangs up in the middle of a message */
+    SMTP_FAKE_DROP_DATA,  /* hangs up in the middle of a message */
+    SMTP_FAKE_REPLY,      /* odd_reply to odd_at, then a hang-up when odd_close */
+    SMTP_FAKE_FLOOD_BODY, /* floods the client after 354 */
+    SMTP_FAKE_EARLY_220,  /* 220 to STARTTLS in the same write as the EHLO reply */
+    SMTP_FAKE_EARLY_552   /* 552 in the middle of a message, then a reset */
 } smtp_fake_mode_t;
 
 typedef struct {
@@ -53,6 +71,9 @@ typedef struct {
     const char *pass;       /* its password */
     const char *ehlo_auth;  /* the EHLO AUTH line; NULL: "250-AUTH PLAIN LOGIN\r\n" */
     const char *ehlo_extra; /* more EHLO lines ("250-SIZE 100\r\n") or NULL */
+    const char *odd_at;     /* SMTP_FAKE_REPLY: the verb answered oddly, "." the final dot */
+    const char *odd_reply;  /* its reply, CRLF included */
+    int odd_close;          /* hang up after odd_reply */
     /* run state */
     int lfd;                              /* listening socket */
     int port;                             /* its 127.0.0.1 port */
@@ -69,6 +90,7 @@ typedef struct {
     int max_per_conn;                     /* the most accepted on one connection */
     int active;                           /* connections open now */
     int max_active;                       /* the most open at once */
+    long long flooded;                    /* bytes SMTP_FAKE_FLOOD_BODY got out */
     sbuf_t *data;                         /* every accepted message, concatenated */
     sbuf_t *mail;                         /* the last MAIL command line */
     sbuf_t *auth;                         /* the last AUTH's credentials as decoded: PLAIN
