@@ -728,11 +728,25 @@ static void s_after_txn(smtp_conn_t *c, int failed)
     }
 }
 
+/* A reply that settles a command: 2xx, 4xx or 5xx. Anything else to
+ * MAIL, RCPT or the final dot (or other than 354 to DATA) is a broken or
+ * hostile peer; passed on as the result, a 2xx would record a message as
+ * sent that was never written, so it fails the connection (code 0,
+ * deferred) instead. */
+static int s_final_class(int code)
+{
+    return code / 100 == 2 || code / 100 == 4 || code / 100 == 5;
+}
+
 /* One reply of the MAIL/RCPT/DATA sequence. */
 static void s_on_txn_reply(smtp_conn_t *c)
 {
     int code = c->reply_code;
     size_t k = c->txn_next++;
+    if (k <= c->nrcpt && !s_final_class(code)) {
+        s_fail(c, 0, "unexpected reply %d to %s", code, k == 0 ? "MAIL" : "RCPT");
+        return;
+    }
     if (k == 0) {
         c->mail_code = code;
         if (code < 200 || code >= 300) {
@@ -767,6 +781,10 @@ static void s_on_txn_reply(smtp_conn_t *c)
             c->state = ST_ABORT_DOT;
             s_set_deadline(c, s_timeout(c->opts.final_timeout_ms, 600000));
             s_queue(c, ".");
+            return;
+        }
+        if (code < 400) {
+            s_fail(c, 0, "unexpected reply %d to DATA", code);
             return;
         }
         if (usable)
@@ -877,6 +895,10 @@ static void s_on_reply(smtp_conn_t *c)
         s_on_txn_reply(c);
         break;
     case ST_FINAL:
+        if (!s_final_class(code)) {
+            s_fail(c, 0, "unexpected reply %d to the end of data", code);
+            break;
+        }
         s_finish_reply(c);
         s_after_txn(c, code < 200 || code >= 300);
         break;

@@ -497,6 +497,41 @@ static void test_fake_local_refusals(void **state)
     assert_int_equal(smtp_conn_submit(c, "a", S_ONE, 1, "x", 1, 0), -1);
 }
 
+/* A code the command cannot have answered with is a broken or hostile
+ * peer: a protocol error (code 0, deferred), never the result. A 250 to
+ * DATA used to be reported as sent with no byte of the body written. */
+static void test_fake_odd_replies(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *at, *reply;
+    } cases[] = {
+        {"DATA", "250 2.0.0 whatever\r\n"},
+        {"DATA", "221 2.0.0 bye\r\n"},
+        {"MAIL", "354 go on\r\n"},
+        {"RCPT", "334 what\r\n"},
+        {".", "354 again\r\n"},
+    };
+    smtp_opts_t o = s_opts();
+    int bad = 0; /* every case is tried, each wrong one shown */
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        smtp_fake_t fk = {
+            .mode = SMTP_FAKE_REPLY, .odd_at = cases[i].at, .odd_reply = cases[i].reply};
+        s_fake_start(&fk);
+        smtp_result_t r;
+        int code = s_one_message(fk.port, &o, S_MSG, &r);
+        if (code != 0 || !strstr(r.text, "unexpected reply")) {
+            print_message("%s answered %.*s: result %d %s\n", cases[i].at,
+                          (int)strcspn(cases[i].reply, "\r"), cases[i].reply, code, r.text);
+            bad++;
+        }
+        smtp_result_clear(&r);
+        smtp_fake_stop(&fk);
+        assert_int_equal(fk.messages, 0);
+    }
+    assert_int_equal(bad, 0);
+}
+
 static void test_fake_starttls_auth(void **state)
 {
     (void)state;
@@ -622,6 +657,7 @@ int main(void)
         cmocka_unit_test(test_fake_garbage_and_long_lines),
         cmocka_unit_test(test_fake_drop_mid_data),
         cmocka_unit_test(test_fake_local_refusals),
+        cmocka_unit_test(test_fake_odd_replies),
         cmocka_unit_test(test_fake_starttls_auth),
         cmocka_unit_test(test_fake_auth_login_plaintext),
     };
