@@ -198,8 +198,20 @@ static void s_close(smtp_conn_t *c)
     c->tls_active = 0;
 }
 
+/* 1 when the server has already refused the whole transaction while
+ * pipelined replies are still due: MAIL refused, or every RCPT answered
+ * and none accepted. */
+static int s_refused(const smtp_conn_t *c)
+{
+    if (c->mail_code != 0 && (c->mail_code < 200 || c->mail_code >= 300))
+        return 1;
+    return c->result.code != 0 && c->rcpt_ok == 0 && c->txn_next > c->nrcpt;
+}
+
 /* End the connection with a reason; a transaction in flight gets code 0
- * (or code when the server gave one, e.g. 421). */
+ * (or code when the server gave one, e.g. 421), unless the server has
+ * refused it already: a blocklist 554 to MAIL followed by a hang-up is
+ * still a 554, to bounce once rather than retry until expiry. */
 static void s_fail(smtp_conn_t *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void s_fail(smtp_conn_t *c, int code, const char *fmt, ...)
@@ -214,7 +226,10 @@ static void s_fail(smtp_conn_t *c, int code, const char *fmt, ...)
     sbuf_reset(c->err);
     s_sanitize_into(c->err, line, strlen(line));
     c->err_code = code;
-    if (c->txn_active) {
+    if (c->txn_active && s_refused(c)) {
+        c->txn_active = 0;
+        c->result_state = 1;
+    } else if (c->txn_active) {
         /* only a 4xx (421) ends a connection with a reply; anything else
          * that ends it mid-transaction is not the message's fault: defer */
         int rc = code >= 400 && code < 500 ? code : 0;

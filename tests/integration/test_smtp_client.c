@@ -532,6 +532,49 @@ static void test_fake_odd_replies(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* With PIPELINING a server that refuses MAIL (or the only RCPT) and hangs
+ * up has still answered: the refusal stands, it is not a connection
+ * failure to retry until the message expires. */
+static void test_fake_refusal_then_hangup(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *at, *reply;
+        size_t nrcpt;
+        int code;
+        const char *why; /* the server's reason, kept in the result */
+    } cases[] = {
+        {"MAIL", "554 5.7.1 sender blocked\r\n", 1, 554, "sender blocked"},
+        {"RCPT", "550 5.1.1 no such user\r\n", 1, 550, "no such user"},
+        /* the second recipient was never answered: defer */
+        {"RCPT", "550 5.1.1 no such user\r\n", 2, 0, ""},
+    };
+    const char *rcpts[] = {"one@example.test", "two@example.test"};
+    smtp_opts_t o = s_opts();
+    int bad = 0; /* every case is tried, each wrong one shown */
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        smtp_fake_t fk = {.mode = SMTP_FAKE_REPLY,
+                          .odd_at = cases[i].at,
+                          .odd_reply = cases[i].reply,
+                          .odd_close = 1};
+        s_fake_start(&fk);
+        smtp_conn_t *c = s_connect(fk.port, &o);
+        assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+        smtp_result_t r;
+        int code = s_send(c, rcpts, cases[i].nrcpt, S_MSG, 0, &r);
+        int ok = code == cases[i].code && strstr(r.text, cases[i].why);
+        if (!ok) {
+            print_message("%s refused, %zu rcpt: result %d %s\n", cases[i].at, cases[i].nrcpt, code,
+                          r.text);
+            bad++;
+        }
+        smtp_result_clear(&r);
+        smtp_conn_destroy(&c);
+        smtp_fake_stop(&fk);
+    }
+    assert_int_equal(bad, 0);
+}
+
 static void test_fake_starttls_auth(void **state)
 {
     (void)state;
@@ -658,6 +701,7 @@ int main(void)
         cmocka_unit_test(test_fake_drop_mid_data),
         cmocka_unit_test(test_fake_local_refusals),
         cmocka_unit_test(test_fake_odd_replies),
+        cmocka_unit_test(test_fake_refusal_then_hangup),
         cmocka_unit_test(test_fake_starttls_auth),
         cmocka_unit_test(test_fake_auth_login_plaintext),
     };
