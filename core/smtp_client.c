@@ -700,6 +700,31 @@ static int s_has_8bit(const char *p, size_t len)
     return 0;
 }
 
+/* 1 when the header section (up to the first empty line) has an 8-bit
+ * byte. Callers' bodies are 7-bit, but a raw UTF-8 address in To, Cc,
+ * From or Reply-To makes the header 8-bit, and that needs SMTPUTF8
+ * (RFC 6532) even when every envelope address is ASCII. Line ends as
+ * s_stuff reads them: CRLF, LF or CR. */
+static int s_header_8bit(const char *p, size_t len)
+{
+    int bol = 1;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '\r' || ch == '\n') {
+            if (ch == '\r' && i + 1 < len && p[i + 1] == '\n')
+                i++;
+            if (bol)
+                return 0;
+            bol = 1;
+            continue;
+        }
+        if (ch & 0x80)
+            return 1;
+        bol = 0;
+    }
+    return 0;
+}
+
 /* Queue the next transaction command (sent = how many are out already). */
 static void s_txn_send_next(smtp_conn_t *c)
 {
@@ -1278,6 +1303,7 @@ int smtp_conn_submit(smtp_conn_t *c, const char *mail_from, const char *const *r
         bad |= !s_addr_ok(rcpts[i]);
         utf8 |= s_has_8bit(rcpts[i], strlen(rcpts[i]));
     }
+    utf8 |= s_header_8bit(data ? data : "", len);
     c->txn_active = 1;
     if (bad) {
         const char *t = "address with control characters or angle brackets (refused locally)";

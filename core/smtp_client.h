@@ -123,8 +123,9 @@ int smtp_conn_step(smtp_conn_t *self, short revents);
 /* Start a transaction; only when IDLE. rcpts (nrcpt >= 1) and all strings
  * are copied; data is the whole message (lines ending CRLF or LF; the
  * client writes CRLF, dot-stuffs and adds the final CRLF.CRLF). smtputf8:
- * 1 when the envelope or headers need SMTPUTF8 (an 8-bit address turns it
- * on too). BODY=8BITMIME is sent when the message has 8-bit bytes and the
+ * 1 when the envelope or headers need SMTPUTF8 (an 8-bit envelope address
+ * or an 8-bit byte in the header section, up to the first empty line, turns
+ * it on too). BODY=8BITMIME is sent when the message has 8-bit bytes and the
  * server offers it. Returns SMTP_STEP_AGAIN (sent: keep polling),
  * SMTP_STEP_RESULT (refused locally: take the result now; still IDLE), or
  * -1 when not IDLE or arguments are missing (programmer error) or memory

@@ -484,8 +484,14 @@ static void test_fake_local_refusals(void **state)
     const char *inj[] = {"a@b>\r\nRCPT TO:<c@d"};
     assert_int_equal(s_send(c, inj, 1, "x\r\n", 0, &r), 553);
     smtp_result_clear(&r);
-    /* a small 8-bit message goes with BODY=8BITMIME and SIZE */
-    assert_int_equal(s_send(c, S_ONE, 1, "S: \xc3\xa9\r\n\r\nb\r\n", 0, &r), 250);
+    /* an 8-bit header (a raw UTF-8 To: address) needs it just the same */
+    assert_int_equal(s_send(c, S_ONE, 1, "To: j\xc3\xbcrgen@example.test\r\n\r\nb\r\n", 0, &r),
+                     550);
+    assert_string_equal(r.enhanced, "5.6.7");
+    assert_int_equal(r.local, 1);
+    smtp_result_clear(&r);
+    /* a small message 8-bit in its body goes with BODY=8BITMIME and SIZE */
+    assert_int_equal(s_send(c, S_ONE, 1, "S: x\r\n\r\n\xc3\xa9\r\n", 0, &r), 250);
     smtp_result_clear(&r);
     smtp_conn_quit(c);
     assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
@@ -495,6 +501,34 @@ static void test_fake_local_refusals(void **state)
     smtp_fake_stop(&fk);
     /* not submitting when not IDLE is a programmer error, reported as -1 */
     assert_int_equal(smtp_conn_submit(c, "a", S_ONE, 1, "x", 1, 0), -1);
+}
+
+/* Mail from a caller is 7-bit in its body but may hold raw UTF-8
+ * addresses in To/Cc/From: the envelope can be all ASCII and SMTPUTF8 is
+ * still needed (RFC 6532), else the 8-bit header goes out unannounced. */
+static void test_fake_header_smtputf8(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    smtp_fake_t fk = {.ehlo_extra = "250-SMTPUTF8\r\n"};
+    s_fake_start(&fk);
+    smtp_conn_t *c = s_connect(fk.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_IDLE);
+    smtp_result_t r;
+    const char *hdr8 = "From: a@example.test\r\n"
+                       "To: b@example.test, j\xc3\xbcrgen@b\xc3\xbc"
+                       "cher.test\r\n\r\nbody\r\n";
+    assert_int_equal(s_send(c, S_ONE, 1, hdr8, 0, &r), 250);
+    smtp_result_clear(&r);
+    s_fake_saw(&fk, &fk.mail, " SMTPUTF8", 0);
+    /* 8-bit only after the empty line (LF line ends): not a header matter */
+    assert_int_equal(s_send(c, S_ONE, 1, "Subject: plain\n\n\xc3\xa9t\xc3\xa9\n", 0, &r), 250);
+    smtp_result_clear(&r);
+    s_fake_saw(&fk, &fk.mail, "MAIL FROM:<sender@example.test> BODY=8BITMIME", 1);
+    smtp_conn_quit(c);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    smtp_conn_destroy(&c);
+    smtp_fake_stop(&fk);
 }
 
 /* A code the command cannot have answered with is a broken or hostile
@@ -700,6 +734,7 @@ int main(void)
         cmocka_unit_test(test_fake_garbage_and_long_lines),
         cmocka_unit_test(test_fake_drop_mid_data),
         cmocka_unit_test(test_fake_local_refusals),
+        cmocka_unit_test(test_fake_header_smtputf8),
         cmocka_unit_test(test_fake_odd_replies),
         cmocka_unit_test(test_fake_refusal_then_hangup),
         cmocka_unit_test(test_fake_starttls_auth),
