@@ -43,6 +43,9 @@
 #define SMTP_MAX_LINE 4096   /* longest reply line we accept (RFC says 512) */
 #define SMTP_MAX_REPLY 65536 /* longest multi-line reply we accept */
 #define SMTP_TEXT_MAX 511    /* result text is cut here */
+/* most we keep unparsed from the server: replies are cut out as they come,
+ * so more than this is a peer writing where no reply is due */
+#define SMTP_MAX_IN (SMTP_MAX_LINE + SMTP_MAX_REPLY)
 
 typedef enum {
     ST_CONNECTING, /* waiting for the non-blocking connect */
@@ -317,7 +320,9 @@ static int s_tls_start(smtp_conn_t *c)
 /* ---- I/O ---------------------------------------------------------------- */
 
 /* Read into in. >0 bytes read, 0 would block (c->want set), -1 EOF or
- * error (connection failed). */
+ * error (connection failed). in is capped at SMTP_MAX_IN in every state:
+ * while the body goes out nothing is parsed, and a server flooding then
+ * would otherwise grow it as fast as the network delivers. */
 static ssize_t s_io_read(smtp_conn_t *c)
 {
     char buf[16384];
@@ -361,6 +366,11 @@ static ssize_t s_io_read(smtp_conn_t *c)
     }
     if (sbuf_append(c->in, buf, (size_t)n) != 0) {
         s_fail(c, 0, "out of memory");
+        return -1;
+    }
+    if (sbuf_len(c->in) > SMTP_MAX_IN) {
+        s_fail(c, 0, "the server sent more than %d bytes before a reply was due, during %s",
+               SMTP_MAX_IN, s_state_name[c->state]);
         return -1;
     }
     return n;

@@ -609,6 +609,39 @@ static void test_fake_refusal_then_hangup(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* A message too big for the socket buffers, so the client is still
+ * writing it when something happens. */
+static sbuf_t *s_big_message(int lines)
+{
+    sbuf_t *msg = sbuf_new(0);
+    assert_non_null(msg);
+    sbuf_append_str(msg, "Subject: big\r\n\r\n");
+    for (int i = 0; i < lines; i++)
+        sbuf_append_str(msg, "a line of the message body to fill the socket buffers\r\n");
+    return msg;
+}
+
+/* A server that answers 354, never reads the body and floods: what the
+ * client keeps of it is bounded, the connection fails (code 0) well
+ * before the 64 MiB the server would send. */
+static void test_fake_flood_after_354(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    smtp_fake_t fk = {.mode = SMTP_FAKE_FLOOD_BODY};
+    s_fake_start(&fk);
+    sbuf_t *msg = s_big_message(300000); /* 16 MB */
+    smtp_result_t r;
+    assert_int_equal(s_one_message(fk.port, &o, sbuf_data(msg), &r), 0);
+    if (!strstr(r.text, "more than"))
+        print_message("result: %s\n", r.text);
+    assert_non_null(strstr(r.text, "more than"));
+    smtp_result_clear(&r);
+    sbuf_destroy(&msg);
+    smtp_fake_stop(&fk);
+    assert_true(fk.flooded < 64LL << 20); /* the client hung up on it */
+}
+
 static void test_fake_starttls_auth(void **state)
 {
     (void)state;
@@ -737,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_fake_header_smtputf8),
         cmocka_unit_test(test_fake_odd_replies),
         cmocka_unit_test(test_fake_refusal_then_hangup),
+        cmocka_unit_test(test_fake_flood_after_354),
         cmocka_unit_test(test_fake_starttls_auth),
         cmocka_unit_test(test_fake_auth_login_plaintext),
     };
