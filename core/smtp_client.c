@@ -201,6 +201,8 @@ static void s_close(smtp_conn_t *c)
     c->tls_active = 0;
 }
 
+static int s_early_reply(smtp_conn_t *c);
+
 /* 1 when the server has already refused the whole transaction while
  * pipelined replies are still due: MAIL refused, or every RCPT answered
  * and none accepted. */
@@ -214,7 +216,8 @@ static int s_refused(const smtp_conn_t *c)
 /* End the connection with a reason; a transaction in flight gets code 0
  * (or code when the server gave one, e.g. 421), unless the server has
  * refused it already: a blocklist 554 to MAIL followed by a hang-up is
- * still a 554, to bounce once rather than retry until expiry. */
+ * still a 554, to bounce once rather than retry until expiry; so is a 552
+ * sent before the end of the body (s_early_reply). */
 static void s_fail(smtp_conn_t *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void s_fail(smtp_conn_t *c, int code, const char *fmt, ...)
@@ -229,6 +232,8 @@ static void s_fail(smtp_conn_t *c, int code, const char *fmt, ...)
     sbuf_reset(c->err);
     s_sanitize_into(c->err, line, strlen(line));
     c->err_code = code;
+    if (c->txn_active && c->state == ST_BODY)
+        s_early_reply(c);
     if (c->txn_active && s_refused(c)) {
         c->txn_active = 0;
         c->result_state = 1;
@@ -462,8 +467,10 @@ static int s_flush(smtp_conn_t *c)
 /* ---- reply parsing ------------------------------------------------------ */
 
 /* Cut one complete reply out of in into lines/nlines/reply_code.
- * 1 a reply is ready, 0 need more bytes, -1 the connection failed. */
-static int s_parse_reply(smtp_conn_t *c)
+ * 1 a reply is ready, 0 need more bytes, -1 the input is no reply: why
+ * says so, and the caller fails the connection (s_early_reply, already
+ * failing it, keeps its own reason). */
+static int s_parse_reply(smtp_conn_t *c, char *why, size_t size)
 {
     for (;;) {
         const char *data = sbuf_data(c->in);
@@ -471,8 +478,8 @@ static int s_parse_reply(smtp_conn_t *c)
         const char *nl = memchr(data, '\n', len);
         if (!nl) {
             if (len > SMTP_MAX_LINE) {
-                s_fail(c, 0, "reply line longer than %d bytes during %s", SMTP_MAX_LINE,
-                       s_state_name[c->state]);
+                snprintf(why, size, "reply line longer than %d bytes during %s", SMTP_MAX_LINE,
+                         s_state_name[c->state]);
                 return -1;
             }
             return 0;
@@ -481,8 +488,8 @@ static int s_parse_reply(smtp_conn_t *c)
         if (linelen > 0 && data[linelen - 1] == '\r')
             linelen--;
         if (linelen > SMTP_MAX_LINE) {
-            s_fail(c, 0, "reply line longer than %d bytes during %s", SMTP_MAX_LINE,
-                   s_state_name[c->state]);
+            snprintf(why, size, "reply line longer than %d bytes during %s", SMTP_MAX_LINE,
+                     s_state_name[c->state]);
             return -1;
         }
         int ok = linelen >= 3 && data[0] >= '2' && data[0] <= '5' && data[1] >= '0' &&
@@ -492,15 +499,15 @@ static int s_parse_reply(smtp_conn_t *c)
             sbuf_t *t = sbuf_new(80);
             if (t)
                 s_sanitize_into(t, data, linelen < 60 ? linelen : 60);
-            s_fail(c, 0, "malformed reply during %s: \"%s\"", s_state_name[c->state],
-                   t ? sbuf_data(t) : "");
+            snprintf(why, size, "malformed reply during %s: \"%s\"", s_state_name[c->state],
+                     t ? sbuf_data(t) : "");
             sbuf_destroy(&t);
             return -1;
         }
         int code = (data[0] - '0') * 100 + (data[1] - '0') * 10 + (data[2] - '0');
         if (c->nlines > 0 && code != c->reply_code) {
-            s_fail(c, 0, "inconsistent codes in a multi-line reply during %s",
-                   s_state_name[c->state]);
+            snprintf(why, size, "inconsistent codes in a multi-line reply during %s",
+                     s_state_name[c->state]);
             return -1;
         }
         c->reply_code = code;
@@ -508,12 +515,12 @@ static int s_parse_reply(smtp_conn_t *c)
         const char *text = linelen > 4 ? data + 4 : "";
         size_t tlen = linelen > 4 ? linelen - 4 : 0;
         if (sbuf_len(c->lines) + tlen + 1 > SMTP_MAX_REPLY) {
-            s_fail(c, 0, "reply longer than %d bytes during %s", SMTP_MAX_REPLY,
-                   s_state_name[c->state]);
+            snprintf(why, size, "reply longer than %d bytes during %s", SMTP_MAX_REPLY,
+                     s_state_name[c->state]);
             return -1;
         }
         if (sbuf_append(c->lines, text, tlen) != 0 || sbuf_append(c->lines, "", 1) != 0) {
-            s_fail(c, 0, "out of memory");
+            snprintf(why, size, "out of memory");
             return -1;
         }
         c->nlines++;
@@ -579,6 +586,30 @@ static void s_finish_reply(smtp_conn_t *c)
     }
     s_finish(c, c->reply_code, enh, sbuf_data(t), sbuf_len(t), 0);
     sbuf_destroy(&t);
+}
+
+/* The connection fails while the body goes out (a reset, a hang-up, a
+ * timeout): a server that refused the message early (552 too big, then a
+ * reset) has answered, and that answer is the result rather than a code-0
+ * deferral. Takes what the socket still holds (a plain one; a TLS session
+ * that failed cannot be read), then a complete 4xx/5xx reply at the start
+ * of in finishes the transaction. 1 when it did. */
+static int s_early_reply(smtp_conn_t *c)
+{
+    if (!c->ssl && c->fd >= 0) {
+        char buf[4096];
+        ssize_t n;
+        while (sbuf_len(c->in) < SMTP_MAX_IN &&
+               (n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+            if (sbuf_append(c->in, buf, (size_t)n) != 0)
+                break;
+    }
+    char why[200];
+    s_reply_reset(c);
+    if (s_parse_reply(c, why, sizeof why) != 1 || c->reply_code < 400)
+        return 0;
+    s_finish_reply(c);
+    return 1;
 }
 
 /* A reply ends the connection: the reason is the reply, sanitized. */
@@ -1211,7 +1242,10 @@ int smtp_conn_step(smtp_conn_t *c, short revents)
          * in IDLE (a 421 before the server hangs up) is read and handled */
         while (c->state != ST_CLOSED && c->state != ST_HANDSHAKE && c->state != ST_BODY &&
                c->result_state != 1) {
-            int r = s_parse_reply(c);
+            char why[200];
+            int r = s_parse_reply(c, why, sizeof why);
+            if (r < 0)
+                s_fail(c, 0, "%s", why);
             if (r <= 0)
                 break;
             s_on_reply(c);

@@ -642,6 +642,27 @@ static void test_fake_flood_after_354(void **state)
     assert_true(fk.flooded < 64LL << 20); /* the client hung up on it */
 }
 
+/* 552 in the middle of the body, then a reset: the reply was there before
+ * the write failed, so it is the answer (a bounce, not a retry). */
+static void test_fake_early_552(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    smtp_fake_t fk = {.mode = SMTP_FAKE_EARLY_552};
+    s_fake_start(&fk);
+    sbuf_t *msg = s_big_message(300000); /* 16 MB */
+    smtp_result_t r;
+    int code = s_one_message(fk.port, &o, sbuf_data(msg), &r);
+    if (code != 552)
+        print_message("result: %d %s\n", code, r.text);
+    assert_int_equal(code, 552);
+    assert_string_equal(r.enhanced, "5.3.4");
+    smtp_result_clear(&r);
+    sbuf_destroy(&msg);
+    smtp_fake_stop(&fk);
+    assert_int_equal(fk.messages, 0);
+}
+
 static void test_fake_starttls_auth(void **state)
 {
     (void)state;
@@ -771,6 +792,7 @@ int main(void)
         cmocka_unit_test(test_fake_odd_replies),
         cmocka_unit_test(test_fake_refusal_then_hangup),
         cmocka_unit_test(test_fake_flood_after_354),
+        cmocka_unit_test(test_fake_early_552),
         cmocka_unit_test(test_fake_starttls_auth),
         cmocka_unit_test(test_fake_auth_login_plaintext),
     };
