@@ -1132,7 +1132,9 @@ short smtp_conn_events(const smtp_conn_t *self)
     if (self->state == ST_CONNECTING)
         return POLLOUT;
     short ev = POLLIN | self->want;
-    if (self->out_off < sbuf_len(self->out) || self->state == ST_BODY)
+    /* the handshake says what it waits for; queued commands wait for it */
+    if ((self->out_off < sbuf_len(self->out) && self->state != ST_HANDSHAKE) ||
+        self->state == ST_BODY)
         ev |= POLLOUT;
     return ev;
 }
@@ -1248,6 +1250,17 @@ int smtp_conn_step(smtp_conn_t *c, short revents)
                 s_fail(c, 0, "%s", why);
             if (r <= 0)
                 break;
+            /* a reply read before its command was fully written answers
+             * nothing we sent: a 220 to a STARTTLS still queued started
+             * TLS with the command pending and spun on POLLOUT. Exceptions:
+             * a pipelined group is answered in part while the rest goes
+             * out, and 421 may come at any time. */
+            if (c->out_off < sbuf_len(c->out) && c->reply_code != 421 &&
+                !(c->state == ST_TXN && c->ext_pipelining)) {
+                s_fail(c, 0, "reply %d before the %s command was sent", c->reply_code,
+                       s_state_name[c->state]);
+                break;
+            }
             s_on_reply(c);
             s_reply_reset(c);
             moved = 1;

@@ -14,7 +14,12 @@
  * mid-DATA, SIZE and SMTPUTF8 refused locally, STARTTLS taken
  * opportunistically, verified mode failing on a self-signed certificate
  * and passing with it as trust anchor, AUTH PLAIN and LOGIN with the
- * credentials decoded and checked by the server.
+ * credentials decoded and checked by the server. Faults a real server
+ * only makes when broken or hostile: a reply code the command cannot have
+ * (250 to DATA, 354 to MAIL), a refusal followed by a hang-up under
+ * PIPELINING, a flood while the body goes out, a 552 and a reset in the
+ * middle of the body, a 220 to a STARTTLS not yet sent. 8-bit header
+ * addresses on an ASCII envelope ask for SMTPUTF8.
  */
 #include <dirent.h>
 #include <netinet/in.h>
@@ -663,6 +668,27 @@ static void test_fake_early_552(void **state)
     assert_int_equal(fk.messages, 0);
 }
 
+/* A 220 read with the EHLO reply answers a STARTTLS still unsent: a
+ * protocol error at once, not a handshake started with the command
+ * pending (that spun at full CPU until the command timeout). */
+static void test_fake_early_220(void **state)
+{
+    (void)state;
+    smtp_opts_t o = s_opts();
+    smtp_fake_t fk = {.mode = SMTP_FAKE_EARLY_220};
+    s_fake_start(&fk);
+    int64_t t0 = harness_now_ms();
+    smtp_conn_t *c = s_connect(fk.port, &o);
+    assert_int_equal(s_drive(c), SMTP_STEP_CLOSED);
+    const char *why = smtp_conn_error(c);
+    if (!strstr(why, "before"))
+        print_message("error: %s\n", why);
+    assert_non_null(strstr(why, "before"));
+    assert_true(harness_now_ms() - t0 < 1500);
+    smtp_conn_destroy(&c);
+    smtp_fake_stop(&fk);
+}
+
 static void test_fake_starttls_auth(void **state)
 {
     (void)state;
@@ -793,6 +819,7 @@ int main(void)
         cmocka_unit_test(test_fake_refusal_then_hangup),
         cmocka_unit_test(test_fake_flood_after_354),
         cmocka_unit_test(test_fake_early_552),
+        cmocka_unit_test(test_fake_early_220),
         cmocka_unit_test(test_fake_starttls_auth),
         cmocka_unit_test(test_fake_auth_login_plaintext),
     };
