@@ -65,6 +65,7 @@
 
 #define MAX_POLL 4096
 #define REFUSED_PAUSE_MS 5000 /* no new connection to a refusing destination before this */
+#define PEER_CAP_MS 60000     /* a peer that capped our connections is held to that long */
 #define KV_TIMEOUT_MS 100   /* the engine thread waits this long for Redis at most */
 #define KV_RETRY_MS 1000    /* a failing Redis is tried again this often */
 #define SHAPE_WAIT_MIN_MS 5 /* shortest wait before asking a budget again */
@@ -106,6 +107,8 @@ struct dest {
     int64_t conn_ts;       /* ms of its last refill */
     int64_t conn_at;       /* ms: open a connection no sooner (0: now) */
     int64_t refused_until; /* ms: it refused us; jobs with another address go there */
+    int peer_cap;          /* connections the peer took at most, while peer_cap_until */
+    int64_t peer_cap_until; /* ms */
     int credit;            /* shaping tokens taken in a batch, not yet spent */
     char credit_key[620];  /* the budget they came from */
     int64_t credit_until;  /* ms: unspent credit is dropped then */
@@ -237,7 +240,11 @@ static const char *s_dest_label(const delivery_job_t *j, char *buf, size_t size)
  * 'sending' on the claim that made the job (attempts is the claim's
  * fencing token: an outcome arriving after the lease ran out and the row
  * was claimed again must not land on the new claim) take their new status
- * (2xx sent; 5xx bounced, the contact bounced and suppressed; anything
+ * (2xx sent; 5xx bounced, and when the refusal is about the recipient
+ * the contact bounced and suppressed (not for 5.7.x policy refusals such
+ * as a blocklisted sending address, 5.6.x content, 5.5.x protocol or
+ * 5.3.1-9 mail system states: those say nothing about the address, and
+ * one blocklisting must not suppress a whole list); anything
  * else deferred with exponential back-off and jitter, or failed once due
  * longer than $2 seconds: due since send_at for a scheduled message, so a
  * send scheduled days ahead still gets its retries), and each gets its
@@ -259,18 +266,19 @@ static const char *const SQL_OUTCOMES =
     "   lease_until = NULL, last_response = o.response, updated_at = now()"
     "   FROM o WHERE m.id = o.id AND m.status = 'sending' AND m.attempts = o.attempt"
     "   RETURNING m.id, m.organization_id, m.recipient, m.status, m.attempts,"
-    "   m.next_attempt_at, o.response, o.enhanced),"
+    "   m.next_attempt_at, o.response, o.enhanced,"
+    "   o.enhanced !~ '^5\\.([567]\\.|3\\.[1-9])' AS hard),"
     " c AS (UPDATE contacts SET status = 'bounced', updated_at = now() FROM m"
-    "   WHERE m.status = 'bounced' AND contacts.organization_id = m.organization_id"
+    "   WHERE m.status = 'bounced' AND m.hard AND contacts.organization_id = m.organization_id"
     "   AND lower(contacts.email) = lower(m.recipient) RETURNING contacts.id),"
     " s AS (INSERT INTO suppressions (organization_id, email, reason)"
-    "   SELECT organization_id, recipient, 'bounce' FROM m WHERE m.status = 'bounced'"
+    "   SELECT organization_id, recipient, 'bounce' FROM m WHERE m.status = 'bounced' AND m.hard"
     "   ON CONFLICT (organization_id, lower(email)) DO NOTHING RETURNING id)"
     " INSERT INTO message_events (organization_id, message_id, type, detail)"
     " SELECT organization_id, id, status, CASE status"
     "   WHEN 'sent' THEN jsonb_build_object('response', response, 'attempt', attempts)"
     "   WHEN 'bounced' THEN jsonb_build_object('response', response, 'enhanced', enhanced,"
-    "     'attempt', attempts)"
+    "     'attempt', attempts, 'suppressed', hard)"
     "   ELSE jsonb_build_object('response', response, 'attempt', attempts,"
     "     'next_attempt_at', next_attempt_at) END FROM m";
 
@@ -998,7 +1006,10 @@ static void s_dispatch(delivery_t *d, dest_t *dst)
     }
     /* No new connections while the budget holds the queue: they would sit
      * idle until the peer timed them out. */
-    while (dst->head && dst->nconns < dst->max_conns && now >= dst->shape_at &&
+    int max_conns = dst->max_conns;
+    if (now < dst->peer_cap_until && dst->peer_cap < max_conns)
+        max_conns = dst->peer_cap;
+    while (dst->head && dst->nconns < max_conns && now >= dst->shape_at &&
            s_conn_take(dst, now)) {
         sbuf_t *err = sbuf_new(64);
         smtp_opts_t opts = d->opts;
@@ -1057,6 +1068,18 @@ static void s_advance(delivery_t *d, dest_t *dst, conn_t *cn, short revents)
             char reason[256];
             snprintf(reason, sizeof reason, "%s", why ? why : "connection closed");
             s_conn_close(d, dst, cn);
+            /* Refused while other connections to it are open: the peer
+             * caps how many it takes from us (a 421 at the greeting). Stay
+             * at the connections still open, for a minute, and keep the
+             * queue; deferring it would cost every waiting job a retry.
+             * If those fail too, the last one defers below. */
+            if (never_worked && dst->conns) {
+                dst->peer_cap = dst->nconns;
+                dst->peer_cap_until = smtp_now_ms() + PEER_CAP_MS;
+                if (dst->conn_at < smtp_now_ms() + REFUSED_PAUSE_MS)
+                    dst->conn_at = smtp_now_ms() + REFUSED_PAUSE_MS;
+                return;
+            }
             /* The destination refused us before any message (or speaks no
              * SMTP): the jobs waiting for it take their back-off, whatever
              * other connections are still being tried, and the destination

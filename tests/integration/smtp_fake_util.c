@@ -375,10 +375,22 @@ static void *s_serve(void *arg)
     fconn_t *c = arg;
     smtp_fake_t *f = c->f;
     pthread_mutex_lock(&f->lock);
-    if (++f->active > f->max_active)
-        f->max_active = f->active;
-    c->open = 1;
+    int over = f->max_sessions > 0 && f->active >= f->max_sessions;
+    if (over) {
+        f->refused++;
+    } else {
+        if (++f->active > f->max_active)
+            f->max_active = f->active;
+        c->open = 1;
+    }
     pthread_mutex_unlock(&f->lock);
+    if (over) {
+        /* as a relay capping connections per client does */
+        s_write(c, "421 4.7.0 too many connections from your address\r\n");
+        close(c->fd);
+        free(c);
+        return NULL;
+    }
     c->line = sbuf_new(0);
     c->msg = sbuf_new(0);
     if (c->f->mode == SMTP_FAKE_GARBAGE)

@@ -40,6 +40,10 @@
  *                        answers 552 before the end of the data and hangs
  *                        up with the rest unread (a reset).
  *
+ * With max_sessions set, in any mode, a connection beyond that many open
+ * at once is greeted with a 421 and closed, as relays that cap
+ * connections per client do (counted in refused).
+ *
  * Test code: a peer that misbehaves just gets its connection closed.
  */
 #ifndef POSTCHI_TEST_SMTP_FAKE_UTIL_H
@@ -74,6 +78,8 @@ typedef struct {
     const char *odd_at;     /* SMTP_FAKE_REPLY: the verb answered oddly, "." the final dot */
     const char *odd_reply;  /* its reply, CRLF included */
     int odd_close;          /* hang up after odd_reply */
+    int max_sessions;       /* > 0: a connection past this many open at once gets
+                               "421 4.7.0 too many connections" at the greeting */
     /* run state */
     int lfd;                              /* listening socket */
     int port;                             /* its 127.0.0.1 port */
@@ -89,7 +95,8 @@ typedef struct {
     int messages;                         /* messages accepted */
     int max_per_conn;                     /* the most accepted on one connection */
     int active;                           /* connections open now */
-    int max_active;                       /* the most open at once */
+    int max_active;                       /* the most open at once (refused ones not counted) */
+    int refused;                          /* connections refused by max_sessions */
     long long flooded;                    /* bytes SMTP_FAKE_FLOOD_BODY got out */
     sbuf_t *data;                         /* every accepted message, concatenated */
     sbuf_t *mail;                         /* the last MAIL command line */
