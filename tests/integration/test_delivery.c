@@ -171,6 +171,7 @@ static void test_send_signed_through_relay(void **state)
     api_call(&E, "POST", "/api/v1/messages", E.key_send,
              "{\"from\":{\"email\":\"hello@send.example\",\"name\":\"Héllo Team\"},"
              "\"to\":[\"ada@dest.example\"],\"subject\":\"Welcome, Ada — day one\","
+             "\"reply_to\":[\"help@send.example\",\"desk@send.example\"],"
              "\"html\":\"<p>Hi Ada</p>\",\"text\":\"Hi Ada\",\"headers\":{\"X-Campaign\":\"c1\"}}",
              NULL, &r);
     assert_int_equal(r.status, 202);
@@ -197,6 +198,12 @@ static void test_send_signed_through_relay(void **state)
     assert_non_null(msg);
     const char *text = sbuf_data(msg);
     assert_non_null(strstr(text, "X-Campaign: c1"));
+    /* Every reply_to address, not only the first. */
+    const char *rt = strstr(text, "Reply-To:");
+    assert_non_null(rt);
+    size_t rtl = strcspn(rt, "\n");
+    assert_non_null(memmem(rt, rtl, "help@send.example", 17));
+    assert_non_null(memmem(rt, rtl, "desk@send.example", 17));
     /* The envelope sender is the VERP return path with a signed token
      * (smtp-sink writes MAIL FROM into its X-Mail-Args header). */
     unsigned char key[SECRETBOX_KEY_LEN];
