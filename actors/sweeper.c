@@ -64,6 +64,7 @@ struct sweeper {
     int64_t mail_at;       /* when the mail outbox was last counted (ms) */
     char max_age[32];      /* delivery_max_age_s as text */
     char due_from[256];    /* the due walk starts at this domain ("": the first) */
+    int64_t cut_since;     /* ms: cut off from the broker since (0: connected) */
 };
 
 /* The mail outbox counted for the gauges, every OUTBOX_COUNT_MS by the
@@ -97,6 +98,7 @@ static const char s_select[] =
  * 0 when it may not (no database, or another worker leads). */
 static int s_lead(sweeper_t *self)
 {
+    self->cut_since = 0;
     if (self->db && !db_usable(self->db)) {
         db_destroy(&self->db); /* the lock went with the old session */
         self->leader = 0;
@@ -337,6 +339,34 @@ done:
     sbuf_destroy(&target);
 }
 
+/* Cut off from the broker, a leader still holds the lock (its PostgreSQL
+ * session is alive) but can wake nothing: past LEADER_CUT_MS it lets the
+ * lock go, so a worker that the broker can reach takes over the sweeping
+ * (scheduled mail, ended leases, retries). It takes the lock again, when
+ * free, once it is back. */
+#define LEADER_CUT_MS 10000
+
+static void s_cut_off(sweeper_t *self, int64_t now)
+{
+    if (!self->cut_since) {
+        self->cut_since = now;
+        return;
+    }
+    if (!self->leader || now - self->cut_since < LEADER_CUT_MS || !db_usable(self->db))
+        return;
+    const char *key[] = {SWEEP_LOCK_KEY};
+    db_result_t *res = db_query(self->db, "SELECT pg_advisory_unlock($1::bigint)", 1, key, NULL);
+    if (res) {
+        self->leader = 0;
+        log_warn("cut off from the broker for %d s: another worker may sweep now",
+                 LEADER_CUT_MS / 1000);
+    } else {
+        db_destroy(&self->db); /* ending the session lets the lock go too */
+        self->leader = 0;
+    }
+    db_result_free(&res);
+}
+
 static void *s_thread(void *arg)
 {
     sweeper_t *self = arg;
@@ -351,6 +381,7 @@ static void *s_thread(void *arg)
                 s_mail_gauges(self);
                 next = mesh_now_ms() + SWEEPER_INTERVAL_MS;
             } else {
+                s_cut_off(self, now);
                 next = now + NOT_READY_MS;
             }
             now = mesh_now_ms();

@@ -23,6 +23,8 @@
  *               verified"; past its max age such a message fails
  *   lease       a 'sending' row whose lease ran out past its max age:
  *               'failed' by the sweeper with its event, not re-driven
+ *   cut off     the sweeping worker loses the broker but not PostgreSQL:
+ *               it lets its lock go, and a worker the broker reaches sweeps
  *   starvation  6,000 due rows of one big send held back by backpressure,
  *               and one due deferred row of another domain: the sweeper
  *               wakes that domain too (a query over due rows saw only the
@@ -274,6 +276,42 @@ static void test_big_send_does_not_hide_other_due_domains(void **state)
                     " WHERE recipient_domain = 'a-big.example' AND status IN ('queued', 'deferred')"));
 }
 
+/* The sweeping worker is cut off from the broker (here: its broker dies
+ * and a new one comes up elsewhere, where a second worker joins) while its
+ * PostgreSQL session lives on, lock and all. It lets the lock go after
+ * 10 s, and the reachable worker sweeps: a scheduled message comes due and
+ * leaves 'scheduled'. Before, the cut-off worker kept the lock and nothing
+ * was promoted, re-driven or retried anywhere. Last: it rebuilds the mesh. */
+static void test_cut_off_sweeper_lets_another_lead(void **state)
+{
+    (void)state;
+    char id[64];
+    s_send(id, "due@cutoff.example", "2099-01-01T00:00:00Z");
+    harness_kill9(E.mesh.broker);
+    E.mesh.broker = NULL;
+    /* A new broker on another port; worker 0 keeps calling the old one. */
+    E.mesh.broker_port = harness_free_port();
+    snprintf(E.mesh.endpoint, sizeof E.mesh.endpoint, "tcp://127.0.0.1:%d", E.mesh.broker_port);
+    assert_int_equal(mesh_start_broker(&E.mesh), 0);
+    assert_int_equal(mesh_start_worker(&E.mesh, 1), 0);
+    assert_int_equal(mesh_wait_live(&E.mesh, 1, 10000), 0);
+    free(dl_sql(&E, "UPDATE messages SET send_at = now(), next_attempt_at = now()"
+                    " WHERE id = '%s'", id));
+    int64_t until = harness_now_ms() + 25000;
+    char *st = NULL;
+    for (;;) {
+        free(st);
+        st = dl_status(&E, id);
+        if (!st || strcmp(st, "scheduled") != 0 || harness_now_ms() > until)
+            break;
+        usleep(250 * 1000);
+    }
+    assert_non_null(st);
+    if (strcmp(st, "scheduled") == 0)
+        fail_msg("still scheduled 25 s later: nobody sweeps");
+    free(st);
+}
+
 int main(void)
 {
     /* The big send first: on a table with no free space left by earlier
@@ -287,6 +325,7 @@ int main(void)
         cmocka_unit_test_teardown(test_many_attempts_do_not_overflow_the_back_off, s_case_done),
         cmocka_unit_test_teardown(test_unreadable_keys_defer_then_fail_with_age, s_case_done),
         cmocka_unit_test(test_lease_expired_past_max_age_fails),
+        cmocka_unit_test(test_cut_off_sweeper_lets_another_lead),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
