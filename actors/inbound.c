@@ -131,23 +131,28 @@ struct inbound {
     int have_unsub_key;              /* it parsed; without it no unsubscribe address is ours */
 };
 
-/* Hard bounce: the row moves to 'bounced' (only from a state a later
- * bounce can follow), the contact is marked and the address suppressed, all
- * within the row's own organization. Returns (row exists, event written). */
+/* Hard bounce: the row moves to 'bounced' (from any state a message that
+ * went out can be in: a 250 lost to a timeout leaves it deferred, queued
+ * again or failed by age), and, whatever its state, the contact is marked
+ * and the address suppressed, all within the row's own organization; one
+ * async bounced event per message. Returns (row exists, event written). */
 static const char *const SQL_HARD =
-    "WITH m AS (UPDATE messages SET status = 'bounced', lease_until = NULL,"
+    "WITH r AS (SELECT id, organization_id, recipient FROM messages WHERE id = $1::uuid),"
+    " m AS (UPDATE messages SET status = 'bounced', lease_until = NULL,"
     " last_response = $2, updated_at = now()"
-    " WHERE id = $1::uuid AND status IN ('sent', 'deferred', 'sending')"
-    " RETURNING id, organization_id, recipient),"
-    " c AS (UPDATE contacts SET status = 'bounced', updated_at = now() FROM m"
-    " WHERE contacts.organization_id = m.organization_id"
-    " AND lower(contacts.email) = lower(m.recipient) RETURNING contacts.id),"
+    " WHERE id = $1::uuid AND status IN ('sent', 'deferred', 'sending', 'queued', 'failed')"
+    " RETURNING id),"
+    " c AS (UPDATE contacts SET status = 'bounced', updated_at = now() FROM r"
+    " WHERE contacts.organization_id = r.organization_id"
+    " AND lower(contacts.email) = lower(r.recipient) RETURNING contacts.id),"
     " s AS (INSERT INTO suppressions (organization_id, email, reason)"
-    " SELECT organization_id, recipient, 'bounce' FROM m"
+    " SELECT organization_id, recipient, 'bounce' FROM r"
     " ON CONFLICT (organization_id, lower(email)) DO NOTHING RETURNING id),"
     " e AS (INSERT INTO message_events (organization_id, message_id, type, detail)"
     " SELECT organization_id, id, 'bounced', jsonb_build_object('status', $3::text,"
-    " 'diagnostic', $2::text, 'async', true) FROM m RETURNING id)"
+    " 'diagnostic', $2::text, 'async', true) FROM r WHERE NOT EXISTS (SELECT 1"
+    " FROM message_events x WHERE x.message_id = r.id AND x.type = 'bounced'"
+    " AND x.detail->>'async' = 'true') RETURNING id)"
     " SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1::uuid), (SELECT count(*) FROM e)";
 
 /* Failed for a temporary reason (the remote gave up retrying, 4.x.x, or
@@ -164,12 +169,21 @@ static const char *const SQL_SOFT =
     " 'diagnostic', $2::text, 'async', true, 'soft', true) FROM m RETURNING id)"
     " SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1::uuid), (SELECT count(*) FROM e)";
 
-/* Delayed: a note on the message, nothing else changes. */
+/* Delayed: a note on the message, nothing else changes. A report the
+ * message already has (same status and diagnostic: a replay, an MTA
+ * sending it twice) adds nothing, and a message takes at most
+ * DELAYED_MAX notes, so whoever holds one Return-Path cannot fill its
+ * history. */
+#define DELAYED_MAX "20"
 static const char *const SQL_DELAYED =
     "WITH m AS (SELECT id, organization_id FROM messages WHERE id = $1::uuid),"
+    " k AS (SELECT count(*) AS n, count(*) FILTER (WHERE x.detail->>'status' = $3::text"
+    "   AND x.detail->>'diagnostic' = $2::text) AS same FROM message_events x"
+    "   WHERE x.message_id = $1::uuid AND x.type = 'deferred' AND x.detail->>'async' = 'true'),"
     " e AS (INSERT INTO message_events (organization_id, message_id, type, detail)"
     " SELECT organization_id, id, 'deferred', jsonb_build_object('status', $3::text,"
-    " 'diagnostic', $2::text, 'async', true) FROM m RETURNING id)"
+    " 'diagnostic', $2::text, 'async', true) FROM m, k"
+    " WHERE k.same = 0 AND k.n < " DELAYED_MAX " RETURNING id)"
     " SELECT EXISTS (SELECT 1 FROM m), (SELECT count(*) FROM e)";
 
 /* Complaint: one event per message, the contact marked, the address
@@ -272,6 +286,12 @@ static db_t *s_db(inbound_t *in)
         return NULL;
     sbuf_t *err = sbuf_new(64);
     in->db = db_connect(in->conninfo, 0, err);
+    /* This session runs on the listener's only thread: a row lock held
+     * elsewhere, or a statement that hangs, must cost a 451 (the MTA
+     * retries), not every session's service. */
+    if (in->db &&
+        db_exec_script(in->db, "SET statement_timeout = 5000; SET lock_timeout = 2000", err) != 0)
+        db_destroy(&in->db);
     if (!in->db) {
         in->db_failed_ms = now;
         if (log_should("inbound-db", 10, 10000))

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "delivery_util.h"
 #include "inbound.h"
 #include "secretbox.h"
@@ -539,6 +540,90 @@ static void test_database_lost_then_retry(void **state)
                E.org_id);
 }
 
+/* The 250 for a message was lost (a timeout after the final dot) and it
+ * aged out to 'failed' before the remote's hard DSN came: the address is
+ * still suppressed, the contact bounced, and the row says 'bounced'. The
+ * DSN changed nothing before, since the row was not 'sent' any more. */
+static void test_hard_bounce_after_failed(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("late@dest.example", id, token);
+    free(s_sqlf("UPDATE messages SET status = 'failed' WHERE id = '%s'", id));
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           "late@dest.example", NULL};
+    s_fixture("postfix_hard_511.eml", pairs, file);
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
+    unlink(file);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("bounce",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'late@dest.example'",
+               E.org_id);
+    ASSERT_SQL("bounced",
+               "SELECT status FROM contacts WHERE organization_id = '%s'"
+               " AND email = 'late@dest.example'",
+               E.org_id);
+}
+
+/* The same delayed DSN three times (an MTA retrying, or a replay): one
+ * note on the message, not three. */
+static void test_delayed_replayed_once(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("again@dest.example", id, token);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+d4lay3d@mail.postchi.test", rcpt, NULL};
+    s_fixture("postfix_delayed_441.eml", pairs, file);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
+    unlink(file);
+    ASSERT_SQL("1",
+               "SELECT count(*) FROM message_events WHERE message_id = '%s'"
+               " AND type = 'deferred'",
+               id);
+}
+
+/* The message row is locked elsewhere (a long transaction): the report
+ * gets a 451 within the listener's lock timeout, so the MTA retries,
+ * instead of the listener's one thread waiting for the lock. */
+static void test_locked_row_is_a_quick_451(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64], conninfo[256];
+    s_sent_message("locked@dest.example", id, token);
+    snprintf(conninfo, sizeof conninfo, "host=%s port=%s user=%s dbname=%s",
+             harness_server("PG_HOST"), harness_server("PG_PORT"), harness_server("PG_USER"),
+             E.db);
+    sbuf_t *err = sbuf_new(64);
+    db_t *db = db_connect(conninfo, 0, err);
+    assert_non_null(db);
+    char lock[160];
+    snprintf(lock, sizeof lock, "SELECT 1 FROM messages WHERE id = '%s' FOR UPDATE", id);
+    assert_int_equal(db_exec(db, "BEGIN", 0, NULL, err), 0);
+    assert_int_equal(db_exec(db, lock, 0, NULL, err), 0);
+    snprintf(rcpt, sizeof rcpt, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           "locked@dest.example", NULL};
+    s_fixture("postfix_hard_511.eml", pairs, file);
+    int64_t t0 = harness_now_ms();
+    int code = dl_smtp_deliver(s_inbound_port, "", rcpt, file);
+    int64_t took = harness_now_ms() - t0;
+    /* Let go only now: before, the listener waited for exactly this. */
+    db_exec(db, "ROLLBACK", 0, NULL, NULL);
+    db_destroy(&db);
+    sbuf_destroy(&err);
+    assert_int_equal(code, 451);
+    if (took > 4000)
+        fail_msg("the 451 took %lld ms", (long long)took);
+    /* Retried once the lock is gone: recorded. */
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
+    unlink(file);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+}
+
 /* --- raw SMTP sessions --------------------------------------------------- */
 
 typedef struct {
@@ -979,6 +1064,9 @@ int main(void)
         cmocka_unit_test(test_buffer_budget),
         cmocka_unit_test(test_soft_failure),
         cmocka_unit_test(test_fbl_complaint),
+        cmocka_unit_test(test_hard_bounce_after_failed),
+        cmocka_unit_test(test_delayed_replayed_once),
+        cmocka_unit_test(test_locked_row_is_a_quick_451),
         cmocka_unit_test(test_database_lost_then_retry),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
