@@ -82,6 +82,7 @@ struct api_errors {
 
 struct api_req {
     struct mg_connection *conn;           /* the connection */
+    int db_checked;                       /* api_db looked at the connection once */
     const struct mg_request_info *ri;     /* civetweb's request view */
     route_rt_t *rt;                       /* matched route */
     char *seg_buf;                        /* decoded path segments, NUL-separated */
@@ -757,7 +758,12 @@ static thread_state_t *s_ts(void)
 db_t *api_db(api_req_t *req)
 {
     thread_state_t *ts = req->ts;
-    if (db_usable(ts->db))
+    /* Checked once per request, before its first statement: a connection
+     * the server dropped while it was idle is replaced now, not found out
+     * by a failed statement and a 503. */
+    int fresh = !req->db_checked;
+    req->db_checked = 1;
+    if (fresh ? db_alive(ts->db) : db_usable(ts->db))
         return ts->db;
     db_destroy(&ts->db);
     sbuf_t *err = sbuf_new(64);

@@ -19,6 +19,7 @@
  * libpq's parse errors quote fragments of it.
  */
 #include <assert.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,6 +267,21 @@ int db_exec_script(db_t *self, const char *sql, sbuf_t *err)
 int db_usable(const db_t *self)
 {
     return self && self->conn && PQstatus(self->conn) == CONNECTION_OK;
+}
+
+int db_alive(db_t *self)
+{
+    if (!db_usable(self))
+        return 0;
+    /* An idle session gets nothing from the server unless it is going
+     * away (a FATAL notice, then the close): Postchi never LISTENs, so
+     * anything to read means a new connection is due. (libpq itself would
+     * read the notice and still call the connection fine until the next
+     * statement failed.) */
+    struct pollfd p = {.fd = PQsocket(self->conn), .events = POLLIN};
+    if (p.fd < 0 || poll(&p, 1, 0) < 0)
+        return 0;
+    return p.revents == 0;
 }
 
 int db_ping(db_t *self)

@@ -33,6 +33,12 @@ int db_ping(db_t *self);
  * (per-request paths use this; a dropped server shows after one failed
  * statement, and the next caller reconnects). */
 int db_usable(const db_t *self);
+/* db_usable, and also 0 when the server has already said goodbye on an
+ * idle connection (terminated by an administrator, a restart, a pooler):
+ * anything waiting to be read on an idle connection says so, seen without
+ * blocking and without a round trip, so a per-request path can reconnect
+ * before its first statement fails. Only between statements. */
+int db_alive(db_t *self);
 
 /* Run sql with n text parameters (values may be NULL for SQL NULL).
  * Returns a result (caller frees with db_result_free) for commands and

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "api_util.h"
 #include "authn.h"
@@ -147,6 +148,31 @@ static void test_bodies(void **state)
     free(n);
 }
 
+/* The server drops every idle connection (a restart, an administrator, a
+ * pooler): the next requests are answered, each thread reconnecting
+ * before its first statement instead of failing it with a 503. */
+static void test_dropped_connections_reconnect(void **state)
+{
+    (void)state;
+    api_resp_t r;
+    for (int i = 0; i < 8; i++) { /* every request thread has a connection */
+        api_call(&E, "GET", "/api/v1/contacts", E.key_read, NULL, NULL, &r);
+        assert_int_equal(r.status, 200);
+        api_resp_free(&r);
+    }
+    char *n = api_sql(&E, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()");
+    assert_non_null(n);
+    assert_true(atoi(n) >= 1);
+    free(n);
+    usleep(200 * 1000);
+    for (int i = 0; i < 16; i++) {
+        api_call(&E, "GET", "/api/v1/contacts", E.key_read, NULL, NULL, &r);
+        assert_int_equal(r.status, 200);
+        api_resp_free(&r);
+    }
+}
+
 static void test_credentials(void **state)
 {
     (void)state;
@@ -266,6 +292,7 @@ int main(void)
         cmocka_unit_test(test_credentials),
         cmocka_unit_test(test_pagination_parameters),
         cmocka_unit_test(test_metrics_by_route),
+        cmocka_unit_test(test_dropped_connections_reconnect),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
