@@ -84,6 +84,17 @@ static json_t *s_record(json_t *domain, const char *rec)
     return NULL;
 }
 
+/* n copies of c (n < 64), in one of four rotating buffers. */
+static const char *s_run(size_t n, char c)
+{
+    static char buf[4][64];
+    static int next;
+    char *b = buf[next++ % 4];
+    memset(b, c, n);
+    b[n] = '\0';
+    return b;
+}
+
 static long s_count_domains(void)
 {
     return api_sql_long(&s_env, "SELECT count(*) FROM domains");
@@ -227,6 +238,11 @@ static void test_validation(void **state)
     while (strlen(long_name) < 233)
         strcat(long_name, "abcdefghi.");
     strcat(long_name, "test");
+    /* 212 characters: a Message-ID <uuid@name> would pass 250 bytes. */
+    char name_212[256];
+    snprintf(name_212, sizeof name_212, "%s.%s.%s.%s.test", s_run(63, 'a'), s_run(63, 'b'),
+             s_run(63, 'c'), s_run(15, 'd'));
+    assert_int_equal(strlen(name_212), 212);
     const char *bad_names[] = {"",
                                "nodot",
                                "-lead.example.test",
@@ -241,7 +257,8 @@ static void test_validation(void **state)
                                "caf\\u00e9.test",
                                "[::1]",
                                long_label,
-                               long_name};
+                               long_name,
+                               name_212};
     for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
         api_resp_t r = {0};
         if (s_create(bad_names[i], &r) != 422)
@@ -270,6 +287,15 @@ static void test_validation(void **state)
     assert_true(r.status == 400 || r.status == 422);
     api_resp_free(&r);
     assert_int_equal(s_count_domains(), before); /* nothing half-made */
+
+    /* 211 characters, the most whose Message-ID fits, is a domain. */
+    char name_211[256];
+    snprintf(name_211, sizeof name_211, "%s.%s.%s.%s.test", s_run(63, 'a'), s_run(63, 'b'),
+             s_run(63, 'c'), s_run(14, 'd'));
+    assert_int_equal(strlen(name_211), 211);
+    assert_int_equal(s_create(name_211, &r), 201);
+    assert_int_equal(strlen(s_str(r.json, "name")), 211);
+    api_resp_free(&r);
 }
 
 static void test_duplicate(void **state)
