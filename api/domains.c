@@ -444,16 +444,34 @@ done:
 
 /* ---- GET /domains ---- */
 
+/* The value of the n digits at s (the caller checked they are digits). */
+static int s_num(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++)
+        v = v * 10 + (s[i] - '0');
+    return v;
+}
+
 /* A cursor position is "<created_at as DOMAIN_COLS prints it>|<uuid>".
- * Checked so a forged one is a 422, never a SQL error. */
+ * Checked so a forged one is a 422 on "cursor", never a SQL error: the
+ * digits alone would let "2024-13-45T99:99:99" reach $2::timestamptz,
+ * so every field is range-checked too (as contacts.c's s_rfc3339_ok). */
 static int s_pos_ok(const char *pos, size_t len)
 {
     static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     if (len != sizeof shape - 1)
         return 0;
     for (size_t i = 0; i < len; i++)
         if (shape[i] == 'd' ? !isdigit((unsigned char)pos[i]) : pos[i] != shape[i])
             return 0;
+    int y = s_num(pos, 4), mo = s_num(pos + 5, 2), d = s_num(pos + 8, 2);
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || s_num(pos + 11, 2) > 23 ||
+        s_num(pos + 14, 2) > 59 || s_num(pos + 17, 2) > 59)
+        return 0;
+    if (mo == 2 && d == 29 && !((y % 4 == 0 && y % 100 != 0) || y % 400 == 0))
+        return 0;
     return 1;
 }
 
