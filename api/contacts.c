@@ -35,6 +35,8 @@
 #include "rest.h"
 #include "sbuf.h"
 
+#include "audience.h"
+
 #define FIELDS_MAX_KEYS 100      /* custom fields per request */
 #define FIELDS_MAX_BYTES 16384   /* compact JSON of the fields object */
 #define FIELD_KEY_MAX 64         /* bytes of one field name */
@@ -737,14 +739,16 @@ static char *s_read_tags(api_req_t *req)
     size_t i;
     json_t *t;
     json_array_foreach(tags, i, t) {
+        /* The checks POST /tags makes (aud_field_name): a name this path
+         * creates must be one /tags would have accepted. */
         const char *s = json_string_value(t);
         size_t n = s ? json_string_length(t) : 0;
-        int ok = n > 0 && n <= TAG_NAME_MAX && strlen(s) == n;
-        for (size_t j = 0; ok && j < n; j++)
-            ok = (unsigned char)s[j] >= 0x20 && s[j] != 0x7F;
+        int ok = n > 0 && n <= TAG_NAME_MAX && strlen(s) == n && strspn(s, " ") < n &&
+                 aud_no_controls(s, n);
         if (!ok) {
             api_error_add(api_errors(req), "tags",
-                          "item %zu must be a name of 1 to 64 bytes without control characters",
+                          "item %zu must be a name of 1 to 64 bytes, not only spaces, without "
+                          "control characters",
                           i);
             return NULL;
         }

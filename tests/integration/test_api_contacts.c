@@ -623,6 +623,12 @@ static void test_tags(void **state)
     s_expect_invalid("POST", path, "{\"tags\": [1]}", "tags");
     s_expect_invalid("POST", path, "{\"tags\": \"vip\"}", "tags");
     s_expect_invalid("POST", path, "{\"tags\": [\"a\\nb\"]}", "tags");
+    /* As POST /tags: no C1 control (U+0080..U+009F), not only spaces. */
+    long tags = api_sql_long(&s_env, "SELECT count(*) FROM tags");
+    s_expect_invalid("POST", path, "{\"tags\": [\"a\\u0085b\"]}", "tags");
+    s_expect_invalid("POST", path, "{\"tags\": [\"ok\", \"\\u009f\"]}", "tags");
+    s_expect_invalid("POST", path, "{\"tags\": [\"   \"]}", "tags");
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM tags"), tags);
     s_expect_invalid("DELETE", path, "{}", "tags");
     assert_int_equal(api_call(&s_env, "POST",
                               "/api/v1/contacts/00000000-0000-0000-0000-000000000000/tags",
