@@ -14,7 +14,8 @@
  *
  * Semantics worth knowing: an upsert merges fields shallowly (stored keys
  * not in the request stay, a JSON null is stored as null); PATCH merges the
- * same way except that a null removes the key. A batch is an import: it
+ * same way except that a null removes the key. The merged result is held
+ * to the caps of one request (100 keys, 16384 bytes), or else to no growth. A batch is an import: it
  * writes no 'subscribed' events (an import of 1,000,000 addresses must not
  * fire 1,000,000 welcome flows) and is audited as one row with its counts.
  * Emails are normalized by core/email_addr (quoted local parts refused).
@@ -123,6 +124,39 @@ static void s_check_fields(json_t *f, s_sink_t *sink)
     }
     if (json_dumpb(f, NULL, 0, JSON_COMPACT) > FIELDS_MAX_BYTES)
         s_fail(sink, "fields", "must be at most 16384 bytes of JSON");
+}
+
+/* Keys and compact JSON bytes of a fields object PostgreSQL printed; -1
+ * and 0 when it cannot be parsed (out of memory). */
+static void s_fields_size(const char *text, long *keys, size_t *bytes)
+{
+    json_t *f = text ? json_loads(text, 0, NULL) : NULL;
+    *keys = f ? (long)json_object_size(f) : -1;
+    *bytes = f ? json_dumpb(f, NULL, 0, JSON_COMPACT) : 0;
+    json_decref(f);
+}
+
+/* An upsert or PATCH merges into the stored fields, so the per-request caps
+ * alone let a contact grow without bound. 1 when merged (what the write
+ * leaves) is within the caps of one request, or no larger than old (what
+ * was stored, NULL for a new contact) in keys and bytes, so a contact
+ * stored over the caps before they applied to merges can still be
+ * trimmed. Else 0 after a "fields" error: the caller rolls back. */
+static int s_merged_ok(api_req_t *req, const char *merged, const char *old)
+{
+    long keys, old_keys = 0;
+    size_t bytes, old_bytes = 0;
+    s_fields_size(merged, &keys, &bytes);
+    if (old)
+        s_fields_size(old, &old_keys, &old_bytes);
+    if (keys >= 0 && keys <= FIELDS_MAX_KEYS && bytes <= FIELDS_MAX_BYTES)
+        return 1;
+    if (keys >= 0 && old && keys <= old_keys && bytes <= old_bytes)
+        return 1;
+    api_error_add(api_errors(req), "fields",
+                  "merged into the stored fields this would make more than 100 keys or "
+                  "16384 bytes of JSON");
+    return 0;
 }
 
 /* Read email/status/fields from obj into in; errors go to sink. Returns the
@@ -275,11 +309,13 @@ static void s_trigger(api_req_t *req, const char *name, const char *event_id, js
 /* ---- POST /contacts ---- */
 
 /* The upsert, its outbox row and its audit row in one statement (atomic
- * without BEGIN/COMMIT): the hottest write path, one round trip. The audit
+ * without BEGIN/COMMIT): the hottest write path, one round trip when it
+ * carries no fields (with fields, BEGIN/COMMIT around it let the merged
+ * result be checked before it commits; old's fields are for that). The audit
  * row has exactly the columns api_audit writes. */
 static const char SQL_UPSERT[] =
-    "WITH old AS (SELECT status FROM contacts WHERE organization_id = $1 AND lower(email) = "
-    "lower($2)),"
+    "WITH old AS (SELECT status, fields FROM contacts WHERE organization_id = $1 AND "
+    "lower(email) = lower($2)),"
     " up AS (INSERT INTO contacts AS c (organization_id, email, status, fields)"
     "  VALUES ($1, $2, COALESCE($3, 'subscribed'), $4::jsonb)"
     "  ON CONFLICT (organization_id, lower(email)) DO UPDATE"
@@ -295,7 +331,8 @@ static const char SQL_UPSERT[] =
     "   resource_type, resource_id, detail)"
     "  SELECT $1, $5, $6, CASE WHEN up.created THEN 'contact.created' ELSE 'contact.updated' END,"
     "   'contact', up.id::text, $7::jsonb FROM up)"
-    " SELECT up.created, (SELECT id FROM ev), " CONTACT_JSON("up") ", up.id FROM up";
+    " SELECT up.created, (SELECT id FROM ev), " CONTACT_JSON("up") ", up.id, up.fields::text,"
+    " (SELECT fields::text FROM old) FROM up";
 
 static int s_create(api_req_t *req)
 {
@@ -322,12 +359,28 @@ static int s_create(api_req_t *req)
                        actor_type && *actor_type ? actor_type : "system",
                        actor_id && *actor_id ? actor_id : NULL,
                        audit_txt ? audit_txt : "{}"};
-    int status = 0;
-    db_result_t *res = s_query(req, 0, SQL_UPSERT, 7, p, &status);
+    /* Fields merge into the stored ones, and the merged result is capped:
+     * checked before the commit, so an over-cap merge leaves nothing. An
+     * upsert without fields cannot grow them and stays one round trip. */
+    int in_tx = in.fields != NULL;
+    int status = in_tx ? s_begin(req) : 0;
+    db_result_t *res = status ? NULL : s_query(req, in_tx, SQL_UPSERT, 7, p, &status);
     free(fields);
     free(audit_txt);
     if (!res)
         return status;
+    if (in_tx) {
+        if (!s_merged_ok(req, db_result_get(res, 0, 4), db_result_get(res, 0, 5))) {
+            db_result_free(&res);
+            api_tx_rollback(req);
+            return api_invalid(req);
+        }
+        status = s_commit(req);
+        if (status) {
+            db_result_free(&res);
+            return status;
+        }
+    }
     int created = strcmp(db_result_get(res, 0, 0), "t") == 0;
     const char *event_id = db_result_get(res, 0, 1);
     json_t *contact = s_parse(db_result_get(res, 0, 2));
@@ -500,18 +553,19 @@ static int s_list(api_req_t *req)
 /* ---- PATCH /contacts/{id} ---- */
 
 static const char SQL_PATCH[] =
-    "WITH o AS (SELECT id, status FROM contacts WHERE organization_id = $1 AND id = $2"
+    "WITH o AS (SELECT id, status, fields FROM contacts WHERE organization_id = $1 AND id = $2"
     "  FOR UPDATE),"
     " up AS (UPDATE contacts c SET email = COALESCE($3, c.email), status = COALESCE($4, c.status),"
     "  fields = (c.fields || $5::jsonb) - ARRAY(SELECT jsonb_array_elements_text($6::jsonb)),"
     "  updated_at = now()"
     "  FROM o WHERE c.id = o.id AND c.organization_id = $1"
-    "  RETURNING c.*, o.status AS old_status),"
+    "  RETURNING c.*, o.status AS old_status, o.fields::text AS old_fields),"
     " ev AS (INSERT INTO events (organization_id, name, contact_id, payload)"
     "  SELECT $1, 'subscribed', up.id, jsonb_build_object('contact_id', up.id, 'email', up.email)"
     "  FROM up WHERE up.status = 'subscribed' AND up.old_status <> 'subscribed'"
     "  RETURNING id)"
-    " SELECT " CONTACT_JSON("up") ", (SELECT id FROM ev), up.email FROM up";
+    " SELECT " CONTACT_JSON("up") ", (SELECT id FROM ev), up.email, up.fields::text,"
+    " up.old_fields FROM up";
 
 static int s_patch(api_req_t *req)
 {
@@ -555,6 +609,11 @@ static int s_patch(api_req_t *req)
         db_result_free(&res);
         api_tx_rollback(req);
         return api_not_found(req, "contact");
+    }
+    if (!s_merged_ok(req, db_result_get(res, 0, 3), db_result_get(res, 0, 4))) {
+        db_result_free(&res);
+        api_tx_rollback(req);
+        return api_invalid(req);
     }
     json_t *contact = s_parse(db_result_get(res, 0, 0));
     const char *event_id = db_result_get(res, 0, 1);

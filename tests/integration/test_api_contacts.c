@@ -197,6 +197,92 @@ static void test_validation(void **state)
     }
 }
 
+/* A body {"email": email, "fields": {...}} (or {"fields": ...} without an
+ * email) with n keys "<prefix><i>" whose values are pad-byte strings.
+ * Caller frees. */
+static char *s_fields_body(const char *email, const char *prefix, int n, int pad)
+{
+    sbuf_t *b = sbuf_new(0);
+    if (email)
+        sbuf_appendf(b, "{\"email\": \"%s\", \"fields\": {", email);
+    else
+        sbuf_append_str(b, "{\"fields\": {");
+    for (int i = 0; i < n; i++) {
+        sbuf_appendf(b, "%s\"%s%d\": \"", i ? "," : "", prefix, i);
+        for (int j = 0; j < pad; j++)
+            sbuf_append(b, "x", 1);
+        sbuf_append(b, "\"", 1);
+    }
+    sbuf_append_str(b, "}}");
+    char *out = sbuf_detach(b, NULL);
+    sbuf_destroy(&b);
+    return out;
+}
+
+static long s_field_keys(const char *id)
+{
+    return api_sql_long(&s_env,
+                        "SELECT count(*) FROM contacts, jsonb_object_keys(fields) WHERE id = '%s'",
+                        id);
+}
+
+/* Upserts and PATCH merge fields: the merged result is held to the caps of
+ * one request (100 keys, 16384 bytes), 422 on fields with nothing written. */
+static void test_fields_merge_capped(void **state)
+{
+    (void)state;
+    const char *P = "/api/v1/contacts";
+    char id[64], path[128];
+    char *b = s_fields_body("grow@example.com", "a", 60, 1);
+    assert_int_equal(s_upsert(b, id), 201);
+    free(b);
+    snprintf(path, sizeof path, "/api/v1/contacts/%s", id);
+    long audits = api_sql_long(&s_env, "SELECT count(*) FROM audit_log WHERE resource_id = '%s'",
+                               id);
+
+    /* 60 + 60 keys by upsert, then by PATCH: both refused, nothing stored. */
+    b = s_fields_body("grow@example.com", "b", 60, 1);
+    s_expect_invalid("POST", P, b, "fields");
+    free(b);
+    b = s_fields_body(NULL, "b", 60, 1);
+    s_expect_invalid("PATCH", path, b, "fields");
+    free(b);
+    assert_int_equal(s_field_keys(id), 60);
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM audit_log WHERE resource_id = "
+                                          "'%s'",
+                                  id),
+                     audits);
+    /* 40 more is exactly 100: fine. */
+    b = s_fields_body("grow@example.com", "b", 40, 1);
+    assert_int_equal(s_upsert(b, id), 200);
+    free(b);
+    assert_int_equal(s_field_keys(id), 100);
+
+    /* Bytes: 10 keys of 1000 bytes, twice, passes 16384. */
+    char id2[64];
+    b = s_fields_body("heavy@example.com", "a", 10, 1000);
+    assert_int_equal(s_upsert(b, id2), 201);
+    free(b);
+    b = s_fields_body("heavy@example.com", "b", 10, 1000);
+    s_expect_invalid("POST", P, b, "fields");
+    free(b);
+    assert_int_equal(s_field_keys(id2), 10);
+
+    /* Fields stored over the caps (before merges were capped) may shrink
+     * but not grow. */
+    api_sql_long(&s_env,
+                 "UPDATE contacts SET fields = (SELECT jsonb_object_agg('k' || i, i) FROM "
+                 "generate_series(1, 150) i) WHERE id = '%s' RETURNING 1",
+                 id);
+    s_expect_invalid("PATCH", path, "{\"fields\": {\"extra\": 1}}", "fields");
+    api_resp_t r = {0};
+    assert_int_equal(api_call(&s_env, "PATCH", path, s_env.key_full,
+                              "{\"fields\": {\"k1\": null, \"k2\": null}}", NULL, &r),
+                     200);
+    api_resp_free(&r);
+    assert_int_equal(s_field_keys(id), 148);
+}
+
 static void test_metacharacters(void **state)
 {
     (void)state;
@@ -734,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_filters),    cmocka_unit_test(test_pagination),
         cmocka_unit_test(test_batch),      cmocka_unit_test(test_tags),
         cmocka_unit_test(test_tenancy),    cmocka_unit_test(test_scopes),
+        cmocka_unit_test(test_fields_merge_capped),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
