@@ -15,6 +15,10 @@
  *   the answer is 429 with Retry-After, before any password is checked, so
  *   a locked account cannot be probed either. A successful login clears
  *   the account's counter (not the address's).
+ * - Registration is limited per client address (REGISTER_MAX within an
+ *   hour, counted like failed logins): it needs no credentials, and each
+ *   call hashes a password and makes an organization. Over the limit the
+ *   answer is 429 with Retry-After, before any hashing.
  * - Registration creates the organization, the owner and the audit row in
  *   one statement: either all of it exists or none does. A taken e-mail is
  *   a 409 (registration necessarily tells that an address has an account).
@@ -41,6 +45,11 @@
 
 /* Failed logins are counted in windows of this length. */
 #define LOGIN_WINDOW_S 900
+/* Registrations (each an Argon2id hash and a new organization, asked with
+ * no credentials) allowed per client address in REGISTER_WINDOW_S. Above
+ * what a team signs up by hand, far below what a script burns CPU with. */
+#define REGISTER_MAX 20
+#define REGISTER_WINDOW_S 3600
 /* Keys the in-process fallback counter table holds. */
 #define LOGIN_LOCAL_KEYS 10000
 #define EMAIL_MAX 254
@@ -53,6 +62,7 @@ static char *s_jwt_secret;        /* HS256 key (wiped by auth_shutdown) */
 static char *s_jwt_issuer;        /* iss written and required */
 static int64_t s_jwt_ttl_s = 86400; /* token lifetime */
 static login_limit_t *s_limit;    /* failed-login counters */
+static login_limit_t *s_reg_limit; /* registrations per client address */
 
 /* Argon2id hash of a random password, verified against for unknown e-mails. */
 static char *s_dummy_hash;
@@ -68,6 +78,7 @@ void auth_shutdown(void)
     free(s_jwt_issuer);
     s_jwt_issuer = NULL;
     login_limit_destroy(&s_limit);
+    login_limit_destroy(&s_reg_limit);
 }
 
 int auth_configure(const config_t *cfg, sbuf_t *err)
@@ -96,13 +107,14 @@ int auth_configure(const config_t *cfg, sbuf_t *err)
     }
     s_limit = login_limit_new(config_int(cfg, "login_max_failures"), LOGIN_WINDOW_S,
                               LOGIN_LOCAL_KEYS, ns);
+    s_reg_limit = login_limit_new(REGISTER_MAX, REGISTER_WINDOW_S, LOGIN_LOCAL_KEYS, ns);
     if (!s_jwt_secret) {
         if (err)
             sbuf_append_str(err, "setting 'jwt_secret' is required: login tokens are signed with it");
         auth_shutdown();
         return -1;
     }
-    if (!s_jwt_issuer || !s_limit) {
+    if (!s_jwt_issuer || !s_limit || !s_reg_limit) {
         if (err)
             sbuf_append_str(err, "auth_configure: out of memory");
         auth_shutdown();
@@ -263,10 +275,27 @@ static int s_register(api_req_t *req)
         free(norm);
         return api_invalid(req);
     }
-    if (!s_jwt_secret || !s_jwt_issuer) {
+    if (!s_jwt_secret || !s_jwt_issuer || !s_reg_limit) {
         free(norm);
         return s_unconfigured(req);
     }
+    /* Every attempt that gets this far costs a hash, so each counts,
+     * whether or not it then creates anything. */
+    const char *addr = api_remote_addr(req);
+    if (!addr)
+        addr = "";
+    kv_t *kv = api_kv(req);
+    int64_t wait = login_limit_check(s_reg_limit, kv, "register", addr);
+    if (wait > 0) {
+        free(norm);
+        char retry[32];
+        snprintf(retry, sizeof retry, "%lld", (long long)wait);
+        api_set_header(req, "Retry-After", retry);
+        return api_problem(req, 429, "Too Many Requests",
+                           "too many registrations from this address; try again in %s seconds",
+                           retry);
+    }
+    login_limit_fail(s_reg_limit, kv, "register", addr);
 
     char *hash = NULL;
     if (authn_password_hash(password, &hash) != 0) {

@@ -2,7 +2,8 @@
  * test_api_auth - accounts and API keys through a real API node: register
  * (and each validation error, duplicates), login (same answer for an
  * unknown e-mail and a wrong password), failed-login lockout per account
- * and per address (login_max_failures = 3), forged JWTs, whoami, and the
+ * and per address (login_max_failures = 3), the registration limit per
+ * address, forged JWTs, whoami, and the
  * API key lifecycle (scopes, keys cannot manage keys, revocation,
  * tenancy, pagination, no secret in any listing or audit row).
  *
@@ -444,6 +445,44 @@ static void test_lockout_per_address(void **state)
     json_decref(r.json);
 }
 
+/* ---- registration limit ---- */
+
+static int s_register_from(const char *src, const char *email, raw_resp_t *out)
+{
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"email\":\"%s\",\"password\":\"" PASSWORD "\",\"organization\":\"Many\"}",
+             email);
+    return s_post_from(src, "/api/v1/auth/register", body, out);
+}
+
+/* Registration needs no credentials: 20 per client address per hour, then
+ * 429 with Retry-After and nothing created; other addresses unaffected. */
+static void test_register_limit_per_address(void **state)
+{
+    (void)state;
+    raw_resp_t r;
+    char email[128];
+    for (int i = 0; i < 20; i++) {
+        snprintf(email, sizeof email, "many%d-%d@example.com", i, (int)getpid());
+        if (s_register_from("127.0.0.41", email, &r) != 201)
+            fail_msg("registration %d: status %d", i + 1, r.status);
+        json_decref(r.json);
+    }
+    long orgs = s_sql_long("SELECT count(*) FROM organizations");
+    snprintf(email, sizeof email, "many20-%d@example.com", (int)getpid());
+    assert_int_equal(s_register_from("127.0.0.41", email, &r), 429);
+    assert_true(r.retry_after >= 1 && r.retry_after <= 3600);
+    json_decref(r.json);
+    assert_int_equal(s_sql_long("SELECT count(*) FROM organizations"), orgs);
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM users WHERE email = '%s'", email);
+    assert_int_equal(s_sql_long(sql), 0);
+    /* Another address may still register. */
+    assert_int_equal(s_register_from("127.0.0.42", email, &r), 201);
+    json_decref(r.json);
+}
+
 /* ---- forged tokens ---- */
 
 static char *s_b64url(const void *data, size_t len)
@@ -830,6 +869,7 @@ int main(void)
         cmocka_unit_test(test_lockout_per_account),
         cmocka_unit_test(test_success_resets_account),
         cmocka_unit_test(test_lockout_per_address),
+        cmocka_unit_test(test_register_limit_per_address),
         cmocka_unit_test(test_forged_tokens),
         cmocka_unit_test(test_api_key_lifecycle),
         cmocka_unit_test(test_api_key_validation),
