@@ -1202,8 +1202,12 @@ static void s_idem_finish(api_req_t *req, const char *key)
     char status[16];
     snprintf(status, sizeof status, "%d", req->status);
     const char *p[] = {req->org, key, status, sbuf_data(req->resp)};
-    /* A server-side failure is not an answer: free the key so a retry runs. */
-    if (req->status >= 500)
+    /* A server-side failure is not an answer, and neither is a refusal of
+     * the request as it stood (a 422 on a domain not yet verified, a 404
+     * for something not made yet): the client fixes the cause and retries
+     * with the same key, and that retry must run. Free the key for both.
+     * A 409 is kept: it reports the outcome against existing state. */
+    if (req->status >= 500 || (req->status >= 400 && req->status != 409))
         db_exec(db, "DELETE FROM idempotency_keys WHERE organization_id = $1 AND key = $2", 2, p,
                 NULL);
     else

@@ -283,6 +283,36 @@ static void test_fields_merge_capped(void **state)
     assert_int_equal(s_field_keys(id), 148);
 }
 
+/* A 4xx is not stored under an Idempotency-Key: after the cause is fixed,
+ * a retry with the same key and body is processed, and that answer is the
+ * one replayed. */
+static void test_idempotency_keeps_no_4xx(void **state)
+{
+    (void)state;
+    const char *H = "Idempotency-Key: fix-and-retry-1\r\n";
+    char id[64], buf[16];
+    char *b = s_fields_body("retry@example.com", "a", 60, 1);
+    assert_int_equal(s_upsert(b, id), 201);
+    free(b);
+    b = s_fields_body("retry@example.com", "b", 60, 1);
+    api_resp_t r = {0};
+    assert_int_equal(api_call(&s_env, "POST", "/api/v1/contacts", s_env.key_full, b, H, &r), 422);
+    api_resp_free(&r);
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM idempotency_keys WHERE key = "
+                                          "'fix-and-retry-1'"),
+                     0);
+    /* The cause goes away; the same request is now processed. */
+    api_sql_long(&s_env, "UPDATE contacts SET fields = '{}' WHERE id = '%s' RETURNING 1", id);
+    assert_int_equal(api_call(&s_env, "POST", "/api/v1/contacts", s_env.key_full, b, H, &r), 200);
+    assert_null(api_resp_header(&r, "Idempotent-Replayed", buf, sizeof buf));
+    api_resp_free(&r);
+    assert_int_equal(s_field_keys(id), 60);
+    assert_int_equal(api_call(&s_env, "POST", "/api/v1/contacts", s_env.key_full, b, H, &r), 200);
+    assert_non_null(api_resp_header(&r, "Idempotent-Replayed", buf, sizeof buf));
+    api_resp_free(&r);
+    free(b);
+}
+
 static void test_metacharacters(void **state)
 {
     (void)state;
@@ -820,7 +850,7 @@ int main(void)
         cmocka_unit_test(test_filters),    cmocka_unit_test(test_pagination),
         cmocka_unit_test(test_batch),      cmocka_unit_test(test_tags),
         cmocka_unit_test(test_tenancy),    cmocka_unit_test(test_scopes),
-        cmocka_unit_test(test_fields_merge_capped),
+        cmocka_unit_test(test_fields_merge_capped), cmocka_unit_test(test_idempotency_keeps_no_4xx),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -314,6 +314,16 @@ static void test_validation(void **state)
     assert_int_equal(s_create(name_211, &r), 201);
     assert_int_equal(strlen(s_str(r.json, "name")), 211);
     api_resp_free(&r);
+
+    /* A 409 stays stored under its Idempotency-Key (other 4xx do not). */
+    char body[300], buf[16];
+    snprintf(body, sizeof body, "{\"name\":\"%s\"}", name_211);
+    const char *H = "Idempotency-Key: dup-409-1\r\n";
+    assert_int_equal(api_call(&s_env, "POST", "/api/v1/domains", s_env.key_full, body, H, &r), 409);
+    api_resp_free(&r);
+    assert_int_equal(api_call(&s_env, "POST", "/api/v1/domains", s_env.key_full, body, H, &r), 409);
+    assert_non_null(api_resp_header(&r, "Idempotent-Replayed", buf, sizeof buf));
+    api_resp_free(&r);
 }
 
 static void test_duplicate(void **state)
