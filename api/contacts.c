@@ -15,9 +15,10 @@
  * Semantics worth knowing: an upsert merges fields shallowly (stored keys
  * not in the request stay, a JSON null is stored as null); PATCH merges the
  * same way except that a null removes the key. The merged result is held
- * to the caps of one request (100 keys, 16384 bytes), or else to no growth. A batch is an import: it
- * writes no 'subscribed' events (an import of 1,000,000 addresses must not
- * fire 1,000,000 welcome flows) and is audited as one row with its counts.
+ * to the caps of one request (100 keys, 16384 bytes), or else to no
+ * growth. A batch is an import: it writes no 'subscribed' events (an
+ * import of 1,000,000 addresses must not fire 1,000,000 welcome flows) and
+ * is audited as one row with its counts.
  * Emails are normalized by core/email_addr (quoted local parts refused).
  *
  * What can go wrong: a PATCH to an email another contact has is a 409 from
@@ -126,6 +127,9 @@ static void s_check_fields(json_t *f, s_sink_t *sink)
         s_fail(sink, "fields", "must be at most 16384 bytes of JSON");
 }
 
+#define S_MERGED_TOO_BIG                                                                          \
+    "merged into the stored fields this would make more than 100 keys or 16384 bytes of JSON"
+
 /* Keys and compact JSON bytes of a fields object PostgreSQL printed; -1
  * and 0 when it cannot be parsed (out of memory). */
 static void s_fields_size(const char *text, long *keys, size_t *bytes)
@@ -153,9 +157,7 @@ static int s_merged_ok(api_req_t *req, const char *merged, const char *old)
         return 1;
     if (keys >= 0 && old && keys <= old_keys && bytes <= old_bytes)
         return 1;
-    api_error_add(api_errors(req), "fields",
-                  "merged into the stored fields this would make more than 100 keys or "
-                  "16384 bytes of JSON");
+    api_error_add(api_errors(req), "fields", S_MERGED_TOO_BIG);
     return 0;
 }
 
@@ -309,18 +311,32 @@ static void s_trigger(api_req_t *req, const char *name, const char *event_id, js
 /* ---- POST /contacts ---- */
 
 /* The upsert, its outbox row and its audit row in one statement (atomic
- * without BEGIN/COMMIT): the hottest write path, one round trip when it
- * carries no fields (with fields, BEGIN/COMMIT around it let the merged
- * result be checked before it commits; old's fields are for that). The audit
- * row has exactly the columns api_audit writes. */
+ * without BEGIN/COMMIT): the hottest write path, one round trip. The merged
+ * fields are held to the caps of one request by the conflict clause itself:
+ * over them (and larger than what was stored, so fields stored over the
+ * caps can still be trimmed) the update does not happen, no row comes back,
+ * and nothing else is written. Bytes are counted on PostgreSQL's text form
+ * less the space it writes after each key's colon and comma, which is
+ * about the compact JSON the request cap counts. The audit row has exactly
+ * the columns api_audit writes. */
+#define S_STR2(x) #x
+#define S_STR(x) S_STR2(x)
+#define MERGED "(c.fields || EXCLUDED.fields)"
+#define FIELDS_TEXT_BYTES(f)                                                                       \
+    "(octet_length((" f ")::text) - 2 * (SELECT count(*) FROM jsonb_object_keys(" f ")))"
+#define FIELDS_KEYS(f) "(SELECT count(*) FROM jsonb_object_keys(" f "))"
 static const char SQL_UPSERT[] =
-    "WITH old AS (SELECT status, fields FROM contacts WHERE organization_id = $1 AND "
+    "WITH old AS (SELECT status FROM contacts WHERE organization_id = $1 AND "
     "lower(email) = lower($2)),"
     " up AS (INSERT INTO contacts AS c (organization_id, email, status, fields)"
     "  VALUES ($1, $2, COALESCE($3, 'subscribed'), $4::jsonb)"
     "  ON CONFLICT (organization_id, lower(email)) DO UPDATE"
     "  SET email = EXCLUDED.email, status = COALESCE($3, c.status),"
     "      fields = c.fields || EXCLUDED.fields, updated_at = now()"
+    "  WHERE (" FIELDS_KEYS(MERGED) " <= " S_STR(FIELDS_MAX_KEYS) " AND "
+    FIELDS_TEXT_BYTES(MERGED) " <= " S_STR(FIELDS_MAX_BYTES) ")"
+    "   OR (" FIELDS_KEYS(MERGED) " <= " FIELDS_KEYS("c.fields") " AND "
+    FIELDS_TEXT_BYTES(MERGED) " <= " FIELDS_TEXT_BYTES("c.fields") ")"
     "  RETURNING c.*, (c.xmax = 0) AS created),"
     " ev AS (INSERT INTO events (organization_id, name, contact_id, payload)"
     "  SELECT $1, 'subscribed', up.id, jsonb_build_object('contact_id', up.id, 'email', up.email)"
@@ -331,8 +347,7 @@ static const char SQL_UPSERT[] =
     "   resource_type, resource_id, detail)"
     "  SELECT $1, $5, $6, CASE WHEN up.created THEN 'contact.created' ELSE 'contact.updated' END,"
     "   'contact', up.id::text, $7::jsonb FROM up)"
-    " SELECT up.created, (SELECT id FROM ev), " CONTACT_JSON("up") ", up.id, up.fields::text,"
-    " (SELECT fields::text FROM old) FROM up";
+    " SELECT up.created, (SELECT id FROM ev), " CONTACT_JSON("up") ", up.id FROM up";
 
 static int s_create(api_req_t *req)
 {
@@ -359,27 +374,18 @@ static int s_create(api_req_t *req)
                        actor_type && *actor_type ? actor_type : "system",
                        actor_id && *actor_id ? actor_id : NULL,
                        audit_txt ? audit_txt : "{}"};
-    /* Fields merge into the stored ones, and the merged result is capped:
-     * checked before the commit, so an over-cap merge leaves nothing. An
-     * upsert without fields cannot grow them and stays one round trip. */
-    int in_tx = in.fields != NULL;
-    int status = in_tx ? s_begin(req) : 0;
-    db_result_t *res = status ? NULL : s_query(req, in_tx, SQL_UPSERT, 7, p, &status);
+    int status = 0;
+    db_result_t *res = s_query(req, 0, SQL_UPSERT, 7, p, &status);
     free(fields);
     free(audit_txt);
     if (!res)
         return status;
-    if (in_tx) {
-        if (!s_merged_ok(req, db_result_get(res, 0, 4), db_result_get(res, 0, 5))) {
-            db_result_free(&res);
-            api_tx_rollback(req);
-            return api_invalid(req);
-        }
-        status = s_commit(req);
-        if (status) {
-            db_result_free(&res);
-            return status;
-        }
+    if (db_result_rows(res) == 0) {
+        /* the conflict clause refused the merge (the only way no row comes
+         * back): nothing was written */
+        db_result_free(&res);
+        api_error_add(api_errors(req), "fields", S_MERGED_TOO_BIG);
+        return api_invalid(req);
     }
     int created = strcmp(db_result_get(res, 0, 0), "t") == 0;
     const char *event_id = db_result_get(res, 0, 1);
