@@ -166,6 +166,16 @@ void sbuf_truncate(sbuf_t *self, size_t len)
     self->data[len] = '\0';
 }
 
+void sbuf_consume(sbuf_t *self, size_t n)
+{
+    if (n >= self->len) {
+        sbuf_truncate(self, 0);
+        return;
+    }
+    memmove(self->data, self->data + n, self->len - n);
+    sbuf_truncate(self, self->len - n);
+}
+
 /* The block is handed over as is (it may be larger than len + 1); the buffer
  * goes back to the no-memory state and grows again on the next append. */
 char *sbuf_detach(sbuf_t *self, size_t *len_p)

@@ -34,6 +34,10 @@ size_t sbuf_len(const sbuf_t *self);
 void sbuf_reset(sbuf_t *self);
 /* Shorten to len bytes (no-op when len >= current length). */
 void sbuf_truncate(sbuf_t *self, size_t len);
+/* Drop the first n bytes (all of them when n >= the length), keep the
+ * memory: what is left of a read buffer once its complete lines are
+ * handled. */
+void sbuf_consume(sbuf_t *self, size_t n);
 /* Hand the bytes to the caller (caller owns the result, free() it) and leave
  * the buffer empty. len_p may be NULL. NULL when out of memory. */
 char *sbuf_detach(sbuf_t *self, size_t *len_p);

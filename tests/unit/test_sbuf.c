@@ -153,6 +153,29 @@ static void test_reset_truncate(void **state)
     sbuf_destroy(&b);
 }
 
+/* Consuming the front keeps the rest, NULs included, NUL-terminated. */
+static void test_consume(void **state)
+{
+    (void)state;
+    sbuf_t *b = sbuf_new(0);
+    sbuf_append(b, "line\r\nre\0st", 12);
+    sbuf_consume(b, 0);
+    assert_int_equal(sbuf_len(b), 12);
+    sbuf_consume(b, 6);
+    assert_int_equal(sbuf_len(b), 6);
+    assert_memory_equal(sbuf_data(b), "re\0st", 6);
+    assert_int_equal(sbuf_data(b)[6], '\0');
+    sbuf_consume(b, 100); /* more than there is: empty */
+    assert_int_equal(sbuf_len(b), 0);
+    assert_string_equal(sbuf_data(b), "");
+    sbuf_append_str(b, "again");
+    assert_string_equal(sbuf_data(b), "again");
+    free(sbuf_detach(b, NULL));
+    sbuf_consume(b, 1); /* detached: nothing to move */
+    assert_int_equal(sbuf_len(b), 0);
+    sbuf_destroy(&b);
+}
+
 static void test_detach(void **state)
 {
     (void)state;
@@ -195,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_appendf_long),     cmocka_unit_test(test_self_append),
         cmocka_unit_test(test_overflow_refused), cmocka_unit_test(test_reserve),
         cmocka_unit_test(test_reset_truncate),   cmocka_unit_test(test_detach),
+        cmocka_unit_test(test_consume),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
