@@ -22,6 +22,23 @@
  * suppressions ON CONFLICT DO NOTHING), so a 451 followed by a retry does
  * not double anything but a 'deferred' note.
  *
+ * The statements run on a database thread of their own, with its own
+ * PostgreSQL session, so a slow or locked statement delays only the
+ * reports queued behind it, never another session's greeting or replies.
+ * At the dot the poll thread parses the message, gives the DATA bytes back
+ * to the budget, and hands a job (the parsed report and the recipients
+ * that need the database) to the thread through a queue of
+ * INBOUND_DB_QUEUE; the session is parked (read, but its input not
+ * handled) until the job comes back through an eventfd, and only then is
+ * the final reply written: 250 once every statement committed, 451 4.3.0
+ * when one failed or the job waited INBOUND_DB_WAIT_MS, 451 4.3.2 at once
+ * when the queue is full. A job owns everything it uses and names its
+ * session by slot and serial number, never by pointer: a client that hangs
+ * up while its job runs is freed at once, and the result that comes back
+ * later finds no session with that serial and is dropped. The report is
+ * then still applied (the sender saw no 250 and retries, which changes
+ * nothing).
+ *
  * Security note: a token is acted on only when its MAC checks under
  * secret_key (core/verp.h), so knowing a message id is not enough to get
  * its recipient bounced or suppressed. A token that fails (forged, made
@@ -33,10 +50,13 @@
  * sessions, and all sessions together buffer at most INBOUND_MAX_BUFFERED
  * bytes of DATA (past it a message gets 452 and is retried later).
  *
- * What can go wrong: the database work runs on the poll thread, so while
- * PostgreSQL is slow every session waits (an MTA times out after minutes,
- * we are well inside). A failed connect is not retried for a second, so a
- * dead server costs each message one quick 451.
+ * What can go wrong: while PostgreSQL is slow, reports wait in the queue
+ * (the sending MTA waits 10 minutes for the reply to the dot, we answer
+ * 451 after INBOUND_DB_WAIT_MS at most) and past INBOUND_DB_QUEUE they get
+ * a quick 451. A failed connect is not retried for a second, so a dead
+ * server costs each message one quick 451. inbound_stop abandons the jobs
+ * still queued (their sessions are closed unanswered, the MTAs retry) and
+ * waits for the one running, which its session's statement_timeout bounds.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -45,11 +65,14 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -84,11 +107,14 @@ typedef struct {
 } rcpt_t;
 _Static_assert(VERP_UUID_SIZE <= 64 && UNSUB_TOKEN_LEN + 1 <= 64, "rcpt_t.id holds either");
 
-typedef enum { ST_CMD, ST_DATA, ST_CLOSING } sess_state_t;
+/* ST_WAIT: the dot was read and the report handed to the database thread;
+ * the final reply waits for its result. */
+typedef enum { ST_CMD, ST_DATA, ST_WAIT, ST_CLOSING } sess_state_t;
 
 typedef struct {
     int fd;             /* the client socket */
-    sess_state_t state; /* reading commands, DATA, or flushing then closing */
+    uint64_t serial;    /* unique for the listener's life: what a job names */
+    sess_state_t state; /* reading commands, DATA, waiting for the database, or closing */
     sbuf_t *in;         /* bytes read, not yet a complete line */
     sbuf_t *out;        /* replies not yet written */
     size_t out_off;     /* how much of out is written */
@@ -104,7 +130,22 @@ typedef struct {
     int64_t last_ms;    /* last byte read */
     int64_t start_ms;   /* accepted at */
     unsigned char peer[PEER_LEN]; /* the client's address, as counted for INBOUND_MAX_PER_CLIENT */
+    int slot;                     /* where it is in sess[] */
 } sess_t;
+
+/* One message's database work. The poll thread fills it and hands it over;
+ * from then until it is back on the done list only the database thread
+ * touches it. It points at nothing the session owns. */
+typedef struct job {
+    struct job *next;   /* on the pending or the done list */
+    int slot;           /* the waiting session's slot in sess[] */
+    uint64_t serial;    /* and its serial: the slot may hold another by then */
+    int64_t queued_ms;  /* handed over at */
+    inbound_report_t r; /* the report, parsed once */
+    rcpt_t *rcpts;      /* the recipients that need the database */
+    int nrcpts;         /* how many */
+    int failed;         /* result: a statement failed, or the job waited too long */
+} job_t;
 
 struct inbound {
     pthread_t thread;                /* the poll thread */
@@ -114,9 +155,19 @@ struct inbound {
     sess_t *sess[INBOUND_MAX_CONNS]; /* sessions, NULL slots free */
     int nsess;                       /* sessions open */
     size_t buffered;                 /* DATA bytes held by all sessions */
+    uint64_t next_serial;            /* the next session's serial (poll thread) */
     char *conninfo;                  /* PostgreSQL connection string */
-    db_t *db;                        /* the thread's connection, NULL until needed */
-    int64_t db_failed_ms;            /* when the last connect failed */
+    db_t *db;                        /* the database thread's connection, NULL until needed */
+    int64_t db_failed_ms;            /* when the last connect failed (database thread) */
+    pthread_t db_thread;             /* runs the jobs */
+    int db_running;                  /* it was started */
+    pthread_mutex_t lock;            /* guards the lists below */
+    pthread_cond_t wakeup;           /* a job was queued, or stop */
+    job_t *pending, *pending_tail;   /* jobs not started, oldest first */
+    int npending;                    /* how many (at most INBOUND_DB_QUEUE) */
+    job_t *done;                     /* jobs finished, not yet answered */
+    atomic_int stopping;             /* inbound_stop: the database thread leaves */
+    int done_fd;                     /* eventfd: the database thread finished a job */
     char host[256];                  /* our name in the greeting and EHLO */
     unsigned char key[VERP_KEY_LEN]; /* secret_key: checks VERP tokens */
     int have_key;                    /* secret_key was valid (else no token checks) */
@@ -286,9 +337,9 @@ static db_t *s_db(inbound_t *in)
         return NULL;
     sbuf_t *err = sbuf_new(64);
     in->db = db_connect(in->conninfo, 0, err);
-    /* This session runs on the listener's only thread: a row lock held
-     * elsewhere, or a statement that hangs, must cost a 451 (the MTA
-     * retries), not every session's service. */
+    /* A row lock held elsewhere, or a statement that hangs, must cost the
+     * report a 451 (the MTA retries), not hold up every report queued
+     * behind it. */
     if (in->db &&
         db_exec_script(in->db, "SET statement_timeout = 5000; SET lock_timeout = 2000", err) != 0)
         db_destroy(&in->db);
@@ -322,47 +373,58 @@ static void s_unknown(inbound_t *in, const char *why, const char *token)
     }
 }
 
-/* Record report r (parsed once for the whole message) for the row uuid,
- * whose token passed its MAC; token is for the log. 0 when it is done
- * (recorded, or nothing to record), -1 when the database could not be
- * reached or refused: the caller answers 451 and the MTA retries. */
-static int s_record(inbound_t *in, const inbound_report_t *r, const char *uuid, const char *token)
+/* What a report does to the row its token names: the statement and the
+ * counter, or no statement and why (for the unknown count). */
+typedef struct {
+    const char *sql; /* NULL: nothing to record */
+    metric_t *m;     /* counted when the row exists */
+    const char *why; /* when sql is NULL */
+} action_t;
+
+static action_t s_action(const inbound_t *in, const inbound_report_t *r)
 {
-    const char *sql = NULL;
-    metric_t *m = NULL;
-    const char *p[3] = {uuid, NULL, NULL};
-    if (r->kind == REPORT_DSN && r->hard) {
-        sql = SQL_HARD, m = in->m_hard;
-        p[1] = r->diagnostic, p[2] = r->status;
-    } else if (r->kind == REPORT_DSN && strcmp(r->action, "failed") == 0) {
+    if (r->kind == REPORT_DSN && r->hard)
+        return (action_t){SQL_HARD, in->m_hard, NULL};
+    if (r->kind == REPORT_DSN && strcmp(r->action, "failed") == 0)
         /* The remote gave up for good, only for a reason that was not
          * permanent (Postfix and Exchange say 4.4.x when the queue expires). */
-        sql = SQL_SOFT, m = in->m_soft;
-        p[1] = r->diagnostic, p[2] = r->status;
-    } else if (r->kind == REPORT_DSN && strcmp(r->action, "delayed") == 0) {
-        sql = SQL_DELAYED, m = in->m_delayed;
-        p[1] = r->diagnostic, p[2] = r->status;
-    } else if (r->kind == REPORT_ARF && r->hard) {
-        sql = SQL_COMPLAINT, m = in->m_arf;
-        p[1] = r->feedback_type;
-    } else {
-        s_unknown(in,
-                  r->kind == REPORT_ARF   ? "feedback type not acted on"
-                  : r->kind == REPORT_DSN ? "DSN action not acted on"
-                                          : "not a report",
-                  token);
+        return (action_t){SQL_SOFT, in->m_soft, NULL};
+    if (r->kind == REPORT_DSN && strcmp(r->action, "delayed") == 0)
+        return (action_t){SQL_DELAYED, in->m_delayed, NULL};
+    if (r->kind == REPORT_ARF && r->hard)
+        return (action_t){SQL_COMPLAINT, in->m_arf, NULL};
+    return (action_t){NULL, NULL,
+                      r->kind == REPORT_ARF   ? "feedback type not acted on"
+                      : r->kind == REPORT_DSN ? "DSN action not acted on"
+                                              : "not a report"};
+}
+
+/* Record report r (parsed once for the whole message) for the row uuid,
+ * whose token passed its MAC (database thread). 0 when it is done
+ * (recorded, or nothing to record), -1 when the database could not be
+ * reached or refused: the caller answers 451 and the MTA retries. */
+static int s_record(inbound_t *in, const inbound_report_t *r, const char *uuid)
+{
+    action_t a = s_action(in, r);
+    if (!a.sql) {
+        s_unknown(in, a.why, uuid);
         return 0;
     }
+    const char *p[3] = {uuid, NULL, NULL};
+    if (r->kind == REPORT_ARF)
+        p[1] = r->feedback_type;
+    else
+        p[1] = r->diagnostic, p[2] = r->status;
     int rc = -1;
     sbuf_t *err = sbuf_new(64);
     db_t *db = s_db(in);
-    db_result_t *res = db ? db_query(db, sql, sql == SQL_COMPLAINT ? 2 : 3, p, err) : NULL;
+    db_result_t *res = db ? db_query(db, a.sql, a.sql == SQL_COMPLAINT ? 2 : 3, p, err) : NULL;
     if (res) {
         const char *exists = db_result_get(res, 0, 0);
         if (exists && exists[0] == 't') {
-            metric_inc(m);
+            metric_inc(a.m);
         } else {
-            s_unknown(in, "no such message", token);
+            s_unknown(in, "no such message", uuid);
         }
         rc = 0;
     } else if (db && log_should("inbound-record", 14, 10000)) {
@@ -372,20 +434,6 @@ static int s_record(inbound_t *in, const inbound_report_t *r, const char *uuid, 
     db_result_free(&res);
     sbuf_destroy(&err);
     return rc;
-}
-
-/* A report to the feedback-loop address carries no token in its envelope:
- * apply it to the first of its own candidates that passes the MAC (each is
- * authenticated on its own, so the order only matters for reports that name
- * two of our messages). */
-static int s_record_fbl(inbound_t *in, const inbound_report_t *r)
-{
-    char uuid[VERP_UUID_SIZE];
-    for (int i = 0; i < r->n_candidates; i++)
-        if (s_token_uuid(in, r->verp_candidates[i], uuid) == 0)
-            return s_record(in, r, uuid, r->verp_candidates[i]);
-    s_unknown(in, "feedback loop: no candidate token is ours", r->verp_token);
-    return 0;
 }
 
 /* ---- the List-Unsubscribe mailto route (unsubscribe+<token>@<any domain>) ---- */
@@ -415,9 +463,9 @@ static int s_fbl_rcpt(const char *addr)
 
 /* Unsubscribe the recipient of the row the token names (whatever the
  * message says: the address is the request, as RFC 2369 mailto links
- * are). 0 when done or the row is gone, -1 when the database failed (451:
- * the sender retries). The events row it writes is announced to the tenant
- * actor by the sweeper's re-drive. */
+ * are), on the database thread. 0 when done or the row is gone, -1 when
+ * the database failed (451: the sender retries). The events row it writes
+ * is announced to the tenant actor by the sweeper's re-drive. */
 static int s_unsubscribe(inbound_t *in, const char *token)
 {
     db_t *db = s_db(in);
@@ -436,9 +484,120 @@ static int s_unsubscribe(inbound_t *in, const char *token)
     return rc == UNSUB_ERROR ? -1 : 0;
 }
 
-/* The final dot: check and parse the message once, record it for every
- * recipient, then answer. A message GMime should not be given is refused
- * with a 5xx for all of them: it is no report a real MTA writes. */
+/* Keep at the front of s->rcpts the recipients whose report needs the
+ * database and count the others as unknown here; how many are kept. A
+ * feedback-loop recipient carries no token in its envelope: it becomes the
+ * row of the first of the report's own candidates that passes the MAC
+ * (each is authenticated on its own, so the order only matters for
+ * reports that name two of our messages). parsed is 0 when r could not be
+ * parsed (why says why): only unsubscribe recipients are kept then. */
+static int s_needing_db(inbound_t *in, sess_t *s, const inbound_report_t *r, int parsed,
+                        const char *why)
+{
+    action_t a = s_action(in, r);
+    int n = 0;
+    for (int i = 0; i < s->nrcpts; i++) {
+        rcpt_t rc = s->rcpts[i];
+        if (rc.kind != RCPT_UNSUB && !parsed) {
+            s_unknown(in, why, rc.id);
+            continue;
+        }
+        if (rc.kind == RCPT_FBL) {
+            int k = 0;
+            while (k < r->n_candidates && s_token_uuid(in, r->verp_candidates[k], rc.id) != 0)
+                k++;
+            if (k == r->n_candidates) {
+                s_unknown(in, "feedback loop: no candidate token is ours", r->verp_token);
+                continue;
+            }
+            rc.kind = RCPT_VERP;
+        }
+        if (rc.kind == RCPT_VERP && !a.sql) {
+            s_unknown(in, a.why, rc.id);
+            continue;
+        }
+        s->rcpts[n++] = rc;
+    }
+    return n;
+}
+
+static void s_job_free(job_t **job_p)
+{
+    if (!*job_p)
+        return;
+    free((*job_p)->rcpts);
+    free(*job_p);
+    *job_p = NULL;
+}
+
+/* Database thread: record the job's report for each of its recipients, in
+ * order, stopping at the first failure (the retry redoes the rest, and
+ * what was done changes nothing the second time). A job that has waited
+ * INBOUND_DB_WAIT_MS fails without going on: its sender may have given up
+ * on the reply, and a queue that slow should not grow older still. */
+static void s_job_run(inbound_t *in, job_t *job)
+{
+    for (int i = 0; i < job->nrcpts && !job->failed; i++) {
+        const rcpt_t *rc = &job->rcpts[i];
+        int64_t waited = mesh_now_ms() - job->queued_ms;
+        if (atomic_load(&in->stopping) || waited > INBOUND_DB_WAIT_MS) {
+            if (waited > INBOUND_DB_WAIT_MS && log_should("inbound-wait", 12, 10000))
+                log_error("report waited %lld ms for the database: answering 451",
+                          (long long)waited);
+            job->failed = 1;
+        } else if (rc->kind == RCPT_UNSUB) {
+            job->failed = s_unsubscribe(in, rc->id) != 0;
+        } else {
+            job->failed = s_record(in, &job->r, rc->id) != 0;
+        }
+    }
+}
+
+/* Give report r and the first n recipients of s (which the job takes) to
+ * the database thread and park s until the result comes back. When that
+ * cannot be done, answer 451 now: the MTA retries, and a full queue is
+ * not worth making it wait for. */
+static void s_hand_over(inbound_t *in, sess_t *s, const inbound_report_t *r, int n)
+{
+    job_t *job = calloc(1, sizeof *job);
+    if (!job) {
+        s_reply(s, "451 4.3.1 Insufficient system storage");
+        return;
+    }
+    job->slot = s->slot;
+    job->serial = s->serial;
+    job->queued_ms = mesh_now_ms();
+    job->r = *r;
+    job->rcpts = s->rcpts;
+    job->nrcpts = n;
+    pthread_mutex_lock(&in->lock);
+    int full = in->npending >= INBOUND_DB_QUEUE;
+    if (!full) {
+        if (in->pending_tail)
+            in->pending_tail->next = job;
+        else
+            in->pending = job;
+        in->pending_tail = job;
+        in->npending++;
+        pthread_cond_signal(&in->wakeup);
+    }
+    pthread_mutex_unlock(&in->lock);
+    if (full) {
+        free(job);
+        if (log_should("inbound-queue", 13, 10000))
+            log_warn("%d reports wait for the database: answering 451", INBOUND_DB_QUEUE);
+        s_reply(s, "451 4.3.2 Too busy, try again later");
+        return;
+    }
+    s->rcpts = NULL; /* the job's now */
+    s->nrcpts = 0;
+    s->state = ST_WAIT;
+}
+
+/* The final dot: check and parse the message once, then hand what needs
+ * the database to its thread (the reply waits for it) or answer now. A
+ * message GMime should not be given is refused with a 5xx for all
+ * recipients: it is no report a real MTA writes. */
 static void s_end_data(inbound_t *in, sess_t *s)
 {
     const char *raw = s->data ? sbuf_data(s->data) : "";
@@ -449,7 +608,6 @@ static void s_end_data(inbound_t *in, sess_t *s)
     sbuf_t *err = sbuf_new(64);
     inbound_report_t r;
     memset(&r, 0, sizeof r);
-    int prc = 0;
     if (s->over == 1) {
         s_reply(s, "552 5.3.4 Message too big");
     } else if (s->over) {
@@ -458,26 +616,17 @@ static void s_end_data(inbound_t *in, sess_t *s)
         s_unknown(in, err ? sbuf_data(err) : "refused", "");
         sbuf_appendf(s->out, "554 5.6.0 Message refused: %s\r\n", err ? sbuf_data(err) : "refused");
     } else {
-        if (need_parse)
-            prc = inbound_report_parse(raw, len, NULL, VERP_LOCAL, NULL, &r, err);
-        int failed = 0;
-        for (int i = 0; i < s->nrcpts && !failed; i++) {
-            const rcpt_t *rc = &s->rcpts[i];
-            if (rc->kind == RCPT_UNSUB)
-                failed = s_unsubscribe(in, rc->id) != 0;
-            else if (prc != 0)
-                s_unknown(in, err ? sbuf_data(err) : "not a message", rc->id);
-            else if (rc->kind == RCPT_VERP)
-                failed = s_record(in, &r, rc->id, rc->id) != 0;
-            else
-                failed = s_record_fbl(in, &r) != 0;
-        }
-        s_reply(s, failed ? "451 4.3.0 Temporary failure, try again later"
-                          : "250 2.0.0 Ok: report received");
+        int prc = need_parse ? inbound_report_parse(raw, len, NULL, VERP_LOCAL, NULL, &r, err) : 0;
+        int n = s_needing_db(in, s, &r, prc == 0, err ? sbuf_data(err) : "not a message");
+        if (n > 0)
+            s_hand_over(in, s, &r, n);
+        else
+            s_reply(s, "250 2.0.0 Ok: report received");
     }
     sbuf_destroy(&err);
-    s_reset_tx(in, s);
-    s->state = ST_CMD;
+    s_reset_tx(in, s); /* the DATA bytes go back to the budget: the job holds the parsed report */
+    if (s->state == ST_DATA)
+        s->state = ST_CMD;
 }
 
 static void s_bad(sess_t *s, const char *reply)
@@ -639,12 +788,14 @@ static void s_data_append(inbound_t *in, sess_t *s, const char *p, size_t n)
 }
 
 /* Handle every complete line in s->in; keep a partial one for later unless
- * it is already too long to be a command or the end of data. */
+ * it is already too long to be a command or the end of data. A session
+ * parked at its dot keeps the rest (pipelined commands) for when its reply
+ * is written. */
 static void s_process(inbound_t *in, sess_t *s)
 {
     const char *buf = sbuf_data(s->in);
     size_t len = sbuf_len(s->in), pos = 0;
-    while (pos < len && s->state != ST_CLOSING) {
+    while (pos < len && s->state != ST_CLOSING && s->state != ST_WAIT) {
         const char *nl = memchr(buf + pos, '\n', len - pos);
         if (!nl) {
             size_t rest = len - pos;
@@ -692,14 +843,8 @@ static void s_process(inbound_t *in, sess_t *s)
     }
     if (pos >= len || s->state == ST_CLOSING)
         sbuf_reset(s->in); /* nothing left, or nothing more will be read */
-    else if (pos > 0) {
-        /* Move the partial line to the front (shorter than a line limit). */
-        size_t rest = len - pos;
-        char tmp[INBOUND_MAX_LINE];
-        memcpy(tmp, buf + pos, rest);
-        sbuf_reset(s->in);
-        sbuf_append(s->in, tmp, rest);
-    }
+    else
+        sbuf_consume(s->in, pos); /* a partial line, or what a parked session has not handled */
 }
 
 static void s_close(inbound_t *in, int i)
@@ -790,6 +935,8 @@ static void s_accept(inbound_t *in)
             continue;
         }
         memcpy(s->peer, peer, PEER_LEN);
+        s->slot = slot;
+        s->serial = ++in->next_serial;
         s->start_ms = s->last_ms = mesh_now_ms();
         sbuf_appendf(s->out, "220 %s ESMTP Postchi return path\r\n", in->host);
         in->sess[slot] = s;
@@ -830,11 +977,71 @@ static int s_write(sess_t *s)
     return s->state == ST_CLOSING ? -1 : 0;
 }
 
+/* Database thread: run jobs oldest first until inbound_stop, then leave
+ * the rest queued for it to free. */
+static void *s_db_thread(void *arg)
+{
+    inbound_t *in = arg;
+    pthread_mutex_lock(&in->lock);
+    while (!atomic_load(&in->stopping)) {
+        job_t *job = in->pending;
+        if (!job) {
+            pthread_cond_wait(&in->wakeup, &in->lock);
+            continue;
+        }
+        in->pending = job->next;
+        if (!in->pending)
+            in->pending_tail = NULL;
+        in->npending--;
+        pthread_mutex_unlock(&in->lock);
+        s_job_run(in, job);
+        pthread_mutex_lock(&in->lock);
+        job->next = in->done;
+        in->done = job;
+        uint64_t one = 1;
+        if (write(in->done_fd, &one, sizeof one) < 0) {
+            /* Only EAGAIN, at a counter of 2^64 - 2: the poll thread is woken already. */
+        }
+    }
+    pthread_mutex_unlock(&in->lock);
+    db_destroy(&in->db);
+    return NULL;
+}
+
+/* Poll thread: answer the sessions whose jobs came back. A session that
+ * went away meanwhile (its slot empty, or holding a newer session) is not
+ * there to answer: the result is dropped with its job. */
+static void s_jobs_done(inbound_t *in)
+{
+    uint64_t count;
+    if (read(in->done_fd, &count, sizeof count) < 0) {
+        /* EAGAIN: a previous turn took the jobs this count was for. */
+    }
+    pthread_mutex_lock(&in->lock);
+    job_t *list = in->done;
+    in->done = NULL;
+    pthread_mutex_unlock(&in->lock);
+    while (list) {
+        job_t *job = list;
+        list = job->next;
+        sess_t *s = in->sess[job->slot];
+        if (s && s->serial == job->serial && s->state == ST_WAIT) {
+            s_reply(s, job->failed ? "451 4.3.0 Temporary failure, try again later"
+                                   : "250 2.0.0 Ok: report received");
+            s->state = ST_CMD;
+            s->last_ms = mesh_now_ms();
+            s_process(in, s); /* commands pipelined after the dot */
+        }
+        s_job_free(&job);
+    }
+}
+
 static void *s_thread(void *arg)
 {
     inbound_t *in = arg;
-    struct pollfd *pfd = calloc(INBOUND_MAX_CONNS + 2, sizeof *pfd);
-    int *idx = calloc(INBOUND_MAX_CONNS + 2, sizeof *idx);
+    enum { FIXED = 3 }; /* stop pipe, listening socket, done eventfd */
+    struct pollfd *pfd = calloc(INBOUND_MAX_CONNS + FIXED, sizeof *pfd);
+    int *idx = calloc(INBOUND_MAX_CONNS + FIXED, sizeof *idx);
     if (!pfd || !idx)
         log_fatal("out of memory");
     for (;;) {
@@ -843,12 +1050,15 @@ static void *s_thread(void *arg)
         /* Always: past the limit a client is told 421 at once, not left
          * waiting in the backlog. */
         pfd[n++] = (struct pollfd){in->lfd, POLLIN, 0};
+        pfd[n++] = (struct pollfd){in->done_fd, POLLIN, 0};
         int64_t now = mesh_now_ms();
         for (int i = 0; i < INBOUND_MAX_CONNS; i++) {
             sess_t *s = in->sess[i];
             if (!s)
                 continue;
-            if (now - s->last_ms > INBOUND_IDLE_MS || now - s->start_ms > SESSION_MAX_MS) {
+            /* A parked session is silent because it waits for us. */
+            if ((s->state != ST_WAIT && now - s->last_ms > INBOUND_IDLE_MS) ||
+                now - s->start_ms > SESSION_MAX_MS) {
                 static const char bye[] = "421 4.4.2 Timeout, closing connection\r\n";
                 if (send(s->fd, bye, sizeof bye - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
                     /* The client is gone or not reading: closing is all that is left. */
@@ -857,7 +1067,10 @@ static void *s_thread(void *arg)
                 continue;
             }
             short ev = 0;
-            if (s->state != ST_CLOSING && sbuf_len(s->out) < OUT_HIGH)
+            /* A parked session is still read (so a hang-up frees it at
+             * once), up to one command line of what it pipelined. */
+            if (s->state == ST_WAIT ? sbuf_len(s->in) < INBOUND_MAX_LINE
+                                    : s->state != ST_CLOSING && sbuf_len(s->out) < OUT_HIGH)
                 ev |= POLLIN;
             if (sbuf_len(s->out) > s->out_off)
                 ev |= POLLOUT;
@@ -873,7 +1086,7 @@ static void *s_thread(void *arg)
         if (pfd[0].revents)
             break;
         int64_t turn_ms = mesh_now_ms();
-        for (int k = 2; k < n; k++) {
+        for (int k = FIXED; k < n; k++) {
             int i = idx[k];
             sess_t *s = in->sess[i];
             short re = pfd[k].revents;
@@ -887,10 +1100,13 @@ static void *s_thread(void *arg)
             if (gone)
                 s_close(in, i);
         }
+        if (pfd[2].revents & POLLIN)
+            s_jobs_done(in);
         if (pfd[1].revents & POLLIN)
             s_accept(in);
-        /* A message recorded on this thread (a slow database) kept every
-         * other session from being read: that time is not their silence. */
+        /* A message parsed on this thread (bounded by inbound_report_check,
+         * but GMime still takes its time) kept every other session from
+         * being read: that time is not their silence. */
         int64_t stall = mesh_now_ms() - turn_ms;
         for (int i = 0; stall > STALL_MS && i < INBOUND_MAX_CONNS; i++)
             if (in->sess[i])
@@ -941,7 +1157,9 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
         sbuf_append_str(err, "inbound: out of memory");
         return NULL;
     }
-    in->lfd = in->wake[0] = in->wake[1] = -1;
+    in->lfd = in->wake[0] = in->wake[1] = in->done_fd = -1;
+    pthread_mutex_init(&in->lock, NULL);
+    pthread_cond_init(&in->wakeup, NULL);
     in->m_hard = metrics_series(f, (const char *const[]){"dsn_hard", NULL});
     in->m_soft = metrics_series(f, (const char *const[]){"dsn_soft", NULL});
     in->m_delayed = metrics_series(f, (const char *const[]){"dsn_delayed", NULL});
@@ -960,7 +1178,8 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
     if (!in->have_key)
         log_warn("secret_key is not set: every report will be dropped as unknown");
     in->conninfo = db_conninfo_from_config(cfg);
-    if (!in->conninfo || pipe2(in->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+    in->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!in->conninfo || in->done_fd < 0 || pipe2(in->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         sbuf_append_str(err, "inbound: out of resources");
         inbound_stop(&in);
         return NULL;
@@ -969,6 +1188,12 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
         inbound_stop(&in);
         return NULL;
     }
+    if (pthread_create(&in->db_thread, NULL, s_db_thread, in) != 0) {
+        sbuf_append_str(err, "inbound: cannot start the database thread");
+        inbound_stop(&in);
+        return NULL;
+    }
+    in->db_running = 1;
     if (pthread_create(&in->thread, NULL, s_thread, in) != 0) {
         sbuf_append_str(err, "inbound: cannot start the thread");
         inbound_stop(&in);
@@ -977,6 +1202,15 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
     in->running = 1;
     log_info("listening on %s:%d", config_str(cfg, "inbound_bind"), port);
     return in;
+}
+
+static void s_jobs_free(job_t **list_p)
+{
+    while (*list_p) {
+        job_t *job = *list_p;
+        *list_p = job->next;
+        s_job_free(&job);
+    }
 }
 
 void inbound_stop(inbound_t **self_p)
@@ -989,6 +1223,18 @@ void inbound_stop(inbound_t **self_p)
             log_panic("inbound_stop: cannot wake the thread: %s", strerror(errno));
         pthread_join(in->thread, NULL);
     }
+    if (in->db_running) {
+        /* The job running finishes (its statement_timeout bounds it), the
+         * queued ones are abandoned: their sessions close unanswered below
+         * and their senders retry. */
+        pthread_mutex_lock(&in->lock);
+        atomic_store(&in->stopping, 1);
+        pthread_cond_signal(&in->wakeup);
+        pthread_mutex_unlock(&in->lock);
+        pthread_join(in->db_thread, NULL);
+    }
+    s_jobs_free(&in->pending);
+    s_jobs_free(&in->done);
     for (int i = 0; i < INBOUND_MAX_CONNS; i++)
         if (in->sess[i])
             s_close(in, i);
@@ -998,7 +1244,11 @@ void inbound_stop(inbound_t **self_p)
         close(in->wake[0]);
     if (in->wake[1] >= 0)
         close(in->wake[1]);
+    if (in->done_fd >= 0)
+        close(in->done_fd);
     db_destroy(&in->db);
+    pthread_cond_destroy(&in->wakeup);
+    pthread_mutex_destroy(&in->lock);
     free(in->conninfo);
     OPENSSL_cleanse(in->key, sizeof in->key);
     free(in);

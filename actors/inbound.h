@@ -4,10 +4,13 @@
  * ("bounces+<token>@<return path host>") here, and each one updates the
  * message it is about, its contact and the organization's suppressions.
  *
- * One thread per worker, poll() over the listening socket and every client;
- * the database work for a message runs on that thread after the final dot,
- * and 250 is answered only once it committed (451 when PostgreSQL cannot be
- * reached, so the sending MTA keeps the report and retries).
+ * One thread per worker runs poll() over the listening socket and every
+ * client; after the final dot it parses the message and hands the database
+ * work to a second thread with its own PostgreSQL session, so a slow or
+ * locked statement never holds up the other sessions. The session waits
+ * for the result: 250 only once the work committed, 451 when PostgreSQL
+ * failed or timed out (the sending MTA keeps the report and retries), 451
+ * at once when INBOUND_DB_QUEUE reports already wait.
  *
  * What can go wrong: every byte here comes from anyone on the Internet.
  * Sessions are bounded (INBOUND_MAX_CONNS, INBOUND_MAX_PER_CLIENT,
@@ -34,6 +37,8 @@
 #define INBOUND_MAX_ERRORS 20                   /* bad commands before 421 and close */
 #define INBOUND_MAX_PER_CLIENT 8                /* sessions at once from one IPv4 address or IPv6 /64 */
 #define INBOUND_MAX_BUFFERED (32u * 1024 * 1024) /* DATA bytes held across all sessions */
+#define INBOUND_DB_QUEUE 32                     /* reports waiting for the database; more get 451 */
+#define INBOUND_DB_WAIT_MS 60000                /* longest wait for the database, then 451 */
 
 typedef struct inbound inbound_t;
 
@@ -44,7 +49,8 @@ typedef struct inbound inbound_t;
  * with inbound_stop), or NULL with err set when the socket or the thread
  * cannot be made. */
 inbound_t *inbound_start(const config_t *cfg, sbuf_t *err);
-/* Stop the thread (a message being recorded finishes first), close every
- * session and free everything. NULL-safe, idempotent, sets *self_p NULL. */
+/* Stop both threads (a report being recorded finishes first, the queued
+ * ones are abandoned unanswered), close every session and free everything.
+ * NULL-safe, idempotent, sets *self_p NULL. */
 void inbound_stop(inbound_t **self_p);
 #endif

@@ -1049,6 +1049,257 @@ static void test_garbage_and_limit(void **state)
     free(c);
 }
 
+/* --- the database thread -------------------------------------------------- */
+
+/* The code of the next complete reply, its last line into text[size]. */
+static int s_reply_text(conn_t *c, char *text, size_t size)
+{
+    text[0] = '\0';
+    int64_t deadline = harness_now_ms() + 10000;
+    for (;;) {
+        char *nl;
+        while ((nl = memchr(c->buf, '\n', c->len)) != NULL) {
+            size_t n = (size_t)(nl - c->buf) + 1;
+            int last = n >= 4 && c->buf[3] == ' ';
+            int code = atoi(c->buf);
+            if (last)
+                snprintf(text, size, "%.*s", (int)(n > 2 ? n - 2 : 0), c->buf);
+            memmove(c->buf, c->buf + n, c->len - n);
+            c->len -= n;
+            if (last)
+                return code;
+        }
+        int left = (int)(deadline - harness_now_ms());
+        struct pollfd p = {c->fd, POLLIN, 0};
+        if (left <= 0 || poll(&p, 1, left) <= 0)
+            return -1;
+        ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+        if (n <= 0)
+            return -1;
+        c->len += (size_t)n;
+    }
+}
+
+/* 1 when c has bytes to read (or is closed) right now. */
+static int s_pending(conn_t *c)
+{
+    struct pollfd p = {c->fd, POLLIN, 0};
+    return c->len > 0 || poll(&p, 1, 0) > 0;
+}
+
+/* The message in file, dot-stuffed with CRLF line ends, through its final
+ * dot, on a session at 354; the reply is not read. */
+static void s_send_body(conn_t *c, const char *file)
+{
+    FILE *f = fopen(file, "rb");
+    assert_non_null(f);
+    sbuf_t *b = sbuf_new(8192);
+    char text[4096];
+    while (fgets(text, sizeof text, f)) {
+        size_t n = strcspn(text, "\r\n");
+        if (text[0] == '.')
+            sbuf_append_str(b, ".");
+        sbuf_append(b, text, n);
+        sbuf_append_str(b, "\r\n");
+    }
+    fclose(f);
+    sbuf_append_str(b, ".\r\n");
+    s_put(c, sbuf_data(b), sbuf_len(b));
+    sbuf_destroy(&b);
+}
+
+/* A session from src (NULL: any) that sends the report in file to rcpt
+ * through its final dot, without reading the reply to it. */
+static void s_send_report(conn_t *c, const char *src, const char *rcpt, const char *file)
+{
+    char line[256];
+    s_conn_from(c, src);
+    assert_int_equal(s_reply(c), 220);
+    assert_int_equal(s_cmd(c, "EHLO mta.example\r\n"), 250);
+    assert_int_equal(s_cmd(c, "MAIL FROM:<>\r\n"), 250);
+    snprintf(line, sizeof line, "RCPT TO:<%s>\r\n", rcpt);
+    assert_int_equal(s_cmd(c, line), 250);
+    assert_int_equal(s_cmd(c, "DATA\r\n"), 354);
+    s_send_body(c, file);
+}
+
+/* A connection of our own to the test database, with the message row id
+ * locked FOR UPDATE in an open transaction (ROLLBACK and destroy it to let
+ * go). */
+static db_t *s_lock_row(const char *id)
+{
+    char conninfo[256], lock[160];
+    snprintf(conninfo, sizeof conninfo, "host=%s port=%s user=%s dbname=%s",
+             harness_server("PG_HOST"), harness_server("PG_PORT"), harness_server("PG_USER"),
+             E.db);
+    db_t *db = db_connect(conninfo, 0, NULL);
+    assert_non_null(db);
+    snprintf(lock, sizeof lock, "SELECT 1 FROM messages WHERE id = '%s' FOR UPDATE", id);
+    assert_int_equal(db_exec(db, "BEGIN", 0, NULL, NULL), 0);
+    assert_int_equal(db_exec(db, lock, 0, NULL, NULL), 0);
+    return db;
+}
+
+/* The hard-bounce fixture for addr, to the return path of token: its VERP
+ * address into rcpt[160], the file into file[64]. */
+static void s_hard_fixture(const char *token, const char *addr, char *rcpt, char *file)
+{
+    snprintf(rcpt, 160, "bounces+%s@bounces.send.example", token);
+    const char *pairs[] = {"bounces+m8f3k2q-9x@mail.postchi.test", rcpt, "nobody@example.org",
+                           addr, NULL};
+    s_fixture("postfix_hard_511.eml", pairs, file);
+}
+
+/* Wait (at most ms) until the listener's database session waits for a
+ * lock: the report was handed over and is blocked on our row. */
+static void s_wait_db_blocked(int ms)
+{
+    char *v = s_wait_sql("1", ms,
+                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                         " AND query LIKE '%bounced%'");
+    assert_non_null(v);
+    assert_string_equal(v, "1");
+    free(v);
+}
+
+/* A report whose rows are locked elsewhere waits for the database off the
+ * poll thread: meanwhile another client is greeted and its EHLO, MAIL and
+ * RCPT answered at once, the waiting session gets no reply before the
+ * commit, and once the lock goes it gets its 250 with the bounce recorded.
+ * (With the database work on the poll thread, the greeting waited for the
+ * lock.) */
+static void test_locked_report_does_not_stall(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64], good[256];
+    s_sent_message("held@dest.example", id, token);
+    s_hard_fixture(token, "held@dest.example", rcpt, file);
+    db_t *db = s_lock_row(id);
+    conn_t *c = calloc(1, sizeof *c), *other = calloc(1, sizeof *other);
+    s_send_report(c, NULL, rcpt, file);
+    s_wait_db_blocked(1500);
+
+    int64_t t0 = harness_now_ms();
+    s_conn_from(other, "127.0.5.1");
+    int greeting = s_reply(other);
+    int ehlo = s_cmd(other, "EHLO other.example\r\n");
+    int mail = s_cmd(other, "MAIL FROM:<>\r\n");
+    s_rcpt_line(good, 3, "bounces.send.example");
+    int rcpt_code = s_cmd(other, good);
+    int64_t took = harness_now_ms() - t0;
+    int early = s_pending(c);
+    db_exec(db, "ROLLBACK", 0, NULL, NULL);
+    db_destroy(&db);
+    print_message("greeting, EHLO, MAIL, RCPT while the report waits: %lld ms\n", (long long)took);
+    assert_int_equal(greeting, 220);
+    assert_int_equal(ehlo, 250);
+    assert_int_equal(mail, 250);
+    assert_int_equal(rcpt_code, 250);
+    if (took >= 500)
+        fail_msg("the other session waited %lld ms", (long long)took);
+    assert_false(early); /* no reply before the commit */
+
+    char text[256];
+    assert_int_equal(s_reply_text(c, text, sizeof text), 250);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    ASSERT_SQL("bounce",
+               "SELECT reason FROM suppressions WHERE organization_id = '%s'"
+               " AND email = 'held@dest.example'",
+               E.org_id);
+    /* Both sessions go on. */
+    assert_int_equal(s_cmd(c, "NOOP\r\n"), 250);
+    assert_int_equal(s_cmd(other, "QUIT\r\n"), 221);
+    assert_int_equal(s_cmd(c, "QUIT\r\n"), 221);
+    close(c->fd);
+    close(other->fd);
+    unlink(file);
+    free(c);
+    free(other);
+}
+
+/* The client hangs up while its report waits for the database, and a new
+ * client takes its slot: the report, once handed over, is still applied
+ * (the sender saw no 250 and will retry: the retry changes nothing), the
+ * result lands on nobody (the new session gets no stray reply), and the
+ * listener goes on. */
+static void test_client_gone_while_waiting(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64];
+    s_sent_message("gone@dest.example", id, token);
+    s_hard_fixture(token, "gone@dest.example", rcpt, file);
+    db_t *db = s_lock_row(id);
+    conn_t *c = calloc(1, sizeof *c), *next = calloc(1, sizeof *next);
+    s_send_report(c, NULL, rcpt, file);
+    s_wait_db_blocked(1500);
+    close(c->fd);
+    usleep(200 * 1000); /* the listener sees the close and frees the session */
+    s_conn(next);
+    assert_int_equal(s_reply(next), 220);
+    assert_int_equal(s_cmd(next, "EHLO next.example\r\n"), 250);
+    db_exec(db, "ROLLBACK", 0, NULL, NULL);
+    db_destroy(&db);
+
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT status FROM messages WHERE id = '%s'", id);
+    char *st = s_wait_sql("bounced", 5000, sql);
+    assert_non_null(st);
+    assert_string_equal(st, "bounced");
+    free(st);
+    usleep(200 * 1000);
+    assert_false(s_pending(next));
+    assert_int_equal(s_cmd(next, "VRFY x\r\n"), 502);
+    assert_int_equal(s_cmd(next, "QUIT\r\n"), 221);
+    close(next->fd);
+    /* The sender's retry is answered and doubles nothing. */
+    assert_int_equal(dl_smtp_deliver(s_inbound_port, "", rcpt, file), 250);
+    ASSERT_SQL("1",
+               "SELECT count(*) FROM message_events WHERE message_id = '%s'"
+               " AND type = 'bounced'",
+               id);
+    unlink(file);
+    free(c);
+    free(next);
+}
+
+/* The database session dies while a report waits on a lock: that session
+ * gets 451 4.3.0 (the sender keeps the report), the row is unchanged, and
+ * a retry once the listener has reconnected is recorded. */
+static void test_database_dies_while_waiting(void **state)
+{
+    (void)state;
+    char id[64], token[64], rcpt[160], file[64], text[256];
+    s_sent_message("dies@dest.example", id, token);
+    s_hard_fixture(token, "dies@dest.example", rcpt, file);
+    db_t *db = s_lock_row(id);
+    conn_t *c = calloc(1, sizeof *c);
+    s_send_report(c, NULL, rcpt, file);
+    s_wait_db_blocked(1500);
+    free(api_sql(&E, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                     " WHERE wait_event_type = 'Lock' AND query LIKE '%bounced%'"));
+    int64_t t0 = harness_now_ms();
+    int code = s_reply_text(c, text, sizeof text);
+    int64_t took = harness_now_ms() - t0;
+    db_exec(db, "ROLLBACK", 0, NULL, NULL);
+    db_destroy(&db);
+    print_message("after the backend died: %s (%lld ms)\n", text, (long long)took);
+    assert_int_equal(code, 451);
+    assert_non_null(strstr(text, "4.3.0"));
+    ASSERT_SQL("sent", "SELECT status FROM messages WHERE id = '%s'", id);
+    /* The sender retries. */
+    int64_t deadline = harness_now_ms() + 10000;
+    code = -1;
+    while (code != 250 && harness_now_ms() < deadline) {
+        usleep(300 * 1000); /* the listener waits a second between connects */
+        code = dl_smtp_deliver(s_inbound_port, "", rcpt, file);
+    }
+    assert_int_equal(code, 250);
+    ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
+    close(c->fd);
+    unlink(file);
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1067,6 +1318,9 @@ int main(void)
         cmocka_unit_test(test_hard_bounce_after_failed),
         cmocka_unit_test(test_delayed_replayed_once),
         cmocka_unit_test(test_locked_row_is_a_quick_451),
+        cmocka_unit_test(test_locked_report_does_not_stall),
+        cmocka_unit_test(test_client_gone_while_waiting),
+        cmocka_unit_test(test_database_dies_while_waiting),
         cmocka_unit_test(test_database_lost_then_retry),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
