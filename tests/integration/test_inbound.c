@@ -1165,9 +1165,9 @@ static void s_wait_db_blocked(int ms)
 /* A report whose rows are locked elsewhere waits for the database off the
  * poll thread: meanwhile another client is greeted and its EHLO, MAIL and
  * RCPT answered at once, the waiting session gets no reply before the
- * commit, and once the lock goes it gets its 250 with the bounce recorded.
- * (With the database work on the poll thread, the greeting waited for the
- * lock.) */
+ * commit, and once the lock goes it gets its 250 with the bounce recorded,
+ * then the reply to the NOOP it pipelined after the dot. (With the
+ * database work on the poll thread, the greeting waited for the lock.) */
 static void test_locked_report_does_not_stall(void **state)
 {
     (void)state;
@@ -1177,6 +1177,7 @@ static void test_locked_report_does_not_stall(void **state)
     db_t *db = s_lock_row(id);
     conn_t *c = calloc(1, sizeof *c), *other = calloc(1, sizeof *other);
     s_send_report(c, NULL, rcpt, file);
+    s_puts(c, "NOOP\r\n"); /* pipelined after the dot: answered after it */
     s_wait_db_blocked(1500);
 
     int64_t t0 = harness_now_ms();
@@ -1201,6 +1202,9 @@ static void test_locked_report_does_not_stall(void **state)
 
     char text[256];
     assert_int_equal(s_reply_text(c, text, sizeof text), 250);
+    assert_non_null(strstr(text, "report received"));
+    assert_int_equal(s_reply_text(c, text, sizeof text), 250);
+    assert_string_equal(text, "250 2.0.0 Ok");
     ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
     ASSERT_SQL("bounce",
                "SELECT reason FROM suppressions WHERE organization_id = '%s'"
