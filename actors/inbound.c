@@ -177,6 +177,8 @@ struct inbound {
     metric_t *m_arf;                 /* reports: ARF abuse */
     metric_t *m_unknown;             /* reports: anything else, or no such message */
     metric_t *m_open;                /* sessions open */
+    metric_t *m_queue;               /* reports waiting for the database thread */
+    metric_t *m_busy;                /* reports answered 451 4.3.2: the queue was full */
     metric_t *m_unsub;               /* messages to unsubscribe+<token>@ acted on */
     unsigned char unsub_key[UNSUB_TOKEN_KEY_LEN]; /* secret_key: checks unsubscribe tokens */
     int have_unsub_key;              /* it parsed; without it no unsubscribe address is ours */
@@ -579,11 +581,13 @@ static void s_hand_over(inbound_t *in, sess_t *s, const inbound_report_t *r, int
             in->pending = job;
         in->pending_tail = job;
         in->npending++;
+        metric_set(in->m_queue, in->npending);
         pthread_cond_signal(&in->wakeup);
     }
     pthread_mutex_unlock(&in->lock);
     if (full) {
         free(job);
+        metric_inc(in->m_busy);
         if (log_should("inbound-queue", 13, 10000))
             log_warn("%d reports wait for the database: answering 451", INBOUND_DB_QUEUE);
         s_reply(s, "451 4.3.2 Too busy, try again later");
@@ -993,6 +997,7 @@ static void *s_db_thread(void *arg)
         if (!in->pending)
             in->pending_tail = NULL;
         in->npending--;
+        metric_set(in->m_queue, in->npending);
         pthread_mutex_unlock(&in->lock);
         s_job_run(in, job);
         pthread_mutex_lock(&in->lock);
@@ -1169,6 +1174,11 @@ inbound_t *inbound_start(const config_t *cfg, sbuf_t *err)
     in->have_unsub_key = secretbox_key_parse(config_str(cfg, "secret_key"), in->unsub_key) == 0;
     in->m_open = metrics_gauge("postchi_inbound_connections_open",
                                "SMTP sessions open on the return-path listener.");
+    in->m_queue = metrics_gauge("postchi_inbound_db_queue",
+                                "Reports waiting for the return-path listener's database thread "
+                                "(at most 32; past that a report gets 451 4.3.2).");
+    in->m_busy = metrics_counter("postchi_inbound_db_busy_total",
+                                 "Reports answered 451 4.3.2 because the database queue was full.");
     int port = (int)config_int(cfg, "inbound_port");
     if (port <= 0)
         return in; /* off */

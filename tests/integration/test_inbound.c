@@ -1332,6 +1332,8 @@ static void test_queue_full_is_a_quick_451(void **state)
     s_send_body(&c[N - 1], file);
     int code = s_reply_text(&c[N - 1], text, sizeof text);
     int64_t took = harness_now_ms() - t0;
+    double queued = mesh_metric(E.mesh.worker_metrics[0], "postchi_inbound_db_queue");
+    double busy = mesh_metric(E.mesh.worker_metrics[0], "postchi_inbound_db_busy_total");
     int early = 0;
     for (int i = 0; i < N - 1; i++)
         early += s_pending(&c[i]);
@@ -1342,8 +1344,11 @@ static void test_queue_full_is_a_quick_451(void **state)
     assert_non_null(strstr(text, "4.3.2"));
     assert_true(took < 500);
     assert_int_equal(early, 0);
+    assert_true(queued == (double)INBOUND_DB_QUEUE); /* the stuck one runs, the rest wait */
+    assert_true(busy >= 1.0);
     for (int i = 0; i < N - 1; i++)
         assert_int_equal(s_reply(&c[i]), 250);
+    assert_true(mesh_metric(E.mesh.worker_metrics[0], "postchi_inbound_db_queue") == 0.0);
     ASSERT_SQL("bounced", "SELECT status FROM messages WHERE id = '%s'", id);
     for (int i = 0; i < N; i++)
         close(c[i].fd);
