@@ -4,7 +4,8 @@
  * given), validation errors by field with no partial row, SQL
  * metacharacters stored and returned intact, get/patch/delete, filters,
  * a pagination walk over 250 contacts, bad cursors, batch with mixed rows,
- * duplicates and an oversized batch refused whole, tags, the trigger outbox
+ * duplicates and an oversized batch refused whole, the merged-fields cap
+ * on single, PATCH and batch writes, tags, the trigger outbox
  * rows ('subscribed', 'tag_added'), audit rows, tenancy (another
  * organization gets 404) and scopes (a read key cannot write).
  */
@@ -688,6 +689,154 @@ static void test_batch(void **state)
     assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts"), before);
 }
 
+/* The fields of row i of a batch body: n keys "<prefix><j>" of pad bytes. */
+static void s_batch_row(sbuf_t *b, const char *email, const char *status, const char *prefix,
+                        int n, int pad)
+{
+    sbuf_appendf(b, "%s{\"email\": \"%s\"", sbuf_data(b)[sbuf_len(b) - 1] == '[' ? "" : ",",
+                 email);
+    if (status)
+        sbuf_appendf(b, ", \"status\": \"%s\"", status);
+    sbuf_append_str(b, ", \"fields\": {");
+    for (int i = 0; i < n; i++) {
+        sbuf_appendf(b, "%s\"%s%d\": \"", i ? "," : "", prefix, i);
+        for (int j = 0; j < pad; j++)
+            sbuf_append(b, "x", 1);
+        sbuf_append(b, "\"", 1);
+    }
+    sbuf_append_str(b, "}}");
+}
+
+/* POST /contacts/batch with body; its answer in r (status checked). */
+static void s_batch_call(sbuf_t *b, api_resp_t *r)
+{
+    sbuf_append_str(b, "]}");
+    int st = api_call(&s_env, "POST", "/api/v1/contacts/batch", s_env.key_full, sbuf_data(b),
+                      NULL, r);
+    if (st != 200)
+        fail_msg("batch: %d %s", st, r->raw ? sbuf_data(r->raw) : "");
+    sbuf_destroy(&b);
+}
+
+static sbuf_t *s_batch_new(void)
+{
+    sbuf_t *b = sbuf_new(0);
+    sbuf_append_str(b, "{\"contacts\": [");
+    return b;
+}
+
+/* Errors of a batch answer are these (index, field) pairs, in order; a
+ * "fields" one says what the merge cap is. */
+static void s_expect_batch_errors(api_resp_t *r, const int *index, const char *const *field,
+                                  size_t n)
+{
+    json_t *errs = json_object_get(r->json, "errors");
+    if (json_array_size(errs) != n)
+        fail_msg("want %zu errors: %s", n, sbuf_data(r->raw));
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(errs, i);
+        assert_int_equal(json_integer_value(json_object_get(e, "index")), index[i]);
+        assert_string_equal(json_string_value(json_object_get(e, "field")), field[i]);
+        if (strcmp(field[i], "fields") == 0)
+            assert_non_null(strstr(json_string_value(json_object_get(e, "message")),
+                                   "merged into the stored fields"));
+    }
+}
+
+/* A batch holds merged fields to the caps of POST /contacts: a row over
+ * them is not written and is reported by index on "fields"; the others in
+ * the batch are written. */
+static void test_batch_fields_merge_capped(void **state)
+{
+    (void)state;
+    api_resp_t r = {0};
+    sbuf_t *b = s_batch_new();
+    s_batch_row(b, "bgrow@example.com", NULL, "a", 60, 1);
+    s_batch_row(b, "bheavy@example.com", NULL, "a", 10, 1000);
+    s_batch_row(b, "bok@example.com", NULL, "a", 1, 1);
+    s_batch_call(b, &r);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "created")), 3);
+    api_resp_free(&r);
+    char *grow = api_sql(&s_env, "SELECT id FROM contacts WHERE email = 'bgrow@example.com'");
+    char *heavy = api_sql(&s_env, "SELECT id FROM contacts WHERE email = 'bheavy@example.com'");
+    assert_non_null(grow);
+    assert_non_null(heavy);
+
+    /* Over the keys cap (no status), a bad row, over the bytes cap (with a
+     * status: the other insert), a new contact, a good update; the
+     * duplicate at 6 collapses into 0's address and is reported for 6. */
+    b = s_batch_new();
+    s_batch_row(b, "bgrow@example.com", NULL, "b", 60, 1);
+    sbuf_append_str(b, ", {\"email\": \"not-an-address\"}");
+    s_batch_row(b, "bheavy@example.com", "unsubscribed", "b", 10, 1000);
+    s_batch_row(b, "bnew@example.com", NULL, "a", 1, 1);
+    s_batch_row(b, "bok@example.com", NULL, "b", 1, 1);
+    sbuf_append_str(b, ", 7");
+    s_batch_row(b, "BGROW@example.com", NULL, "c", 60, 1);
+    s_batch_call(b, &r);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "created")), 1);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "updated")), 1);
+    const int idx[] = {1, 2, 5, 6};
+    const char *const fld[] = {"email", "fields", "contact", "fields"};
+    s_expect_batch_errors(&r, idx, fld, 4);
+    api_resp_free(&r);
+    assert_int_equal(s_field_keys(grow), 60);
+    assert_int_equal(s_field_keys(heavy), 10);
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts WHERE id = '%s'"
+                                          " AND status = 'subscribed'", heavy),
+                     1);
+    assert_int_equal(s_count_email("bnew@example.com"), 1);
+    char *v = api_sql(&s_env, "SELECT fields::text FROM contacts WHERE email = 'bok@example.com'");
+    assert_string_equal(v, "{\"a0\": \"x\", \"b0\": \"x\"}");
+    free(v);
+    assert_true(api_sql_long(&s_env, "SELECT count(*) FROM audit_log WHERE action ="
+                                     " 'contact.batch_upserted' AND detail->>'created' = '1'"
+                                     " AND detail->>'errors' = '4'") >= 1);
+
+    /* Exactly 100 keys is fine. */
+    b = s_batch_new();
+    s_batch_row(b, "bgrow@example.com", NULL, "b", 40, 1);
+    s_batch_call(b, &r);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "updated")), 1);
+    assert_int_equal(json_array_size(json_object_get(r.json, "errors")), 0);
+    api_resp_free(&r);
+    assert_int_equal(s_field_keys(grow), 100);
+
+    /* Fields stored over the caps may be rewritten no larger, not grown. */
+    api_sql_long(&s_env,
+                 "UPDATE contacts SET fields = (SELECT jsonb_object_agg('k' || i, 'x'::text) FROM "
+                 "generate_series(1, 150) i) WHERE id = '%s' RETURNING 1",
+                 grow);
+    b = s_batch_new();
+    s_batch_row(b, "bgrow@example.com", "bounced", "extra", 1, 1);
+    s_batch_call(b, &r);
+    const int idx2[] = {0};
+    const char *const fld2[] = {"fields"};
+    s_expect_batch_errors(&r, idx2, fld2, 1);
+    api_resp_free(&r);
+    b = s_batch_new();
+    s_batch_row(b, "bgrow@example.com", "bounced", "k", 1, 1); /* k0: a new key */
+    s_batch_call(b, &r);
+    s_expect_batch_errors(&r, idx2, fld2, 1);
+    api_resp_free(&r);
+    assert_int_equal(s_field_keys(grow), 150);
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts WHERE id = '%s'"
+                                          " AND status = 'subscribed'", grow),
+                     1);
+    b = s_batch_new();
+    sbuf_append_str(b, "{\"email\": \"bgrow@example.com\", \"status\": \"bounced\","
+                       " \"fields\": {\"k1\": \"y\"}}");
+    s_batch_call(b, &r);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "updated")), 1);
+    assert_int_equal(json_array_size(json_object_get(r.json, "errors")), 0);
+    api_resp_free(&r);
+    assert_int_equal(api_sql_long(&s_env, "SELECT count(*) FROM contacts WHERE id = '%s'"
+                                          " AND status = 'bounced' AND fields->>'k1' = 'y'", grow),
+                     1);
+    free(grow);
+    free(heavy);
+}
+
 static void test_tags(void **state)
 {
     (void)state;
@@ -848,7 +997,7 @@ int main(void)
         cmocka_unit_test(test_upsert),     cmocka_unit_test(test_validation),
         cmocka_unit_test(test_metacharacters), cmocka_unit_test(test_get_patch_delete),
         cmocka_unit_test(test_filters),    cmocka_unit_test(test_pagination),
-        cmocka_unit_test(test_batch),      cmocka_unit_test(test_tags),
+        cmocka_unit_test(test_batch), cmocka_unit_test(test_batch_fields_merge_capped),      cmocka_unit_test(test_tags),
         cmocka_unit_test(test_tenancy),    cmocka_unit_test(test_scopes),
         cmocka_unit_test(test_fields_merge_capped), cmocka_unit_test(test_idempotency_keeps_no_4xx),
     };
