@@ -426,8 +426,10 @@ static void s_attachments(api_req_t *req, send_t *s, json_t *body)
         if (val[1] && !mime_attachment_type_ok(val[1])) {
             snprintf(field, sizeof field, "attachments[%zu].content_type", i);
             api_error_add(api_errors(req), field,
-                          "must be a media type type/subtype without parameters, such as "
-                          "image/png (at most 127 bytes; not multipart/* or message/*)");
+                          "must be a media type type/subtype with optional ; attribute=value "
+                          "parameters (value a token or a \"quoted string\"), such as "
+                          "text/csv; charset=utf-8 (at most 255 bytes of printable ASCII, no "
+                          "attribute twice; not multipart/* or message/*)");
             val[1] = NULL;
         }
         if (val[3] && !mime_content_id_ok(val[3])) {

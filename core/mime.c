@@ -52,6 +52,8 @@
 #define MSGID_MAX 250           /* bytes of a caller-given Message-ID */
 #define MSGID_DOMAIN_FALLBACK "postchi.invalid" /* From's domain has no ASCII form that fits */
 #define CID_MAX 200             /* bytes of a Content-ID */
+#define CONTENT_TYPE_MAX 255    /* bytes of an attachment's content type, parameters included */
+#define CT_PARAMS_MAX 64        /* parameters that fit in CONTENT_TYPE_MAX (";a=b" each) */
 #define UNSUB_MAX 900           /* bytes of a List-Unsubscribe mailto or URL */
 #define BOUNDARY_PREFIX "=_pc_" /* '=' and '_' occur in neither base64 nor QP output */
 #define BOUNDARY_RANDOM 12      /* random bytes (hex) in a boundary */
@@ -86,6 +88,14 @@ typedef struct {
     int first;   /* no token written yet (never fold before the first) */
     int rc;      /* 0, or -1 once an append failed */
 } hw_t;
+
+/* One parameter of a content type, as spans of the text it was parsed from. */
+typedef struct {
+    size_t attr;      /* offset of the attribute */
+    size_t attr_len;  /* its bytes */
+    size_t value;     /* offset of the value as written (a quoted-string keeps its quotes) */
+    size_t value_len; /* its bytes */
+} ct_param_t;
 
 typedef enum { CTE_7BIT, CTE_QP, CTE_B64 } cte_t;
 
@@ -680,21 +690,79 @@ static int s_token_char(unsigned char c)
     return c > 32 && c < 127 && !strchr("()<>@,;:\\\"/[]?=", c);
 }
 
-/* "type/subtype", both tokens, nothing else. */
-static int s_content_type_ok(const char *ct)
+/* Index just past the run of token characters in s from i. */
+static size_t s_span_token(const char *s, size_t i)
 {
-    size_t len = strlen(ct), slash = 0, n = 0;
-    if (len > 127)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        if (ct[i] == '/') {
-            slash = i;
-            n++;
-        } else if (!s_token_char((unsigned char)ct[i])) {
+    while (s_token_char((unsigned char)s[i]))
+        i++;
+    return i;
+}
+
+static size_t s_skip_wsp(const char *s, size_t i)
+{
+    while (s[i] == ' ' || s[i] == '\t')
+        i++;
+    return i;
+}
+
+/* Index just past the RFC 822 quoted-string opening at s[i], or 0 when it
+ * is not closed or holds a control or non-ASCII byte (a quoted-pair
+ * escapes printable ASCII, blank or tab only). */
+static size_t s_span_quoted(const char *s, size_t i)
+{
+    for (i++;; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"')
+            return i + 1;
+        if (c == '\\')
+            c = (unsigned char)s[++i];
+        if ((c < 32 && c != '\t') || c > 126)
             return 0;
-        }
     }
-    return n == 1 && slash > 0 && slash + 1 < len;
+}
+
+/* Parse ct as RFC 2045 type "/" subtype *(";" attribute "=" value), value
+ * a token or a quoted-string, blanks allowed around ";" and "=" and at the
+ * end, at most CONTENT_TYPE_MAX bytes, no attribute twice (ignoring
+ * case). 0 with *type_len (bytes of type/subtype) and the parameters as
+ * spans of ct in p (CT_PARAMS_MAX of them, more cannot fit), else -1.
+ * Comments, which RFC 2045 allows, are refused: nobody sends them in an
+ * API field, and we would have to carry them through. */
+static int s_ct_parse(const char *ct, size_t *type_len, ct_param_t *p, size_t *np)
+{
+    if (strlen(ct) > CONTENT_TYPE_MAX)
+        return -1;
+    size_t i = s_span_token(ct, 0), n = 0;
+    if (i == 0 || ct[i] != '/' || s_span_token(ct, i + 1) == i + 1)
+        return -1;
+    i = s_span_token(ct, i + 1);
+    *type_len = i;
+    for (i = s_skip_wsp(ct, i); ct[i]; i = s_skip_wsp(ct, i)) {
+        if (ct[i] != ';' || n == CT_PARAMS_MAX)
+            return -1;
+        size_t a = s_skip_wsp(ct, i + 1), e = s_span_token(ct, a);
+        i = s_skip_wsp(ct, e);
+        if (e == a || ct[i] != '=')
+            return -1;
+        size_t v = s_skip_wsp(ct, i + 1);
+        i = ct[v] == '"' ? s_span_quoted(ct, v) : s_span_token(ct, v);
+        if (i <= v)
+            return -1;
+        for (size_t k = 0; k < n; k++)
+            if (p[k].attr_len == e - a && strncasecmp(ct + p[k].attr, ct + a, e - a) == 0)
+                return -1;
+        p[n++] = (ct_param_t){a, e - a, v, i - v};
+    }
+    *np = n;
+    return 0;
+}
+
+/* 1 when the parameter is a "name" (RFC 2231 forms, name* and name*0...,
+ * included): the user's then stands, and the builder adds none. */
+static int s_ct_param_is_name(const char *ct, const ct_param_t *p)
+{
+    return p->attr_len >= 4 && strncasecmp(ct + p->attr, "name", 4) == 0 &&
+           (p->attr_len == 4 || ct[p->attr + 4] == '*');
 }
 
 /* Characters allowed inside a msg-id or Content-ID (dot-atom-ish, no
@@ -717,7 +785,9 @@ static int s_cid_ok(const char *cid)
 
 int mime_attachment_type_ok(const char *ct)
 {
-    return ct && mime_header_value_ok(ct) && s_content_type_ok(ct) &&
+    ct_param_t p[CT_PARAMS_MAX];
+    size_t type_len, np;
+    return ct && mime_header_value_ok(ct) && s_ct_parse(ct, &type_len, p, &np) == 0 &&
            strncasecmp(ct, "multipart/", 10) != 0 && strncasecmp(ct, "message/", 8) != 0;
 }
 
@@ -989,12 +1059,37 @@ static void s_hw_param(hw_t *hw, const char *attr, const char *v)
     }
 }
 
-/* An attachment or inline image: base64 body, type, disposition, id. */
+/* Begin a Content-Type field with ct's type/subtype and its parameters as
+ * the user wrote them (value quoted or not, as given): each its own token,
+ * so the line folds between them; ";" after the last when more follows. */
+static void s_ct_header(hw_t *hw, sbuf_t *hdrs, const char *ct, size_t type_len,
+                        const ct_param_t *params, size_t nparams, int more)
+{
+    char tok[CONTENT_TYPE_MAX + 2];
+    s_hw_begin(hw, hdrs, "Content-Type");
+    int n = snprintf(tok, sizeof tok, "%.*s%s", (int)type_len, ct, nparams || more ? ";" : "");
+    s_hw_token(hw, " ", 1, tok, (size_t)n);
+    for (size_t i = 0; i < nparams; i++) {
+        const ct_param_t *q = &params[i];
+        n = snprintf(tok, sizeof tok, "%.*s=%.*s%s", (int)q->attr_len, ct + q->attr,
+                     (int)q->value_len, ct + q->value, i + 1 < nparams || more ? ";" : "");
+        s_hw_token(hw, " ", 1, tok, (size_t)n);
+    }
+}
+
+/* An attachment or inline image: base64 body, type, disposition, id. The
+ * content type's parameters are the user's; the builder adds only a name
+ * from the filename, and none when the user gave one. */
 static int s_leaf_part(ent_t *e, const mime_part_t *p, size_t idx, sbuf_t *err)
 {
     const char *ct = p->content_type ? p->content_type : "application/octet-stream";
-    if (!mime_header_value_ok(ct) || !s_content_type_ok(ct))
-        return s_fail(err, "attachments[%zu]: content type must be type/subtype", idx);
+    ct_param_t params[CT_PARAMS_MAX];
+    size_t type_len = 0, nparams = 0;
+    if (!mime_header_value_ok(ct) || s_ct_parse(ct, &type_len, params, &nparams) < 0)
+        return s_fail(err,
+                      "attachments[%zu]: content type must be type/subtype with optional "
+                      "; attribute=value parameters",
+                      idx);
     if (strncasecmp(ct, "multipart/", 10) == 0 || strncasecmp(ct, "message/", 8) == 0)
         return s_fail(
             err, "attachments[%zu]: multipart/* and message/* cannot be base64 attachments", idx);
@@ -1013,14 +1108,16 @@ static int s_leaf_part(ent_t *e, const mime_part_t *p, size_t idx, sbuf_t *err)
     if (s_ent_init(e) < 0)
         return s_fail(err, "out of memory");
     hw_t hw = {0};
-    s_hw_begin(&hw, e->hdrs, "Content-Type");
-    /* fits "<" CID_MAX ">" and a content type (<= 127) with ";" */
-    char tok[CID_MAX + 8];
-    int n = snprintf(tok, sizeof tok, "%s%s", ct, p->filename ? ";" : "");
-    s_hw_token(&hw, " ", 1, tok, (size_t)n);
-    if (p->filename)
+    int add_name = p->filename != NULL;
+    for (size_t i = 0; i < nparams; i++)
+        add_name &= !s_ct_param_is_name(ct, &params[i]);
+    s_ct_header(&hw, e->hdrs, ct, type_len, params, nparams, add_name);
+    if (add_name)
         s_hw_param(&hw, "name", p->filename);
     s_hw_end(&hw);
+    /* fits "<" CID_MAX ">" and "attachment;" */
+    char tok[CID_MAX + 8];
+    int n;
     s_put_str(&hw, "Content-Transfer-Encoding: base64\r\n");
     s_hw_begin(&hw, e->hdrs, "Content-Disposition");
     const char *disp = p->content_id ? "inline" : "attachment";

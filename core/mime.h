@@ -51,7 +51,7 @@ typedef struct {
 
 typedef struct {
     const char *filename;     /* attachment name (RFC 2231 when non-ASCII); may be NULL */
-    const char *content_type; /* "type/subtype" (tokens, no parameters); NULL = octet-stream */
+    const char *content_type; /* see mime_attachment_type_ok; NULL = octet-stream */
     const void *data;         /* raw bytes (the API decodes base64 before) */
     size_t len;               /* bytes at data */
     const char *content_id;   /* non-NULL: inline image for cid:<id> (multipart/related) */
@@ -119,10 +119,15 @@ int mime_header_value_ok(const char *v);
  * Return-Path, Received, Reply-To, Sender, List-Unsubscribe*. */
 int mime_custom_header_ok(const char *name);
 
-/* 1 when ct is a content type mime_build takes for an attachment:
- * "type/subtype" of RFC 2045 tokens with no parameters, at most 127 bytes,
- * and not a multipart or message type (those cannot be base64 leaves). The API
- * asks before accepting a send, so a send is never refused later. */
+/* 1 when ct is a content type mime_build takes for an attachment: RFC 2045
+ * type "/" subtype (tokens) then any number of "; attribute=value" with
+ * value a token or a quoted-string (blanks allowed around ";" and "="; no
+ * comments; printable ASCII only; no attribute twice), at most 255 bytes,
+ * and not a multipart or message type (those cannot be base64 leaves). The
+ * part's Content-Type carries the parameters as written; the builder adds
+ * only name= from the filename, and not when ct has a name (or name*)
+ * parameter. The API asks before accepting a send, so a send is never
+ * refused later. */
 int mime_attachment_type_ok(const char *ct);
 
 /* 1 when cid is a Content-ID mime_build takes: 1..200 printable ASCII

@@ -9,7 +9,8 @@
  * scheduling and cancel; the queue view (what waits, per destination)
  * and the worker's outbox gauges;
  * list and segment bulk sends with their progress;
- * tenancy, scopes, idempotency, pagination and filters.
+ * tenancy, scopes, idempotency, pagination and filters; attachment content
+ * types with RFC 2045 parameters taken as given, malformed ones named.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -231,7 +232,37 @@ static void test_every_bad_field_is_named_and_nothing_is_written(void **state)
          "attachments[0].filename"},
         /* What the mailer's MIME builder would refuse after a 202. */
         {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
-         "\"a\",\"content_type\":\"text/plain; charset=utf-8\",\"content\":\"AA==\"}]",
+         "\"a\",\"content_type\":\"text/plain; charset\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain; charset=\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain;\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain; a=b c\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain; a=\\\"b\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain; a=b; A=c\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain (comment)\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain; a=\\\"x\\r\\ny\\\"\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain; a=\\\"x\\ty\\\"\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"text/plain; a=\\\"caf\u00e9\\\"\",\"content\":\"AA==\"}]",
+         "attachments[0].content_type"},
+        {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
+         "\"a\",\"content_type\":\"multipart/mixed; boundary=x\",\"content\":\"AA==\"}]",
          "attachments[0].content_type"},
         {"\"to\":\"x@y.example\",\"subject\":\"s\",\"text\":\"t\",\"attachments\":[{\"filename\":"
          "\"a\",\"content_type\":\"message/rfc822\",\"content\":\"AA==\"}]",
@@ -870,6 +901,33 @@ static void test_failed_audit_write_fails_the_request(void **state)
     assert_int_equal(s_count("subject = 'ghost send'"), 1);
 }
 
+/* Content types with RFC 2045 parameters are taken and stored as given
+ * (the delivered part is checked by test_delivery). */
+static void test_attachment_content_type_parameters(void **state)
+{
+    (void)state;
+    api_resp_t r = {0};
+    const char *body =
+        "{\"from\":" FROM ",\"to\":\"params@y.example\",\"subject\":\"s\",\"html\":\"<p>h</p>\","
+        "\"attachments\":[{\"filename\":\"d.csv\",\"content_type\":\"text/csv; charset=utf-8\","
+        "\"content\":\"AA==\"},{\"filename\":\"a b.pdf\",\"content_type\":"
+        "\"application/pdf; name=\\\"a b.pdf\\\"\",\"content\":\"AA==\"},{\"filename\":\"l.png\","
+        "\"content_type\":\"image/png;x-dpi = 72 \",\"content\":\"AA==\",\"content_id\":\"l\"}]}";
+    if (s_send(E.key_send, body, NULL, &r) != 202)
+        fail_msg("%d %s", r.status, sbuf_data(r.raw));
+    char where[128];
+    snprintf(where, sizeof where, "send_id = '%s'", aud_test_str(&r, "id"));
+    api_resp_free(&r);
+    char *v = aud_test_sql(&E, "SELECT string_agg(content_type, '|' ORDER BY idx) FROM "
+                               "message_attachments a JOIN messages m ON m.send_id = a.send_id "
+                               "WHERE m.recipient = 'params@y.example'");
+    assert_non_null(v);
+    assert_string_equal(v, "text/csv; charset=utf-8|application/pdf; name=\"a b.pdf\"|"
+                           "image/png;x-dpi = 72 ");
+    free(v);
+    assert_int_equal(s_count(where), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -884,6 +942,7 @@ int main(void)
         cmocka_unit_test(test_idempotency_key_sends_once),
         cmocka_unit_test(test_scopes_listing_filters_and_tenancy),
         cmocka_unit_test(test_failed_audit_write_fails_the_request),
+        cmocka_unit_test(test_attachment_content_type_parameters),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -6,7 +6,8 @@
  * the outcome lands in messages / message_events. Both signatures are then
  * checked by an independent verifier (dkimpy) against the domain's public
  * keys. With the relay down the message is deferred with a back-off, and
- * once the relay is back the sweeper's re-drive delivers it.
+ * once the relay is back the sweeper's re-drive delivers it. Attachment
+ * content types with parameters arrive in the parts as given.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -341,12 +342,81 @@ static void test_ed25519_only_domain_signs_once(void **state)
     sbuf_destroy(&msg);
 }
 
+/* Unfold msg's header lines in place (CRLF before a blank goes). */
+static void s_unfold(sbuf_t *msg)
+{
+    char *s = (char *)sbuf_data(msg);
+    size_t n = 0;
+    for (size_t i = 0; s[i]; i++) {
+        if (s[i] == '\r' && s[i + 1] == '\n' && (s[i + 2] == ' ' || s[i + 2] == '\t')) {
+            i++;
+            continue;
+        }
+        s[n++] = s[i];
+    }
+    s[n] = '\0';
+}
+
+/* Attachment content types with parameters reach the recipient as given:
+ * the charset once, the user's name and no second one, an inline image's
+ * parameter inside multipart/related; still signed and verifiable. */
+static void test_attachment_content_type_parameters_delivered(void **state)
+{
+    (void)state;
+    api_resp_t r;
+    api_call(&E, "POST", "/api/v1/messages", E.key_send,
+             "{\"from\":{\"email\":\"hello@send.example\"},\"to\":\"cy@dest.example\","
+             "\"subject\":\"Files\",\"text\":\"Parameters ride along\","
+             "\"html\":\"<p>Parameters ride along <img src=\\\"cid:logo\\\"></p>\","
+             "\"attachments\":[{\"filename\":\"data.csv\",\"content_type\":"
+             "\"text/csv; charset=utf-8\",\"content\":\"YSxiCjEsMgo=\"},"
+             "{\"filename\":\"a b.pdf\",\"content_type\":\"application/pdf; name=\\\"a b.pdf\\\"\","
+             "\"content\":\"JVBERi0xLjQK\"},"
+             "{\"filename\":\"logo.png\",\"content_type\":\"image/png;x-dpi=72\","
+             "\"content\":\"iVBORw0KGgo=\",\"content_id\":\"logo\"}]}",
+             NULL, &r);
+    if (r.status != 202)
+        fail_msg("%d %s", r.status, sbuf_data(r.raw));
+    char mid[64];
+    snprintf(mid, sizeof mid, "%s",
+             json_string_value(
+                 json_object_get(json_array_get(json_object_get(r.json, "messages"), 0), "id")));
+    api_resp_free(&r);
+    char *st = s_wait_status(mid, "sent", 15000);
+    assert_string_equal(st, "sent");
+    free(st);
+    sbuf_t *msg = s_received("Parameters ride along");
+    assert_non_null(msg);
+    const char *start = strstr(sbuf_data(msg), "DKIM-Signature:");
+    assert_non_null(start);
+    dl_dkim_verify_both(&E, "send.example", start);
+    s_unfold(msg);
+    const char *text = sbuf_data(msg);
+    static const char CSV[] = "\r\nContent-Type: text/csv; charset=utf-8; name=\"data.csv\"\r\n";
+    const char *csv = strstr(text, CSV);
+    if (!csv)
+        fail_msg("no csv part as given:\n%s", text);
+    assert_null(strstr(csv + sizeof CSV - 1, "text/csv")); /* one csv part */
+    if (!strstr(text, "\r\nContent-Type: application/pdf; name=\"a b.pdf\"\r\n"
+                      "Content-Transfer-Encoding: base64\r\n"
+                      "Content-Disposition: attachment; filename=\"a b.pdf\"\r\n"))
+        fail_msg("no pdf part with the user's name alone:\n%s", text);
+    const char *rel = strstr(text, "\r\nContent-Type: multipart/related;");
+    const char *png = strstr(text, "\r\nContent-Type: image/png; x-dpi=72; name=\"logo.png\"\r\n");
+    assert_non_null(rel);
+    assert_non_null(png);
+    assert_true(png > rel);
+    assert_non_null(strstr(png, "Content-ID: <logo>"));
+    sbuf_destroy(&msg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_send_signed_through_relay),
         cmocka_unit_test(test_relay_down_defers_then_retry_delivers),
         cmocka_unit_test(test_ed25519_only_domain_signs_once),
+        cmocka_unit_test(test_attachment_content_type_parameters_delivered),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -7,7 +7,9 @@
  * headers, and no parser defects. Every output is also checked raw: CRLF
  * only, lines <= 998, 7-bit. CR/LF in every header input is refused and
  * leaves the output untouched; the other refusals, the header checks, the
- * encoded-word and folding limits, a 5 MB attachment and VERP.
+ * encoded-word and folding limits, a 5 MB attachment and VERP; attachment
+ * content types with RFC 2045 parameters (what parses, and the part's
+ * Content-Type carrying them as given).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -297,12 +299,12 @@ static void test_full_tree(void **state)
 static void test_part_limits(void **state)
 {
     (void)state;
-    char cid[202], ct[130];
+    char cid[202], ct[258];
     memset(cid, 'c', 200);
     cid[200] = '\0';
-    memset(ct, 't', 127);
+    memset(ct, 't', 255);
     memcpy(ct, "application/x-", 14);
-    ct[127] = '\0';
+    ct[255] = '\0';
     mime_part_t img = {"i.png", ct, PNG, sizeof PNG, cid};
     mime_msg_t m = s_base();
     m.html = HTML;
@@ -321,8 +323,8 @@ static void test_part_limits(void **state)
     cid[201] = '\0';
     assert_int_equal(mime_build(&m, out, NULL, NULL), -1);
     cid[200] = '\0';
-    ct[127] = 't';
-    ct[128] = '\0';
+    ct[255] = 't';
+    ct[256] = '\0';
     assert_int_equal(mime_build(&m, out, NULL, NULL), -1);
     sbuf_destroy(&out);
 }
@@ -342,6 +344,188 @@ static void test_attachment_only(void **state)
            sizeof PDF - 1);
     s_expect(&m, want);
     sbuf_destroy(&want);
+}
+
+/* Content types with parameters (RFC 2045): what is taken and what is not. */
+static void test_content_type_syntax(void **state)
+{
+    (void)state;
+    static const char *const GOOD[] = {
+        "text/csv",
+        "text/csv; charset=utf-8",
+        "text/csv;charset=utf-8",
+        "text/csv ; charset = utf-8 ",
+        "text/plain; charset=\"us-ascii\"; format=flowed",
+        "application/pdf; name=\"a b.pdf\"",
+        "a/b; x=\"\"",
+        "a/b; x=\"say \\\"hi\\\" \\\\ (;=)\"",
+        "a/b; name*=utf-8''r%C3%A9sum%C3%A9.pdf",
+        "a/b; name*0=\"one\"; name*1=\"two\"",
+        "a/b;\tx=y",
+        "IMAGE/PNG; X-DPI=72",
+    };
+    static const char *const BAD[] = {
+        "",
+        "text",
+        "text/",
+        "/csv",
+        "text/csv/x",
+        " text/csv",
+        "text /csv",
+        "text/ csv",
+        "text/csv;",
+        "text/csv; ",
+        "text/csv;; a=b",
+        "text/csv; a=b;",
+        "text/csv; charset",
+        "text/csv; charset=",
+        "text/csv; =utf-8",
+        "text/csv; a b=c",
+        "text/csv; a=b c",
+        "text/csv; a=\"b",
+        "text/csv; a=\"b\\\"",
+        "text/csv; a=\"b\"c",
+        "text/csv; a=b; A=c",
+        "text/csv (comment)",
+        "text/csv; a=\"\xc3\xa9\"",
+        "text/csv; a=\xc3\xa9",
+        "text/csv; a=\"x\r\ny\"",
+        "text/csv; a=\"x\ny\"",
+        "text/csv\r\n",
+        "text/csv; a=\"\\\x01\"",
+        "text/csv; a=\"\x7f\"",
+        "text/csv; a=[b]",
+        "multipart/mixed; boundary=x",
+        "Message/rfc822",
+    };
+    for (size_t i = 0; i < sizeof GOOD / sizeof GOOD[0]; i++)
+        if (!mime_attachment_type_ok(GOOD[i]))
+            fail_msg("refused: %s", GOOD[i]);
+    for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++)
+        if (mime_attachment_type_ok(BAD[i]))
+            fail_msg("taken: %s", BAD[i]);
+    assert_false(mime_attachment_type_ok(NULL));
+
+    /* 255 bytes with parameters is the most; and 50 parameters fit. */
+    char ct[300];
+    size_t n = (size_t)snprintf(ct, sizeof ct, "application/x; p=\"");
+    memset(ct + n, 'v', 255 - n - 1);
+    ct[254] = '"';
+    ct[255] = '\0';
+    assert_true(mime_attachment_type_ok(ct));
+    ct[254] = 'v';
+    ct[255] = '"';
+    ct[256] = '\0';
+    assert_false(mime_attachment_type_ok(ct));
+    char many[300] = "a/b";
+    n = 3;
+    for (int i = 0; i < 50; i++)
+        n += (size_t)snprintf(many + n, sizeof many - n, ";%c%c=1", 'a' + i / 26, 'a' + i % 26);
+    assert_true(n <= 255);
+    assert_true(mime_attachment_type_ok(many));
+}
+
+/* The Content-Type field, unfolded, of the one base64 part of msg (the
+ * attachment: the bodies here are 7bit), copied to out. */
+static void s_part_ct(const sbuf_t *msg, char *out, size_t size)
+{
+    const char *s = sbuf_data(msg), *p = strstr(s, "\r\nContent-Transfer-Encoding: base64");
+    assert_non_null(p);
+    assert_null(strstr(p + 2, "\r\nContent-Transfer-Encoding: base64"));
+    while (p > s && strncmp(p, "\r\nContent-Type: ", 16) != 0)
+        p--;
+    assert_true(p > s);
+    p += 2;
+    size_t n = 0;
+    for (; *p && n + 1 < size; p++) {
+        if (p[0] == '\r' && p[1] == '\n') {
+            if (p[2] != ' ' && p[2] != '\t')
+                break;
+            p++; /* unfold: CRLF goes, the blank stays */
+            continue;
+        }
+        out[n++] = *p;
+    }
+    out[n] = '\0';
+}
+
+/* Parameters reach the part as given, the builder's name only when the
+ * user gave none, no second charset; every output parses without defects
+ * and the filename reads back. */
+static void test_content_type_params_built(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *ct;       /* given */
+        const char *filename; /* given */
+        const char *cid;      /* given (inline image) */
+        const char *want;     /* the part's Content-Type field, unfolded */
+        const char *py_type;  /* what python reads as the content type */
+    } CASES[] = {
+        {"text/csv; charset=utf-8", "data.csv", NULL,
+         "Content-Type: text/csv; charset=utf-8; name=\"data.csv\"", "text/csv"},
+        {"application/pdf; name=\"a b.pdf\"", "a b.pdf", NULL,
+         "Content-Type: application/pdf; name=\"a b.pdf\"", "application/pdf"},
+        {"text/plain;charset=\"us-ascii\" ;  format=flowed", "n.txt", NULL,
+         "Content-Type: text/plain; charset=\"us-ascii\"; format=flowed; name=\"n.txt\"",
+         "text/plain"},
+        {"application/x-y; title=\"say \\\"hi\\\"\"", NULL, NULL,
+         "Content-Type: application/x-y; title=\"say \\\"hi\\\"\"", "application/x-y"},
+        {"application/pdf; NAME*=utf-8''r%C3%A9sum%C3%A9.pdf", "r\xc3\xa9sum\xc3\xa9.pdf", NULL,
+         "Content-Type: application/pdf; NAME*=utf-8''r%C3%A9sum%C3%A9.pdf", "application/pdf"},
+        {"image/png; x-dpi=72", "i.png", "logo@x",
+         "Content-Type: image/png; x-dpi=72; name=\"i.png\"", "image/png"},
+    };
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
+        mime_part_t a = {CASES[i].filename, CASES[i].ct, PDF, sizeof PDF - 1, CASES[i].cid};
+        mime_msg_t m = s_base();
+        m.html = HTML;
+        m.attachments = &a;
+        m.nattachments = 1;
+        sbuf_t *out = sbuf_new(0), *err = sbuf_new(0);
+        if (mime_build(&m, out, NULL, err) != 0)
+            fail_msg("%s: %s", CASES[i].ct, sbuf_data(err));
+        s_check_raw(out, 78);
+        char got[600];
+        s_part_ct(out, got, sizeof got);
+        if (strcmp(got, CASES[i].want) != 0)
+            fail_msg("got  %s\nwant %s", got, CASES[i].want);
+        /* one charset, the user's: the builder adds none to an attachment */
+        const char *cs = strstr(got, "charset=");
+        assert_true(strstr(CASES[i].ct, "charset=") ? cs && !strstr(cs + 8, "charset=") : !cs);
+        char *desc = s_describe(out, NULL);
+        sbuf_t *want = sbuf_new(0);
+        sbuf_appendf(want, "%s base64 %s %s %s", CASES[i].py_type,
+                     CASES[i].cid ? "inline" : "attachment",
+                     CASES[i].filename ? CASES[i].filename : "-", CASES[i].cid ? "<logo@x>" : "-");
+        if (!strstr(desc, sbuf_data(want)))
+            fail_msg("want %s in:\n%s", sbuf_data(want), desc);
+        free(desc);
+        sbuf_destroy(&want);
+        sbuf_destroy(&out);
+        sbuf_destroy(&err);
+    }
+
+    /* The longest content type: one line (a parameter is never split),
+     * within 998. */
+    char ct[256];
+    int n = snprintf(ct, sizeof ct, "application/x; p=\"");
+    memset(ct + n, 'v', 255 - (size_t)n - 1);
+    ct[254] = '"';
+    ct[255] = '\0';
+    mime_part_t a = {"f.bin", ct, PDF, 4, NULL};
+    mime_msg_t m = s_base();
+    m.attachments = &a;
+    m.nattachments = 1;
+    sbuf_t *out = sbuf_new(0);
+    assert_int_equal(mime_build(&m, out, NULL, NULL), 0);
+    s_check_raw(out, 0);
+    char got[600], want[600];
+    s_part_ct(out, got, sizeof got);
+    snprintf(want, sizeof want, "Content-Type: %s; name=\"f.bin\"", ct);
+    assert_string_equal(got, want);
+    free(s_describe(out, NULL));
+    sbuf_destroy(&out);
 }
 
 /* 7bit when ASCII with short lines, QP for mostly-Latin text or long lines,
@@ -848,7 +1032,8 @@ static void test_other_refusals(void **state)
         {F_CTYPE, "application"},
         {F_CTYPE, "application/"},
         {F_CTYPE, "/pdf"},
-        {F_CTYPE, "text/plain; charset=utf-8"},
+        {F_CTYPE, "text/plain; charset"},
+        {F_CTYPE, "text/plain; charset=\"utf-8"},
         {F_CTYPE, "a/b/c"},
         {F_CTYPE, "multipart/mixed"},
         {F_CTYPE, "message/rfc822"},
@@ -1057,6 +1242,8 @@ int main(void)
         cmocka_unit_test(test_related),
         cmocka_unit_test(test_full_tree),
         cmocka_unit_test(test_attachment_only),
+        cmocka_unit_test(test_content_type_syntax),
+        cmocka_unit_test(test_content_type_params_built),
         cmocka_unit_test(test_part_limits),
         cmocka_unit_test(test_transfer_encodings),
         cmocka_unit_test(test_subjects),
