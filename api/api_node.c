@@ -39,6 +39,7 @@ extern int auth_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak)
 extern int domains_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
 extern int messages_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
 extern int unsubscribe_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
+extern int webhooks_configure(const config_t *cfg, sbuf_t *err) __attribute__((weak));
 
 static volatile sig_atomic_t s_stop;
 
@@ -100,7 +101,8 @@ int api_main(const config_t *cfg)
     if ((auth_configure && auth_configure(cfg, err) != 0) ||
         (domains_configure && domains_configure(cfg, err) != 0) ||
         (messages_configure && messages_configure(cfg, err) != 0) ||
-        (unsubscribe_configure && unsubscribe_configure(cfg, err) != 0)) {
+        (unsubscribe_configure && unsubscribe_configure(cfg, err) != 0) ||
+        (webhooks_configure && webhooks_configure(cfg, err) != 0)) {
         log_error("%s", sbuf_data(err));
         goto done;
     }

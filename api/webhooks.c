@@ -10,7 +10,9 @@
  *
  * How: the URL and the event names are checked here, once, so the delivery
  * side can trust what it reads: an absolute http(s) URL with a host and no
- * userinfo, printable ASCII only, at most 2048 bytes; events from the fixed
+ * userinfo, printable ASCII only, at most 2048 bytes, whose host is no
+ * literal non-public address or localhost name (core/netaddr; lifted by
+ * webhook_allow_private); events from the fixed
  * list below, at least one, no duplicates, no wildcard. The secret is
  * "whsec_" and 32 random bytes in hex (authn_random_hex: OpenSSL's
  * CSPRNG). Responses are built by PostgreSQL (json_build_object) in the
@@ -24,7 +26,10 @@
  * Security: the secret is stored (the sender needs it to sign) but only the
  * create response ever shows it, and it never goes into the audit log.
  * Userinfo in URLs is refused so credentials do not sit in listings and
- * logs. Every query is parameterized and filtered by organization.
+ * logs. The host check is the first of two against SSRF: names are not
+ * resolved here, so the sender must check every address it connects to
+ * (netaddr_classify), or DNS rebinding defeats this one. Every query is
+ * parameterized and filtered by organization.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,13 +38,16 @@
 
 #include <jansson.h>
 
+#include "config.h"
 #include "db.h"
 #include "log.h"
+#include "netaddr.h"
 #include "sbuf.h"
 
 #include "authn.h"
 #include "audience.h"
 #include "rest.h"
+#include "webhooks.h"
 
 #define URL_MAX_BYTES 2048
 #define SECRET_BYTES 32
@@ -65,12 +73,68 @@ static const char *const s_events[] = {"message.sent",
                                        "flow.run_completed",
                                        NULL};
 
+/* webhook_allow_private: set once by webhooks_configure before the HTTP
+ * server starts, read-only after. */
+static int s_allow_private;
+
+int webhooks_configure(const config_t *cfg, sbuf_t *err)
+{
+    (void)err;
+    s_allow_private = config_bool(cfg, "webhook_allow_private");
+    if (s_allow_private)
+        log_warn("webhook_allow_private is on: webhook URLs may point at loopback, private and "
+                 "link-local addresses");
+    return 0;
+}
+
 /* ------------------------------------------------------------- helpers -- */
 
-/* Why url is not an acceptable endpoint, or NULL when it is. Only the
- * shape is checked (no DNS): absolute http/https, a host (name, IPv4 or
- * bracketed IPv6) with an optional port 1..65535, no userinfo, printable
- * ASCII without spaces. */
+#define S_PUBLIC_ONLY                                                                              \
+    ": webhooks go to public addresses only (the setting webhook_allow_private lifts this)"
+
+/* Each refused class: what the 422 says. */
+static const char *const s_refusals[] = {
+    [NETADDR_UNSPECIFIED] =
+        "must not point at an unspecified address (0.0.0.0/8, ::)" S_PUBLIC_ONLY,
+    [NETADDR_LOOPBACK] = "must not point at a loopback address (127.0.0.0/8, ::1)" S_PUBLIC_ONLY,
+    [NETADDR_PRIVATE] = "must not point at a private network address (10.0.0.0/8, 172.16.0.0/12, "
+                        "192.168.0.0/16, fc00::/7)" S_PUBLIC_ONLY,
+    [NETADDR_SHARED] =
+        "must not point at a carrier-grade NAT address (100.64.0.0/10)" S_PUBLIC_ONLY,
+    [NETADDR_LINK_LOCAL] = "must not point at a link-local address (169.254.0.0/16, "
+                           "fe80::/10)" S_PUBLIC_ONLY,
+    [NETADDR_MULTICAST] = "must not point at a multicast address" S_PUBLIC_ONLY,
+    [NETADDR_BROADCAST] = "must not point at the broadcast address" S_PUBLIC_ONLY,
+    [NETADDR_DOCUMENTATION] = "must not point at a documentation address" S_PUBLIC_ONLY,
+    [NETADDR_RESERVED] = "must not point at a reserved address" S_PUBLIC_ONLY,
+    [NETADDR_LOCAL_NAME] = "must not point at localhost" S_PUBLIC_ONLY,
+};
+
+/* Why the host of a URL (len bytes, an IPv6 literal in its brackets) is
+ * not one to send to, or NULL. A webhook must not be a way to reach the
+ * services around the sender (SSRF): literal addresses that are not public
+ * unicast, in any spelling (2130706433 and 0x7f.1 are 127.0.0.1), and
+ * localhost names are refused unless the operator allows private
+ * destinations. A number that is no address is refused either way, since
+ * clients read it differently. Names are not resolved here: the sender
+ * checks every address a name resolves to when it connects (netaddr.h). */
+static const char *s_host_problem(const char *host, size_t len)
+{
+    netaddr_class_t cls = netaddr_host_class(host, len);
+    if (cls == NETADDR_MALFORMED)
+        return *host == '[' ? "has a malformed IPv6 host"
+                            : "has a numeric host that is not a valid IPv4 address";
+    if (cls == NETADDR_PUBLIC || cls == NETADDR_NAME || s_allow_private)
+        return NULL;
+    return (size_t)cls < sizeof s_refusals / sizeof s_refusals[0] && s_refusals[cls]
+               ? s_refusals[cls]
+               : "must not point at an address that is not public" S_PUBLIC_ONLY;
+}
+
+/* Why url is not an acceptable endpoint, or NULL when it is. The shape is
+ * checked (no DNS): absolute http/https, a host (name, IPv4 or bracketed
+ * IPv6) with an optional port 1..65535, no userinfo, printable ASCII
+ * without spaces; then the host (s_host_problem). */
 static const char *s_url_problem(const char *url)
 {
     for (const unsigned char *p = (const unsigned char *)url; *p; p++) {
@@ -94,7 +158,7 @@ static const char *s_url_problem(const char *url)
     if (alen == 0)
         return "must have a host";
     const char *host = rest, *end = rest + alen;
-    const char *port = NULL;
+    const char *port = NULL, *hend = NULL;
     if (*host == '[') {
         const char *close = memchr(host, ']', alen);
         if (!close || close == host + 1)
@@ -102,6 +166,7 @@ static const char *s_url_problem(const char *url)
         for (const char *p = host + 1; p < close; p++)
             if (!strchr("0123456789abcdefABCDEF:.", *p))
                 return "has a malformed IPv6 host";
+        hend = close + 1;
         if (close + 1 < end) {
             if (close[1] != ':')
                 return "has a malformed IPv6 host";
@@ -109,7 +174,7 @@ static const char *s_url_problem(const char *url)
         }
     } else {
         const char *colon = memchr(host, ':', alen);
-        const char *hend = colon ? colon : end;
+        hend = colon ? colon : end;
         if (hend == host)
             return "must have a host";
         for (const char *p = host; p < hend; p++)
@@ -130,7 +195,7 @@ static const char *s_url_problem(const char *url)
         if (v < 1 || v > 65535)
             return "has a bad port (1-65535)";
     }
-    return NULL;
+    return s_host_problem(host, (size_t)(hend - host));
 }
 
 /* Validate the url field; sets *out when valid. */

@@ -180,6 +180,9 @@ static const setting_t s_settings[] = {
     {"domains_skip_dns", CONFIG_BOOL, "false", 0, 0, NULL, false,
      "dev only: verifying a domain marks it verified without looking up its DNS records "
      "(`postchi up` turns it on, so a new stack can send at once); never in production"},
+    {"webhook_allow_private", CONFIG_BOOL, "false", 0, 0, NULL, false,
+     "webhook URLs may point at loopback, private, link-local and other non-public addresses "
+     "and localhost (off: refused with a 422, so webhooks cannot reach internal services)"},
     STR("dns_resolver", "",
         "host:port of the DNS server domain verification asks; empty uses /etc/resolv.conf"),
 };

@@ -3,7 +3,9 @@
  * PostgreSQL: create (secret shown once, never again), every URL and event
  * rule, update, delete, SQL metacharacters in the URL, tenancy (another
  * organization gets 404), scopes, pagination, and no row left behind by a
- * refused request.
+ * refused request; URLs pointing at loopback, private, link-local and
+ * other non-public addresses (every IPv4 spelling, IPv4 inside IPv6) or
+ * localhost refused, and taken under webhook_allow_private.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -125,12 +127,12 @@ static void test_create_get_list(void **state)
 
     /* Two webhooks never share a secret. */
     char id2[64], secret2[80];
-    s_create("http://127.0.0.1:8080/hook", "[\"message.sent\"]", id2, secret2);
+    s_create("http://93.184.216.34:8080/hook", "[\"message.sent\"]", id2, secret2);
     assert_string_not_equal(secret2, saved);
 
     /* Every listed event is accepted; enabled may be given on create. */
     api_call(&s_env, "POST", "/api/v1/webhooks", s_env.token,
-             "{\"url\":\"http://[::1]:9/x\",\"enabled\":false,\"events\":[\"message.sent\","
+             "{\"url\":\"http://[2606:4700::1]:9/x\",\"enabled\":false,\"events\":[\"message.sent\","
              "\"message.delivered\",\"message.deferred\",\"message.bounced\",\"message.failed\","
              "\"message.opened\",\"message.clicked\",\"message.complained\","
              "\"contact.unsubscribed\",\"flow.run_completed\"]}",
@@ -441,12 +443,157 @@ static void test_pagination(void **state)
     }
 }
 
+/* URLs whose host is no public destination, in every spelling. */
+static const struct {
+    const char *url; /* JSON string contents */
+    const char *why; /* in the message */
+} PRIVATE_URLS[] = {
+    {"http://127.0.0.1/", "loopback"},
+    {"https://127.1:8443/hook", "loopback"},
+    {"http://2130706433/", "loopback"},
+    {"http://0x7f.1/", "loopback"},
+    {"http://0X7F000001/", "loopback"},
+    {"http://0177.0.0.1/", "loopback"},
+    {"http://017700000001/", "loopback"},
+    {"http://127.0.0.1./", "loopback"},
+    {"http://[::1]/", "loopback"},
+    {"http://[::ffff:127.0.0.1]/", "loopback"},
+    {"http://[::ffff:7f00:1]:80/", "loopback"},
+    {"http://[::127.0.0.1]/", "loopback"},
+    {"http://[64:ff9b::7f00:1]/", "loopback"},
+    {"http://[2002:7f00:1::]/", "loopback"},
+    {"http://10.1.2.3/", "private"},
+    {"http://172.16.0.1/", "private"},
+    {"http://172.31.255.255/", "private"},
+    {"http://192.168.1.1/", "private"},
+    {"http://3232235777/", "private"},
+    {"http://[fd00::1]/", "private"},
+    {"http://[fc00::1]/", "private"},
+    {"http://[::ffff:10.0.0.1]/", "private"},
+    {"http://100.64.0.1/", "carrier-grade NAT"},
+    {"http://169.254.169.254/latest/meta-data/", "link-local"},
+    {"http://0xa9fea9fe/", "link-local"},
+    {"http://169.254.43518/", "link-local"},
+    {"http://[fe80::1]/", "link-local"},
+    {"http://[::ffff:169.254.169.254]/", "link-local"},
+    {"http://[64:ff9b::a9fe:a9fe]/", "link-local"},
+    {"http://224.0.0.1/", "multicast"},
+    {"http://[ff02::1]/", "multicast"},
+    {"http://255.255.255.255/", "broadcast"},
+    {"http://0.0.0.0:8080/", "unspecified"},
+    {"http://0/", "unspecified"},
+    {"http://[::]/", "unspecified"},
+    {"http://240.0.0.1/", "reserved"},
+    {"http://198.18.0.1/", "reserved"},
+    {"http://[100::1]/", "reserved"},
+    {"http://192.0.2.1/", "documentation"},
+    {"http://203.0.113.9/", "documentation"},
+    {"http://[2001:db8::1]/", "documentation"},
+    {"http://localhost/", "localhost"},
+    {"http://LOCALHOST:8080/x", "localhost"},
+    {"http://localhost./", "localhost"},
+    {"http://api.localhost/", "localhost"},
+};
+
+/* Numeric hosts that are no address: refused whatever the setting says. */
+static const char *const MALFORMED_HOSTS[] = {
+    "http://1.2.3.256/",
+    "http://1.2.3.4.5/",
+    "http://4294967296/",
+    "http://08.1.1.1/",
+    "http://example.1/",
+};
+
+static void s_expect_url_refused(const char *url, const char *why)
+{
+    api_resp_t r = {0};
+    api_callf(&s_env, "POST", "/api/v1/webhooks", s_env.key_full, &r,
+              "{\"url\":\"%s\",\"events\":[\"message.sent\"]}", url);
+    if (r.status != 422)
+        fail_msg("%s: %d, want 422: %s", url, r.status, sbuf_data(r.raw));
+    api_expect_invalid(&r, "url", why);
+    api_resp_free(&r);
+}
+
+/* Webhooks cannot be pointed at the network around Postchi (SSRF): literal
+ * non-public addresses in any spelling and localhost names are a 422 on
+ * url, on create and on PATCH, with nothing written; public addresses and
+ * names (judged when resolved, at delivery) are taken. */
+static void test_private_destinations_refused(void **state)
+{
+    (void)state;
+    long before = s_org_webhooks();
+    for (size_t i = 0; i < sizeof PRIVATE_URLS / sizeof PRIVATE_URLS[0]; i++)
+        s_expect_url_refused(PRIVATE_URLS[i].url, PRIVATE_URLS[i].why);
+    for (size_t i = 0; i < sizeof MALFORMED_HOSTS / sizeof MALFORMED_HOSTS[0]; i++)
+        s_expect_url_refused(MALFORMED_HOSTS[i], "not a valid IPv4 address");
+    assert_int_equal(s_org_webhooks(), before);
+
+    static const char *const OK[] = {
+        "http://93.184.216.34/",      "http://134744072/x", /* 8.8.8.8 */
+        "http://[2606:4700::1111]/",  "http://[::ffff:8.8.8.8]/",
+        "https://hooks.example.com/", "http://localhost.example.com/",
+        "http://127.0.0.1.nip.io/",   "http://1.0x1g/",
+    };
+    char id[64];
+    for (size_t i = 0; i < sizeof OK / sizeof OK[0]; i++)
+        s_create(OK[i], "[\"message.sent\"]", id, NULL);
+    assert_int_equal(s_org_webhooks(), before + (long)(sizeof OK / sizeof OK[0]));
+
+    /* PATCH is held to the same rule, and changes nothing. */
+    char path[128], sql[256];
+    snprintf(path, sizeof path, "/api/v1/webhooks/%s", id);
+    api_resp_t r = {0};
+    api_call(&s_env, "PATCH", path, s_env.key_full,
+             "{\"url\":\"http://169.254.169.254/latest/meta-data/\"}", NULL, &r);
+    api_expect_invalid(&r, "url", "link-local");
+    api_resp_free(&r);
+    api_call(&s_env, "PATCH", path, s_env.key_full, "{\"url\":\"http://0x7f.1:6379/\"}", NULL,
+             &r);
+    api_expect_invalid(&r, "url", "loopback");
+    api_resp_free(&r);
+    snprintf(sql, sizeof sql, "SELECT url FROM webhooks WHERE id = '%s'", id);
+    char *stored = api_sql(&s_env, sql);
+    assert_string_equal(stored, "http://1.0x1g/");
+    free(stored);
+}
+
+/* webhook_allow_private lifts the refusal for an installation whose
+ * receivers are internal; malformed numeric hosts stay refused. */
+static void test_allow_private_setting(void **state)
+{
+    (void)state;
+    api_env_t e;
+    char *extra[] = {"POSTCHI_WEBHOOK_ALLOW_PRIVATE=true", NULL};
+    assert_int_equal(api_env_start(&e, extra), 0);
+    api_resp_t r = {0};
+    for (size_t i = 0; i < sizeof PRIVATE_URLS / sizeof PRIVATE_URLS[0]; i++) {
+        api_callf(&e, "POST", "/api/v1/webhooks", e.key_full, &r,
+                  "{\"url\":\"%s\",\"events\":[\"message.sent\"]}", PRIVATE_URLS[i].url);
+        if (r.status != 201)
+            fail_msg("%s: %d %s", PRIVATE_URLS[i].url, r.status, sbuf_data(r.raw));
+        api_resp_free(&r);
+    }
+    for (size_t i = 0; i < sizeof MALFORMED_HOSTS / sizeof MALFORMED_HOSTS[0]; i++) {
+        api_callf(&e, "POST", "/api/v1/webhooks", e.key_full, &r,
+                  "{\"url\":\"%s\",\"events\":[\"message.sent\"]}", MALFORMED_HOSTS[i]);
+        api_expect_invalid(&r, "url", "not a valid IPv4 address");
+        api_resp_free(&r);
+    }
+    assert_int_equal(api_sql_long(&e, "SELECT count(*) FROM webhooks WHERE organization_id = '%s'",
+                                  e.org_id),
+                     (long)(sizeof PRIVATE_URLS / sizeof PRIVATE_URLS[0]));
+    assert_int_equal(api_env_stop(&e), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_get_list),   cmocka_unit_test(test_validation),
         cmocka_unit_test(test_update_delete),     cmocka_unit_test(test_sql_metacharacters),
         cmocka_unit_test(test_tenancy_and_scope), cmocka_unit_test(test_pagination),
+        cmocka_unit_test(test_private_destinations_refused),
+        cmocka_unit_test(test_allow_private_setting),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
