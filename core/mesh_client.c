@@ -3,6 +3,13 @@
  *
  * Correlation ids start from a random point so a client restarted under
  * the same node id cannot mistake a stale reply for a fresh one.
+ *
+ * A call resends its request when it hears nothing for a while (see
+ * mesh_client_call): the broker learns of a dead worker only when ZeroMQ
+ * has seen its connection close, and a frame routed to it before that, or
+ * waiting in its pipe or mailbox when it died, is gone. The end that waits
+ * for the answer is the only one that knows an answer is missing, so the
+ * retry lives here; the happy path sends once and waits once, as before.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -17,6 +24,14 @@
 #include "envelope.h"
 #include "mesh_client.h"
 #include "mesh_peer.h"
+
+/* Resends of one call: the first after a slice of its timeout, bounded so
+ * a short timeout does not resend at once and a long one is not silent for
+ * long; each later gap is twice the one before. */
+#define CALL_RESENDS 3
+#define CALL_SLICE_DIV 8
+#define CALL_SLICE_MIN_MS 50
+#define CALL_SLICE_MAX_MS 1000
 
 struct mesh_client {
     void *zctx;        /* owned ZeroMQ context */
@@ -113,6 +128,16 @@ uint64_t mesh_client_request(mesh_client_t *self, const char *target, const char
     return s_send(self, target, name, body, len, corr) == 0 ? corr : 0;
 }
 
+int mesh_client_resend(mesh_client_t *self, uint64_t corr, const char *target, const char *name,
+                       const void *body, size_t len)
+{
+    if (corr == 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    return s_send(self, target, name, body, len, corr);
+}
+
 int mesh_client_tick(mesh_client_t *self)
 {
     return mesh_peer_tick(self->peer);
@@ -154,8 +179,18 @@ int mesh_client_wait(mesh_client_t *self, int timeout_ms, mesh_reply_t *out)
     }
 }
 
-int mesh_client_call(mesh_client_t *self, const char *target, const char *name,
-                     const void *body, size_t len, int timeout_ms, sbuf_t *reply, sbuf_t *err)
+/* The first resend's delay for a call of timeout_ms. */
+static int64_t s_slice(int timeout_ms)
+{
+    int64_t slice = timeout_ms / CALL_SLICE_DIV;
+    if (slice < CALL_SLICE_MIN_MS)
+        return CALL_SLICE_MIN_MS;
+    return slice > CALL_SLICE_MAX_MS ? CALL_SLICE_MAX_MS : slice;
+}
+
+/* mesh_client_call with at most resends resends. */
+static int s_call(mesh_client_t *self, const char *target, const char *name, const void *body,
+                  size_t len, int timeout_ms, int resends, sbuf_t *reply, sbuf_t *err)
 {
     uint64_t corr = mesh_client_request(self, target, name, body, len);
     if (!corr) {
@@ -163,15 +198,26 @@ int mesh_client_call(mesh_client_t *self, const char *target, const char *name,
             sbuf_appendf(err, "send_failed: %s", zmq_strerror(errno));
         return -1;
     }
-    int64_t deadline = mesh_now_ms() + timeout_ms;
+    int64_t now = mesh_now_ms();
+    int64_t deadline = now + timeout_ms;
+    int64_t gap = s_slice(timeout_ms);
+    int64_t resend_at = resends > 0 ? now + gap : deadline;
     for (;;) {
-        int64_t left = deadline - mesh_now_ms();
-        if (left <= 0)
+        now = mesh_now_ms();
+        if (now >= deadline)
             return -2;
+        if (now >= resend_at) {
+            /* A full pipe only skips this resend: the next one, or the
+             * original, may still be answered. */
+            s_send(self, target, name, body, len, corr);
+            gap *= 2;
+            resend_at = --resends > 0 ? now + gap : deadline;
+        }
+        int64_t until = resend_at < deadline ? resend_at : deadline;
         mesh_reply_t r;
-        int rc = mesh_client_wait(self, (int)left, &r);
+        int rc = mesh_client_wait(self, (int)(until - now), &r);
         if (rc == 0)
-            return -2;
+            continue;
         if (rc < 0) {
             if (err)
                 sbuf_appendf(err, "socket: %s", zmq_strerror(errno));
@@ -188,6 +234,19 @@ int mesh_client_call(mesh_client_t *self, const char *target, const char *name,
             sbuf_append(reply, r.body, r.body_len);
         return 0;
     }
+}
+
+int mesh_client_call(mesh_client_t *self, const char *target, const char *name,
+                     const void *body, size_t len, int timeout_ms, sbuf_t *reply, sbuf_t *err)
+{
+    return s_call(self, target, name, body, len, timeout_ms, CALL_RESENDS, reply, err);
+}
+
+int mesh_client_call_once(mesh_client_t *self, const char *target, const char *name,
+                          const void *body, size_t len, int timeout_ms, sbuf_t *reply,
+                          sbuf_t *err)
+{
+    return s_call(self, target, name, body, len, timeout_ms, 0, reply, err);
 }
 
 int mesh_client_connected(const mesh_client_t *self)

@@ -38,6 +38,14 @@ int mesh_client_send(mesh_client_t *self, const char *target, const char *name,
 /* Send a request; returns its correlation id, or 0 on failure. */
 uint64_t mesh_client_request(mesh_client_t *self, const char *target, const char *name,
                              const void *body, size_t len);
+/* Send a request again under the correlation id the first send returned,
+ * for a caller that pipelines with request/wait and heard nothing back in
+ * time (its frame may have gone to a worker that died). Whichever answer
+ * comes first is the answer; a later one carries the same id and is the
+ * caller's to discard. Only for requests that are safe to repeat (see
+ * mesh_client_call). 0, or -1 (errno EAGAIN when the pipe is full). */
+int mesh_client_resend(mesh_client_t *self, uint64_t corr, const char *target, const char *name,
+                       const void *body, size_t len);
 /* Wait up to timeout_ms for the next reply or error to any request. 1 with
  * *out filled, 0 on timeout, -1 on socket error. Heartbeats are kept. */
 int mesh_client_wait(mesh_client_t *self, int timeout_ms, mesh_reply_t *out);
@@ -45,9 +53,23 @@ int mesh_client_wait(mesh_client_t *self, int timeout_ms, mesh_reply_t *out);
 /* Request and wait for its answer (other replies arriving meanwhile are
  * discarded: use request/wait to pipeline). 0 with the body in reply;
  * -1 when the mesh answered an error (code and reason in err); -2 on
- * timeout. */
+ * timeout.
+ *
+ * A request sent to a worker in the moment it dies is lost with it, so
+ * when no answer has come after a slice of timeout_ms (an eighth, within
+ * 50 ms .. 1 s) the same request is sent again under the same correlation
+ * id, then again after twice that gap, at most three times, all within
+ * timeout_ms; the first answer wins. The receiving kind must therefore
+ * tolerate a repeat: every kind in actors/ does (see docs/ARCHITECTURE.md,
+ * "Requests across a worker's death"). An error answer is final and is
+ * not retried. */
 int mesh_client_call(mesh_client_t *self, const char *target, const char *name,
                      const void *body, size_t len, int timeout_ms, sbuf_t *reply, sbuf_t *err);
+/* mesh_client_call for a request that must not be delivered twice: sent
+ * once, so a worker's death means a timeout (-2) and the caller decides. */
+int mesh_client_call_once(mesh_client_t *self, const char *target, const char *name,
+                          const void *body, size_t len, int timeout_ms, sbuf_t *reply,
+                          sbuf_t *err);
 
 /* 1 when the broker was heard within the liveness window. */
 int mesh_client_connected(const mesh_client_t *self);
