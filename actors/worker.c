@@ -32,6 +32,7 @@
 #include "db.h"
 #include "delivery.h"
 #include "dict.h"
+#include "hashring.h"
 #include "inbound.h"
 #include "kv.h"
 #include "log.h"
@@ -54,6 +55,7 @@ typedef struct mail {
 
 typedef struct actor {
     void *state;           /* the kind's state, NULL until activated */
+    uint64_t last_request; /* fingerprint of the last request queued, 0 for none */
     mail_t *head;          /* mailbox front */
     mail_t *tail;          /* mailbox back */
     struct actor *rq_next; /* run queue link */
@@ -92,6 +94,7 @@ typedef struct {
     kind_metrics_t *km;       /* per kind, same order as actor_kinds */
     metric_t *m_depth;        /* mailbox depth gauge */
     metric_t *m_malformed;    /* frames refused */
+    metric_t *m_repeats;      /* resent requests dropped */
     db_t *db;                 /* PostgreSQL (checked at start; kinds will use it) */
     kv_t *kv;                 /* Redis (checked at start) */
     sbuf_t *scratch;          /* I/O thread encoding buffer */
@@ -336,6 +339,24 @@ static void s_io_error(worker_t *w, const envelope_t *env, const char *code, con
     sbuf_destroy(&body);
 }
 
+/* 1 when env is a resend of the last request this actor was given (a
+ * client resends a request it heard nothing back for, under the same
+ * correlation id; see mesh_client_call). The original is then queued,
+ * running, or answered moments ago, so the repeat is dropped rather than
+ * handled twice. A resend that reaches another activation (its worker
+ * died, or the ring changed) is handled: kinds tolerate a repeat. Only the
+ * last request is remembered: one word per actor, one hash per request. */
+static int s_repeated(actor_t *a, const envelope_t *env)
+{
+    if (env->type != MSG_SEND || env->corr == 0)
+        return 0;
+    uint64_t print = hashring_hash(env->sender, env->sender_len, env->corr) | 1;
+    if (a->last_request == print)
+        return 1;
+    a->last_request = print;
+    return 0;
+}
+
 /* A frame for an actor arrived: find or create the actor, queue the mail,
  * schedule the actor if it is idle. */
 static void s_deliver(worker_t *w, const envelope_t *env)
@@ -369,6 +390,10 @@ static void s_deliver(worker_t *w, const envelope_t *env)
         memcpy(a->address, env->target, env->target_len);
         a->kind = (uint32_t)k;
         a->key_off = (uint32_t)kind_len + 1;
+    }
+    if (s_repeated(a, env)) {
+        metric_inc(w->m_repeats);
+        return;
     }
     size_t len;
     const void *frame = mesh_peer_frame(w->peer, &len);
@@ -481,6 +506,8 @@ static void s_metrics_init(worker_t *w)
                                "Messages waiting in actor mailboxes.");
     w->m_malformed = metrics_counter("postchi_worker_frames_malformed_total",
                                      "Frames from the broker refused by the decoder.");
+    w->m_repeats = metrics_counter("postchi_worker_requests_repeated_total",
+                                   "Resent requests dropped: their actor had the original.");
     actor_tenant_metrics();
 }
 

@@ -61,8 +61,9 @@ int mesh_client_wait(mesh_client_t *self, int timeout_ms, mesh_reply_t *out);
  * id, then again after twice that gap, at most three times, all within
  * timeout_ms; the first answer wins. The receiving kind must therefore
  * tolerate a repeat: every kind in actors/ does (see docs/ARCHITECTURE.md,
- * "Requests across a worker's death"). An error answer is final and is
- * not retried. */
+ * "Requests across a worker's death"), and a worker drops a repeat that
+ * reaches the activation that had the original. An error answer is final
+ * and is not retried. */
 int mesh_client_call(mesh_client_t *self, const char *target, const char *name,
                      const void *body, size_t len, int timeout_ms, sbuf_t *reply, sbuf_t *err);
 /* mesh_client_call for a request that must not be delivered twice: sent

@@ -8,7 +8,8 @@
  * broker that answers late or never, mesh_client_call resends under the
  * same correlation id on its schedule and within its timeout, discards the
  * late duplicate answer, takes an error as final, and
- * mesh_client_call_once never resends.
+ * mesh_client_call_once never resends; a worker drops a resend that
+ * reaches the activation that already had the original.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -418,6 +419,63 @@ static void test_call_takes_an_error_as_final(void **state)
     s_fake_stop(&f, th, &c);
 }
 
+/* The ping count says how many requests the activation handled. */
+static long s_pong_count(const char *body, size_t len)
+{
+    const char *sp = memchr(body, ' ', len);
+    return sp ? strtol(sp + 1, NULL, 10) : -1;
+}
+
+static void test_worker_drops_a_repeat_its_actor_had(void **state)
+{
+    (void)state;
+    mesh_t m;
+    mesh_init(&m, 250);
+    assert_int_equal(mesh_start_broker(&m), 0);
+    assert_int_equal(mesh_start_worker(&m, 0), 0);
+    assert_int_equal(mesh_wait_live(&m, 1, 10000), 0);
+    mesh_client_t *c = mesh_client(&m);
+    assert_non_null(c);
+
+    uint64_t corr = mesh_client_request(c, "ping/dup", "ping", NULL, 0);
+    assert_true(corr != 0);
+    mesh_reply_t r;
+    int answers = 0;
+    int64_t deadline = harness_now_ms() + 5000;
+    while (!answers && harness_now_ms() < deadline)
+        if (mesh_client_wait(c, 100, &r) == 1 && r.corr == corr)
+            answers++;
+    assert_int_equal(answers, 1);
+    assert_int_equal(s_pong_count(r.body, r.body_len), 1);
+
+    /* The same request again, as a client that heard nothing would send it:
+     * the activation had it, so it is dropped, not handled again. */
+    assert_int_equal(mesh_client_resend(c, corr, "ping/dup", "ping", NULL, 0), 0);
+    deadline = harness_now_ms() + 500;
+    while (harness_now_ms() < deadline)
+        if (mesh_client_wait(c, 50, &r) == 1 && r.corr == corr)
+            answers++;
+    assert_int_equal(answers, 1);
+    assert_int_equal(mesh_metric(m.worker_metrics[0], "postchi_worker_requests_repeated_total"), 1);
+
+    /* A new request is handled: the activation saw two, not three. */
+    sbuf_t *reply = sbuf_new(64), *err = sbuf_new(64);
+    assert_int_equal(mesh_client_call(c, "ping/dup", "ping", NULL, 0, 5000, reply, err), 0);
+    assert_int_equal(s_pong_count(sbuf_data(reply), sbuf_len(reply)), 2);
+    /* And one-way sends are never taken for repeats. */
+    assert_int_equal(mesh_client_send(c, "ping/dup", "ping", NULL, 0), 0);
+    assert_int_equal(mesh_client_send(c, "ping/dup", "ping", NULL, 0), 0);
+    sbuf_reset(reply);
+    assert_int_equal(mesh_client_call(c, "ping/dup", "ping", NULL, 0, 5000, reply, err), 0);
+    assert_int_equal(s_pong_count(sbuf_data(reply), sbuf_len(reply)), 5);
+    assert_int_equal(mesh_metric(m.worker_metrics[0], "postchi_worker_requests_repeated_total"), 1);
+
+    sbuf_destroy(&reply);
+    sbuf_destroy(&err);
+    mesh_client_destroy(&c);
+    assert_int_equal(mesh_stop_all(&m), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -425,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_call_resends_stay_within_timeout),
         cmocka_unit_test(test_call_once_never_resends),
         cmocka_unit_test(test_call_takes_an_error_as_final),
+        cmocka_unit_test(test_worker_drops_a_repeat_its_actor_had),
         cmocka_unit_test(test_kill_mid_burst_every_call_answered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
