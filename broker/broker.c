@@ -5,11 +5,14 @@
  * hold queue, so routing needs no locks. Frames are moved, not copied: the
  * ZeroMQ message received is the one sent on.
  *
- * What can go wrong: a peer vanishes (kill -9). ROUTER_MANDATORY turns a send
- * to a gone peer into EHOSTUNREACH at once, so the broker drops that worker
- * from the ring and re-routes the same frame to a survivor without waiting
- * for missed heartbeats. Hostile or malformed frames are counted, logged at
- * most once per peer per minute, and discarded.
+ * What can go wrong: a peer vanishes (kill -9). Once ZeroMQ has seen its
+ * connection close, ROUTER_MANDATORY turns a send to it into EHOSTUNREACH,
+ * so the broker drops that worker from the ring and re-routes the same
+ * frame to a survivor without waiting for missed heartbeats. Frames routed
+ * to it before that moment are lost with it: callers resend requests they
+ * hear nothing back for (mesh_client_call), and the sweeper re-drives
+ * one-way nudges from PostgreSQL. Hostile or malformed frames are counted,
+ * logged at most once per peer per minute, and discarded.
  */
 #include <errno.h>
 #include <signal.h>
