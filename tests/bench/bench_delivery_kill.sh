@@ -3,6 +3,12 @@
 # middle of a big bulk send, then a replacement; nothing lost, duplicates
 # bounded by what was in flight.
 #   tests/bench/bench_delivery_kill.sh [messages]    (default 100,000)
+#   KILL_WHAT=postgres tests/bench/bench_delivery_kill.sh [messages]
+# With KILL_WHAT=postgres the crash is PostgreSQL's instead (`pg_ctl stop
+# -m immediate`: no shutdown checkpoint, recovery from the WAL at the next
+# start), down for KILL_RESTART_DELAY_S, then started again with the same
+# options; the broker, workers and API node stay up and must find their
+# way back on their own.
 #
 # Two workers relay to one smtp-sink that dumps every transaction to its
 # own file. N contacts over 8 recipient domains get one bulk send
@@ -33,13 +39,15 @@ TIMEOUT=${KILL_TIMEOUT_S:-$((600 + N / 100))}
 FRACTION=${KILL_FRACTION:-3}
 RESTART_DELAY=${KILL_RESTART_DELAY_S:-1}
 NEW_NODE=${KILL_NODE_ID:-bw1}
+WHAT=${KILL_WHAT:-worker}
+[ "$WHAT" = worker ] || [ "$WHAT" = postgres ] || { echo "KILL_WHAT is worker or postgres" >&2; exit 2; }
 SESSIONS=${BENCH_SESSIONS:-8}
 [ "$N" -ge 10 ] || { echo "usage: $0 [messages >= 10]" >&2; exit 2; }
 END_MARK=END-OF-BULK-BODY
 
 . tests/bench/delivery_env.sh
 bench_init "${BENCH_BUILD:-build-bench}"
-echo "bench_delivery_kill: $N messages, lease $LEASE s, kill at 1/$FRACTION sent; logs in $W"
+echo "bench_delivery_kill: $N messages, lease $LEASE s, kill of the $WHAT at 1/$FRACTION sent; logs in $W"
 
 SINK=$(free_port)
 bench_sink sink "$SINK" "$W/mail"
@@ -89,18 +97,35 @@ while [ "$(count sent)" -lt "$KILL_AT" ] && [ "$(date +%s)" -lt "$DEADLINE" ]; d
     sleep 0.1
 done
 BEFORE=$(count sending)
-kill -9 "$W1"
-wait "$W1" 2>/dev/null || true
-PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$W1" | tr '\n' ' ')
-AFTER=$(count sending)
-SENT_AT_KILL=$(count sent)
-T_KILL=$(date +%s.%N)
-echo "kill -9 worker 1 (pid $W1) with $SENT_AT_KILL of $N sent; 'sending' $BEFORE just before, $AFTER just after"
-[ "$SENT_AT_KILL" -lt "$N" ] || bench_die "every row was sent before the kill: nothing in flight to test (use more messages)"
-sleep "$RESTART_DELAY"
-bench_worker worker1b "$NEW_NODE" "$SINK" "$PER_WORKER" POSTCHI_DELIVERY_LEASE_S="$LEASE"
-W1B=$LAST_PID
-echo "replacement worker (node id $NEW_NODE, pid $W1B) started $RESTART_DELAY s after the kill"
+if [ "$WHAT" = worker ]; then
+    kill -9 "$W1"
+    wait "$W1" 2>/dev/null || true
+    PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$W1" | tr '\n' ' ')
+    AFTER=$(count sending)
+    SENT_AT_KILL=$(count sent)
+    T_KILL=$(date +%s.%N)
+    echo "kill -9 worker 1 (pid $W1) with $SENT_AT_KILL of $N sent; 'sending' $BEFORE just before, $AFTER just after"
+    [ "$SENT_AT_KILL" -lt "$N" ] || bench_die "every row was sent before the kill: nothing in flight to test (use more messages)"
+    sleep "$RESTART_DELAY"
+    bench_worker worker1b "$NEW_NODE" "$SINK" "$PER_WORKER" POSTCHI_DELIVERY_LEASE_S="$LEASE"
+    W1B=$LAST_PID
+    echo "replacement worker (node id $NEW_NODE, pid $W1B) started $RESTART_DELAY s after the kill"
+else
+    PGD=$(cat "$S/data.path")
+    as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+    as_pg /usr/lib/postgresql/15/bin/pg_ctl -D "$PGD/pg" -m immediate -w stop >/dev/null ||
+        bench_die "pg_ctl stop -m immediate failed"
+    T_KILL=$(date +%s.%N)
+    echo "PostgreSQL crashed (pg_ctl stop -m immediate) at about $KILL_AT of $N sent; 'sending' $BEFORE just before"
+    sleep "$RESTART_DELAY"
+    # restart reuses postmaster.opts: the port and socket directory of before.
+    as_pg /usr/lib/postgresql/15/bin/pg_ctl -D "$PGD/pg" -w -t 60 -l "$PGD/log/postgresql.log" restart >"$W/pg_restart.log" 2>&1 ||
+        bench_die "PostgreSQL did not start again: $(tail -3 "$PGD/log/postgresql.log")"
+    AFTER=$(count sending)
+    SENT_AT_KILL=$(count sent)
+    echo "PostgreSQL up again after $(python3 -c "print(round($(date +%s.%N) - $T_KILL, 1))") s (down $RESTART_DELAY s, then WAL recovery): $SENT_AT_KILL sent, $AFTER sending"
+    W1B=$W1
+fi
 
 # Until every row is sent (progress every 5 s; a psql every 2 s).
 DEADLINE=$(($(date +%s) + TIMEOUT))
@@ -110,7 +135,7 @@ while :; do
     [ "$SENT" -ge "$N" ] && break
     [ "$(date +%s)" -lt "$DEADLINE" ] || break
     kill -0 "$W2" 2>/dev/null || bench_die "worker 2 died: $(tail -3 "$W/worker2.log")"
-    kill -0 "$W1B" 2>/dev/null || bench_die "the replacement worker died: $(tail -3 "$W/worker1b.log")"
+    kill -0 "$W1B" 2>/dev/null || bench_die "worker 1 (or its replacement) died"
     now=$(date +%s)
     if [ $((now - last)) -ge 5 ]; then
         echo "  $(python3 -c "print(round($(date +%s.%N) - $T_KILL))") s after the kill: $SENT sent, $(count sending) sending, live workers $(bench_live)"
@@ -176,5 +201,5 @@ for f in "$W"/worker1.log "$W"/worker2.log "$W"/worker1b.log "$W"/api.log "$W"/b
     [ "$n" -eq 0 ] && [ "$w" -eq 0 ] || { echo "bench: $(basename "$f"): $n error and $w warning lines, first:"; grep -m3 'level=error\|level=fatal\|level=warn' "$f"; }
 done
 bench_stop "$W2" || { echo "bench: worker 2 exited with status $? on SIGTERM"; RC=1; }
-bench_stop "$W1B" || { echo "bench: the replacement worker exited with status $? on SIGTERM"; RC=1; }
+bench_stop "$W1B" || { echo "bench: worker 1 (or its replacement) exited with status $? on SIGTERM"; RC=1; }
 exit "$RC"
