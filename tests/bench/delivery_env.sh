@@ -48,18 +48,26 @@ free_port() {
 }
 
 # bench_init BUILD_DIR: build, servers, migrate; sets ROOT BIN S W PG PSQL COMMON.
+# With BENCH_BIN set (a test running a bench on the binary under test) that
+# binary is used as it is, nothing is built, and the servers live in $W, so
+# runs side by side do not share them.
 bench_init() {
     ROOT=$PWD
     B=$1
-    cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release >/dev/null
-    cmake --build "$B" -j2 --target postchi >/dev/null
-    BIN=$ROOT/$B/postchi
-    S=$ROOT/$B/bench-delivery-servers
     W=$(mktemp -d /tmp/postchi-bench.XXXXXX)
     chmod 755 "$W"
     trap bench_cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
+    if [ -n "${BENCH_BIN:-}" ]; then
+        BIN=$BENCH_BIN
+        S=$W/servers
+    else
+        cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release >/dev/null
+        cmake --build "$B" -j2 --target postchi >/dev/null
+        BIN=$ROOT/$B/postchi
+        S=$ROOT/$B/bench-delivery-servers
+    fi
     SERVERS_DURABLE=1 POSTCHI_BIN=$BIN tests/integration/servers.sh start "$S" >"$W/servers.log" 2>&1 ||
         bench_die "servers.sh start failed: $(tail -5 "$W/servers.log")"
     . "$S/servers.env"
