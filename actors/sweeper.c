@@ -43,7 +43,8 @@
 #define SWEEP_AGE "3 seconds"
 /* Rows re-sent per round at most. */
 #define SWEEP_BATCH "1000"
-/* Growth below this many rows is not worth an ANALYZE. */
+/* Growth below this many pages (8 kB each), or rows, is not worth an ANALYZE. */
+#define GROWN_MIN_PAGES "8"
 #define GROWN_MIN_ROWS "100"
 /* How often the thread looks at its stop flag while idle. */
 #define STOP_POLL_MS 100
@@ -188,14 +189,21 @@ static void s_mail_gauges(sweeper_t *self)
  * check of message_events' key against messages went from 0.15 to 0.94 ms
  * per row over three bulk steps, a 5,000-row step from 0.2 to 7 s. An
  * ANALYZE here renews the statistics and so drops those cached plans; the
- * doubling rule keeps it to a few per table over its whole growth. */
+ * doubling rule keeps it to a few per table over its whole growth. Growth
+ * is read first from the file's size: a backend reports its row counts up
+ * to 10 s late, and a big send's first steps would run on the old plans
+ * meanwhile. The file also grows under a transaction not yet committed,
+ * whose rows ANALYZE does not count, so the row counts are read too: once
+ * they arrive they double-check what such an early ANALYZE measured. */
 static const char s_grown[] =
-    "SELECT format('ANALYZE %I.%I', s.schemaname, s.relname), s.relname,"
+    "SELECT format('ANALYZE %I.%I', s.schemaname, s.relname), s.relname, c.relpages, p.now,"
     " greatest(c.reltuples, 0)::bigint, s.n_live_tup"
-    " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
+    " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid,"
+    " LATERAL (SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint AS now) p"
     " WHERE s.schemaname = current_schema()"
-    " AND s.n_live_tup >= 2 * greatest(c.reltuples, 0) + " GROWN_MIN_ROWS
-    " ORDER BY s.n_live_tup DESC LIMIT 8";
+    " AND (p.now >= 2 * greatest(c.relpages, 0) + " GROWN_MIN_PAGES
+    "  OR s.n_live_tup >= 2 * greatest(c.reltuples, 0) + " GROWN_MIN_ROWS ")"
+    " ORDER BY p.now DESC LIMIT 8";
 /* The lock ANALYZE needs is the one autovacuum holds while it works on the
  * table: waiting for it would stall the sweeper, and autovacuum's own
  * ANALYZE does the job anyway. */
@@ -224,8 +232,9 @@ static void s_grown_round(sweeper_t *self)
             continue;
         }
         metric_inc(self->m_analyzed);
-        log_info("analyzed %s: %s rows now, %s when last measured", table,
-                 db_result_get(res, i, 3), db_result_get(res, i, 2));
+        log_info("analyzed %s: %s pages and %s rows now, %s and %s when last measured", table,
+                 db_result_get(res, i, 3), db_result_get(res, i, 5), db_result_get(res, i, 2),
+                 db_result_get(res, i, 4));
     }
 done:
     db_result_free(&res);

@@ -12,7 +12,10 @@
  *   grown     contacts measured empty, then 2,000 rows written: within a
  *             few rounds the table has been analyzed by hand (analyze_count,
  *             which autovacuum's own runs do not count) and its statistics
- *             say 2,000 rows; the worker's counter says so too.
+ *             say 2,000 rows; the worker's counter says so too. The file
+ *             grows before the INSERT commits, so a round may analyze it
+ *             without those rows; the row counts, once reported, must
+ *             bring the statistics right.
  *   steady    growth short of doubling (100 rows on 2,000) is left to
  *             autovacuum: no manual ANALYZE over several rounds.
  */
